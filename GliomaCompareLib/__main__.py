@@ -1,0 +1,5 @@
+import sys
+
+from GliomaCompareLib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,238 @@
+"""Finding BraTS cases on disk and reading their grades.
+
+A cohort folder looks like (BraTS 2020; other releases through their convention file)::
+
+    MICCAI_BraTS2020_TrainingData/
+        name_mapping.csv                       (optional: Grade per BraTS_2020_subject_ID)
+        BraTS20_Training_001/
+            BraTS20_Training_001_flair.nii.gz  (or .nii)
+            BraTS20_Training_001_t1.nii.gz
+            BraTS20_Training_001_t1ce.nii.gz
+            BraTS20_Training_001_t2.nii.gz
+            BraTS20_Training_001_seg.nii.gz    (case 355: W39_1998.09.19_Segm.nii)
+
+``root`` may be that folder or any folder up to two levels above it.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from GliomaCompareLib.data.conventions import Convention, load_convention
+
+__all__ = ["CaseRecord", "Cohort", "discover_cases", "find_case_folders", "read_name_mapping"]
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """What is known about one case folder before its voxels are loaded.
+
+    Attributes:
+        case_id: the folder name, e.g. ``BraTS20_Training_001``.
+        folder: the case folder.
+        grade: ``"HGG"``, ``"LGG"`` or None when unknown.
+        modality_paths: canonical channel name -> file (None when missing).
+        label_path: the label map file, or None when the case has none.
+        problems: reasons the case cannot be used, each naming the file.
+        warnings: things worth knowing that do not stop the case (no grade, no label map).
+        shape, spacing: geometry read by validation (None before validation).
+    """
+
+    case_id: str
+    folder: Path
+    grade: str | None
+    modality_paths: dict[str, Path | None]
+    label_path: Path | None
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def with_findings(self, problems=(), warnings=(), **changes) -> CaseRecord:
+        """A copy with more problems / warnings (and other fields) added."""
+        return replace(
+            self,
+            problems=(*self.problems, *problems),
+            warnings=(*self.warnings, *warnings),
+            **changes,
+        )
+
+    def to_dict(self) -> dict:
+        """The ``inspect --json`` object of this case."""
+        return {
+            "case_id": self.case_id,
+            "grade": self.grade,
+            "usable": self.usable,
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+            "shape": list(self.shape) if self.shape else None,
+            "spacing": [round(s, 6) for s in self.spacing] if self.spacing else None,
+            "folder": str(self.folder),
+            "modalities": {k: (str(v) if v else None) for k, v in self.modality_paths.items()},
+            "label": str(self.label_path) if self.label_path else None,
+        }
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The cases found under a root, plus findings about the cohort as a whole."""
+
+    root: Path
+    data_dir: Path | None
+    convention: Convention
+    cases: tuple[CaseRecord, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def usable(self) -> tuple[CaseRecord, ...]:
+        return tuple(c for c in self.cases if c.usable)
+
+    def get(self, case_id: str) -> CaseRecord:
+        for case in self.cases:
+            if case.case_id == case_id:
+                return case
+        raise KeyError(f"Case {case_id!r} is not in {self.data_dir or self.root}")
+
+
+def find_case_folders(root: Path, convention: Convention, max_depth: int = 2) -> list[Path]:
+    """Case folders matching the convention at ``root`` or up to ``max_depth`` levels below."""
+    level = [root]
+    for _ in range(max_depth + 1):
+        found = sorted(p for d in level for p in d.glob(convention.case_dir_glob) if p.is_dir())
+        if found:
+            return found
+        level = sorted(p for d in level for p in d.iterdir() if p.is_dir())
+    return []
+
+
+def read_name_mapping(path: Path, convention: Convention) -> tuple[dict[str, str | None], list[str]]:
+    """Read grades from ``name_mapping.csv``.
+
+    Returns:
+        (case id -> "HGG" / "LGG" / None, warnings). A grade value the convention does not know
+        gives None and a warning naming the row.
+
+    Raises:
+        ValueError: naming the file when it lacks the id or grade column.
+    """
+    grades: dict[str, str | None] = {}
+    warnings: list[str] = []
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for column in (convention.id_column, convention.grade_column):
+            if column not in columns:
+                raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(columns)})")
+        for row_number, row in enumerate(reader, start=2):
+            case_id = (row.get(convention.id_column) or "").strip()
+            raw = (row.get(convention.grade_column) or "").strip()
+            if not case_id:
+                continue
+            grade = convention.grade_values.get(raw)
+            if grade is None:
+                warnings.append(f"{path}:{row_number}: unknown grade {raw!r} for {case_id}")
+            grades[case_id] = grade
+    return grades, warnings
+
+
+def _find_file(folder: Path, stems: list[str], convention: Convention) -> Path | None:
+    for stem in stems:
+        for ext in convention.extensions:
+            candidate = folder / f"{stem}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _record_for(folder: Path, grade: str | None, convention: Convention) -> CaseRecord:
+    case_id = folder.name
+    problems: list[str] = []
+    warnings: list[str] = []
+    paths: dict[str, Path | None] = {}
+    for channel in convention.channels:
+        key = convention.modality_keys[channel]
+        stem = convention.file_stem(case_id, key)
+        path = _find_file(folder, [stem], convention)
+        if path is None:
+            expected = " or ".join(f"{stem}{e}" for e in convention.extensions)
+            problems.append(f"{folder / stem}: missing {channel} image (expected {expected})")
+        paths[channel] = path
+    label_stems = [convention.file_stem(case_id, convention.label_key)]
+    label_stems += list(convention.label_file_aliases.get(case_id, ()))
+    label_path = _find_file(folder, label_stems, convention)
+    if label_path is None:
+        warnings.append(f"{folder}: no label map ({label_stems[0]}.nii[.gz]); inference only")
+    return CaseRecord(
+        case_id=case_id,
+        folder=folder,
+        grade=grade,
+        modality_paths=paths,
+        label_path=label_path,
+        problems=tuple(problems),
+        warnings=tuple(warnings),
+    )
+
+
+def discover_cases(
+    root: str | Path,
+    convention: str | Convention = "brats2020",
+    *,
+    validate: bool = True,
+    full: bool = True,
+    jobs: int = 1,
+) -> Cohort:
+    """Find every case under ``root``, read grades, and (optionally) validate each case.
+
+    Args:
+        root: the data folder or a folder up to two levels above it.
+        convention: convention name or object.
+        validate: run :func:`~GliomaCompareLib.data.validation.validate_record` on each case.
+        full: with ``validate``, also read every voxel (finite values, label values,
+            truncated files); without it only headers are read.
+        jobs: processes used for validation.
+
+    Raises:
+        FileNotFoundError: when ``root`` does not exist or holds no case folders.
+    """
+    conv = load_convention(convention)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found")
+    folders = find_case_folders(root, conv)
+    if not folders:
+        raise FileNotFoundError(
+            f"{root}: no case folders matching {conv.case_dir_glob!r} "
+            f"(convention {conv.name}) at this level or two levels below"
+        )
+    data_dir = folders[0].parent
+    cohort_warnings: list[str] = []
+    mapping_path = data_dir / conv.name_mapping_file
+    grades: dict[str, str | None] = {}
+    if mapping_path.is_file():
+        grades, found = read_name_mapping(mapping_path, conv)
+        cohort_warnings += found
+    else:
+        cohort_warnings.append(f"{mapping_path}: not found; grades are unknown")
+    records = []
+    for folder in folders:
+        grade = grades.get(folder.name)
+        record = _record_for(folder, grade, conv)
+        if mapping_path.is_file() and folder.name not in grades:
+            record = record.with_findings(
+                warnings=[f"{mapping_path}: no row for {folder.name}; grade unknown"]
+            )
+        records.append(record)
+    names = {f.name for f in folders}
+    for case_id in sorted(set(grades) - names):
+        cohort_warnings.append(f"{mapping_path}: lists {case_id}, which has no case folder")
+    if validate:
+        from GliomaCompareLib.data.validation import validate_records
+
+        records = validate_records(records, conv, full=full, jobs=jobs)
+    return Cohort(root, data_dir, conv, tuple(records), tuple(cohort_warnings))

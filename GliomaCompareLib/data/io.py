@@ -1,0 +1,181 @@
+"""Reading and writing images: ``(array, ImageMeta)`` pairs, like nnU-Net's reader/writers.
+
+Arrays are indexed ``[i, j, k]`` in voxel order and ``meta.affine`` maps ``(i, j, k, 1)`` to
+RAS millimetres, whatever the file format (NIfTI via nibabel, NRRD / ``.seg.nrrd`` via SimpleITK,
+whose LPS geometry is converted to RAS here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "ImageMeta",
+    "ImageReadError",
+    "image_suffix",
+    "read_header",
+    "read_image",
+    "strip_image_suffix",
+    "write_nifti",
+]
+
+_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image; the message names the file and the reason."""
+
+
+@dataclass(frozen=True, eq=False)
+class ImageMeta:
+    """Geometry of an image.
+
+    Attributes:
+        shape: array shape (3 entries for a volume).
+        affine: 4x4 voxel -> RAS (mm) matrix.
+        path: the file it was read from ("" when made in memory).
+    """
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    path: str = ""
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along i, j, k (column norms of the affine)."""
+        return tuple(float(x) for x in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def image_suffix(path: str | Path) -> str:
+    """Return the image suffix of ``path`` (``.nii.gz``, ``.seg.nrrd`` ...) or ``""``."""
+    name = Path(path).name.lower()
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def strip_image_suffix(path: str | Path) -> str:
+    """File name of ``path`` without its image suffix."""
+    name = Path(path).name
+    return name[: len(name) - len(image_suffix(name))] if image_suffix(name) else name
+
+
+def _is_nifti(path: Path) -> bool:
+    return image_suffix(path) in (".nii", ".nii.gz")
+
+
+def _sitk_affine(image) -> np.ndarray:
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing[None, :]
+    lps[:3, 3] = origin
+    return _LPS_TO_RAS @ lps
+
+
+def read_header(path: str | Path) -> ImageMeta:
+    """Read only the geometry of an image file.
+
+    Raises:
+        ImageReadError: naming the file, when it is missing or not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        if _is_nifti(path):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            return ImageMeta(tuple(int(s) for s in img.shape), np.asarray(img.affine, float), str(path))
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size = tuple(int(s) for s in reader.GetSize())
+        if reader.GetNumberOfComponents() > 1:
+            size = (*size, reader.GetNumberOfComponents())
+        img = sitk.Image([1] * reader.GetDimension(), sitk.sitkUInt8)
+        img.SetSpacing(reader.GetSpacing())
+        img.SetOrigin(reader.GetOrigin())
+        img.SetDirection(reader.GetDirection())
+        affine = _sitk_affine(img) if reader.GetDimension() == 3 else np.eye(4)
+        return ImageMeta(size, affine, str(path))
+    except ImageReadError:
+        raise
+    except Exception as exc:  # nibabel / SimpleITK raise many types
+        raise ImageReadError(f"{path}: not a readable image header ({exc})") from exc
+
+
+def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
+    """Read a NIfTI / NRRD image as ``(array[i, j, k], meta)``.
+
+    A multi-layer Slicer ``.seg.nrrd`` (4D, one layer per overlapping segment group) is
+    collapsed to one label map when its layers do not overlap.
+
+    Args:
+        path: the file.
+        dtype: optional numpy dtype to cast to.
+
+    Raises:
+        ImageReadError: naming the file, for a missing, truncated or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        if _is_nifti(path):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            array = np.asanyarray(img.dataobj)
+            affine = np.asarray(img.affine, dtype=float)
+        else:
+            import SimpleITK as sitk
+
+            img = sitk.ReadImage(str(path))
+            array = sitk.GetArrayFromImage(img)  # z, y, x[, c]
+            if img.GetNumberOfComponentsPerPixel() > 1:
+                array = np.moveaxis(array, -1, 0)  # c, z, y, x
+                array = _collapse_layers(array, path)
+            array = np.ascontiguousarray(array.transpose(2, 1, 0))
+            affine = _sitk_affine(img)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(f"{path}: cannot read image data ({exc})") from exc
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return array, ImageMeta(tuple(int(s) for s in array.shape), affine, str(path))
+
+
+def _collapse_layers(layers: np.ndarray, path: Path) -> np.ndarray:
+    nonzero = (layers != 0).sum(axis=0)
+    if (nonzero > 1).any():
+        raise ImageReadError(
+            f"{path}: segmentation layers overlap, so it is not one label map; "
+            "export it from Slicer as a labelmap (one layer) first"
+        )
+    return layers.max(axis=0)
+
+
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``array[i, j, k]`` with ``affine`` as NIfTI (``.nii`` or ``.nii.gz``), atomically."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
+    img.header.set_xyzt_units("mm")
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    tmp = path.with_name(f".{path.name}.tmp{suffix}")
+    nib.save(img, str(tmp))
+    tmp.replace(path)
+    return path
