@@ -94,7 +94,14 @@ def _table(cohort) -> str:
         spacing = "x".join(f"{s:g}" for s in c.spacing) if c.spacing else "-"
         notes = list(c.problems) + [f"(warning) {w}" for w in c.warnings]
         rows.append(
-            (c.case_id, c.grade or "?", shape, spacing, "yes" if c.usable else "NO", notes[0] if notes else "")
+            (
+                c.case_id,
+                c.grade or "?",
+                shape,
+                spacing,
+                "yes" if c.usable else "NO",
+                notes[0] if notes else "",
+            )
         )
         rows += [("", "", "", "", "", n) for n in notes[1:]]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -111,7 +111,9 @@ def find_case_folders(root: Path, convention: Convention, max_depth: int = 2) ->
     return []
 
 
-def read_name_mapping(path: Path, convention: Convention) -> tuple[dict[str, str | None], list[str]]:
+def read_name_mapping(
+    path: Path, convention: Convention
+) -> tuple[dict[str, str | None], list[str]]:
     """Read grades from ``name_mapping.csv``.
 
     Returns:

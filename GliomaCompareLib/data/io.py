@@ -93,7 +93,9 @@ def read_header(path: str | Path) -> ImageMeta:
             import nibabel as nib
 
             img = nib.load(str(path))
-            return ImageMeta(tuple(int(s) for s in img.shape), np.asarray(img.affine, float), str(path))
+            return ImageMeta(
+                tuple(int(s) for s in img.shape), np.asarray(img.affine, float), str(path)
+            )
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()

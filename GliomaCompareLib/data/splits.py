@@ -146,7 +146,9 @@ def make_splits(
         raise ValueError("Cannot split an empty cohort")
     fr = np.asarray(fractions, dtype=float)
     if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
-        raise ValueError(f"Split fractions {fractions} must be three non-negative numbers summing to 1")
+        raise ValueError(
+            f"Split fractions {fractions} must be three non-negative numbers summing to 1"
+        )
     rng = np.random.default_rng(seed)
     parts: dict[str, list[str]] = {n: [] for n in SPLIT_NAMES}
     for stratum in ("HGG", "LGG", None):

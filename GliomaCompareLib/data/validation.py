@@ -32,9 +32,7 @@ def _check_geometry(path, meta: ImageMeta, ref: ImageMeta | None, atol: float) -
     if ref is None:
         return problems
     if meta.shape != ref.shape:
-        problems.append(
-            f"{path}: shape {meta.shape} differs from {ref.shape} of {ref.path}"
-        )
+        problems.append(f"{path}: shape {meta.shape} differs from {ref.shape} of {ref.path}")
     diff = float(np.abs(meta.affine - ref.affine).max())
     if diff > atol:
         problems.append(
