@@ -776,13 +776,23 @@ def _bias(atlas: _Atlas, coeffs: np.ndarray) -> np.ndarray:
 
 def _label_values(conv: Convention) -> dict[str, int]:
     """Label values of necrotic/non-enhancing core, oedema and enhancing tumour, from the
-    convention's region definitions (ET; TC - ET; WT - TC)."""
-    from GliomaCompareLib.data.regions import _single
+    convention's region definitions (ET; TC - ET; WT - TC).
 
-    et = _single(conv.regions["ET"], conv, "ET")
-    ncr = _single(set(conv.regions["TC"]) - set(conv.regions["ET"]), conv, "TC - ET")
-    ed = _single(set(conv.regions["WT"]) - set(conv.regions["TC"]), conv, "WT - TC")
-    return {"ncr": ncr, "ed": ed, "et": et}
+    Raises:
+        ValueError: when a region difference is not exactly one label value.
+    """
+    parts = {
+        "ncr": set(conv.regions["TC"]) - set(conv.regions["ET"]),
+        "ed": set(conv.regions["WT"]) - set(conv.regions["TC"]),
+        "et": set(conv.regions["ET"]),
+    }
+    for name, values in parts.items():
+        if len(values) != 1:
+            raise ValueError(
+                f"convention {conv.name}: cannot tell the {name} label for synthetic cases "
+                f"(region difference holds {sorted(values)})"
+            )
+    return {name: int(next(iter(values))) for name, values in parts.items()}
 
 
 def _r(values, digits: int = 3):
