@@ -17,7 +17,11 @@ from GliomaCompareLib import __version__
 __all__ = ["CommandError", "build_parser", "main"]
 
 #: Modules whose ``register(subparsers)`` adds sub-commands, in help order.
-COMMAND_MODULES = ("GliomaCompareLib.data.commands",)
+COMMAND_MODULES = (
+    "GliomaCompareLib.data.commands",
+    "GliomaCompareLib.metrics.commands",
+    "GliomaCompareLib.cnn.commands",
+)
 
 
 class CommandError(Exception):

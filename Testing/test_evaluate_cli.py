@@ -1,0 +1,251 @@
+"""``gliomacompare evaluate`` on small NIfTI / .seg.nrrd folders built here."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from GliomaCompareLib.cli import main
+from GliomaCompareLib.data.io import write_nifti
+from GliomaCompareLib.metrics.evaluation import CSV_COLUMNS, evaluate_folders, write_csv
+from GliomaCompareLib.metrics.segmentation import image_diagonal_mm, score_label_maps
+
+SHAPE = (24, 22, 16)
+SPACING = (1.0, 1.2, 2.0)
+AFFINE = np.diag([*SPACING, 1.0])
+AFFINE[:3, 3] = [-12.0, -13.0, 5.0]
+DIAG = image_diagonal_mm(SHAPE, SPACING)
+
+
+def tumour(seed: int, shift=(0, 0, 0)) -> np.ndarray:
+    """A nested label map: edema (2) around core (1) around enhancing (4)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(SHAPE).astype(float)
+    centre = np.array([12, 11, 8]) + np.asarray(shift) + rng.uniform(-1, 1, 3)
+    r = np.sqrt((((grid.T - centre) / np.array([6, 5, 4])) ** 2).sum(axis=-1)).T
+    label = np.zeros(SHAPE, np.uint8)
+    label[r < 1.0] = 2
+    label[r < 0.6] = 1
+    label[r < 0.35] = 4
+    return label
+
+
+def write_seg_nrrd(path, label, affine):
+    """Write a label map as a (single-layer) .seg.nrrd with RAS affine -> LPS header."""
+    import SimpleITK as sitk
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(label.transpose(2, 1, 0)))
+    img.SetSpacing(spacing.tolist())
+    img.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+    img.SetOrigin(lps[:3, 3].tolist())
+    sitk.WriteImage(img, str(path), True)
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """A BraTS-layout reference folder and a prediction folder with one case of each kind."""
+    ref_root = tmp_path / "MICCAI_BraTS2020_TrainingData"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    refs = {}
+    for i in range(1, 10):
+        case = f"BraTS20_Training_{i:03d}"
+        (ref_root / case).mkdir(parents=True)
+        refs[case] = tumour(i)
+        write_nifti(ref_root / case / f"{case}_seg.nii.gz", refs[case], AFFINE)
+    # case 355: the odd label file name of BraTS 2020
+    case355 = "BraTS20_Training_355"
+    (ref_root / case355).mkdir()
+    refs[case355] = tumour(355)
+    write_nifti(ref_root / case355 / "W39_1998.09.19_Segm.nii", refs[case355], AFFINE)
+
+    preds = {}
+    preds["BraTS20_Training_001"] = refs["BraTS20_Training_001"]  # perfect
+    write_nifti(pred / "BraTS20_Training_001.nii.gz", preds["BraTS20_Training_001"], AFFINE)
+    preds["BraTS20_Training_002"] = tumour(2, shift=(2, 0, 0))
+    write_nifti(pred / "BraTS20_Training_002_seg.nii.gz", preds["BraTS20_Training_002"], AFFINE)
+    preds["BraTS20_Training_003"] = tumour(3, shift=(0, 1, 1))
+    write_seg_nrrd(pred / "BraTS20_Training_003.seg.nrrd", preds["BraTS20_Training_003"], AFFINE)
+    # 004: missing
+    (pred / "BraTS20_Training_005.nii.gz").write_bytes(b"not a nifti at all")  # unreadable
+    write_nifti(pred / "BraTS20_Training_006.nii.gz", np.zeros((20, 22, 16), np.uint8), AFFINE)
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += [0.5, 0.0, 0.0]  # half a voxel: cannot be placed on the grid
+    write_nifti(pred / "BraTS20_Training_007.nii.gz", refs["BraTS20_Training_007"], shifted)
+    # 008: stored with the first axis flipped, and an affine that says so: exact re-indexing
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = SHAPE[0] - 1
+    preds["BraTS20_Training_008"] = tumour(8, shift=(1, 0, 0))
+    write_nifti(
+        pred / "BraTS20_Training_008.nii.gz", preds["BraTS20_Training_008"][::-1], AFFINE @ flip
+    )
+    # 009: float labels that are not integers
+    write_nifti(pred / "BraTS20_Training_009.nii.gz", refs["BraTS20_Training_009"] * 0.5, AFFINE)
+    preds[case355] = tumour(355, shift=(0, 0, 1))
+    write_nifti(pred / f"{case355}.nii", preds[case355], AFFINE)
+    write_nifti(pred / "BraTS20_Training_777.nii.gz", refs["BraTS20_Training_001"], AFFINE)
+    return ref_root, pred, refs, preds
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        return list(reader)
+
+
+def by_case(rows):
+    out = {}
+    for row in rows:
+        out.setdefault(row["case_id"], {})[row["region"]] = row
+    return out
+
+
+def test_evaluate_scores_every_case_and_reports_problems(folders, tmp_path, capsys):
+    _ref_root, pred, refs, preds = folders
+    out = tmp_path / "scores" / "evaluate.csv"
+    code = main(["evaluate", "--pred", str(pred), "--ref", str(tmp_path), "--out", str(out)])
+    assert code == 1  # written, but some cases had problems
+    rows = by_case(read_rows(out))
+    status = {case: r["WT"]["status"] for case, r in rows.items()}
+    assert status == {
+        "BraTS20_Training_001": "ok",
+        "BraTS20_Training_002": "ok",
+        "BraTS20_Training_003": "ok",
+        "BraTS20_Training_004": "missing_prediction",
+        "BraTS20_Training_005": "unreadable",
+        "BraTS20_Training_006": "shape_mismatch",
+        "BraTS20_Training_007": "affine_mismatch",
+        "BraTS20_Training_008": "ok",
+        "BraTS20_Training_009": "invalid_labels",
+        "BraTS20_Training_355": "ok",
+        "BraTS20_Training_777": "no_reference",
+    }
+    # scored values are the library's values on the same arrays
+    for case in ("BraTS20_Training_002", "BraTS20_Training_003", "BraTS20_Training_008",
+                 "BraTS20_Training_355"):  # fmt: skip
+        expected = score_label_maps(preds[case], refs[case], SPACING)
+        for s in expected:
+            row = rows[case][s.region]
+            assert float(row["dice"]) == pytest.approx(s.dice, abs=1e-9), (case, s.region)
+            assert float(row["hd95"]) == pytest.approx(s.hd95, abs=1e-6), (case, s.region)
+            assert float(row["hd_max"]) == pytest.approx(s.hd_max, abs=1e-6)
+            assert int(row["pred_voxels"]) == s.pred_voxels
+    assert 0.3 < float(rows["BraTS20_Training_002"]["WT"]["dice"]) < 0.99
+    assert "re-ordered" in rows["BraTS20_Training_008"]["WT"]["note"]
+    for region in ("WT", "TC", "ET"):
+        perfect = rows["BraTS20_Training_001"][region]
+        assert (float(perfect["dice"]), float(perfect["hd95"])) == (1.0, 0.0)
+        # problems are scored as an empty prediction, as BraTS does
+        for case in ("004", "005", "006", "007", "009"):
+            row = rows[f"BraTS20_Training_{case}"][region]
+            assert float(row["dice"]) == 0.0
+            assert float(row["hd95"]) == pytest.approx(DIAG, abs=1e-6)
+            assert row["empty_rule"] == "pred_empty" and row["note"]
+        orphan = rows["BraTS20_Training_777"][region]
+        assert orphan["dice"] == "" and orphan["hd95"] == ""
+    assert rows["BraTS20_Training_355"]["WT"]["reference"].endswith("W39_1998.09.19_Segm.nii")
+    assert (
+        "not a readable" in rows["BraTS20_Training_005"]["WT"]["note"]
+        or "cannot read" in (rows["BraTS20_Training_005"]["WT"]["note"])
+    )
+    text = capsys.readouterr().out
+    assert "Dice mean" in text and "HD95 mean" in text
+    assert "1 missing predictions" in text and "BraTS20_Training_004" in text
+    assert "1 predictions without a reference" in text and "BraTS20_Training_777" in text
+    # the summary is over the 10 reference cases, problems included (as empty predictions)
+    wt = [float(rows[c]["WT"]["dice"]) for c in rows if c != "BraTS20_Training_777"]
+    wt_line = next(line for line in text.splitlines() if line.startswith("WT"))
+    assert wt_line.split()[1] == "10"
+    assert float(wt_line.split()[2]) == pytest.approx(np.mean(wt), abs=1e-4)
+    assert not list(out.parent.glob(".*tmp"))  # the temporary file was renamed away
+
+
+def test_parallel_jobs_give_the_same_rows(folders, tmp_path):
+    ref_root, pred, _, _ = folders
+    one = evaluate_folders(pred, ref_root, jobs=1)
+    two = evaluate_folders(pred, ref_root, jobs=2)
+    assert len(one.rows) == 11 * 3
+    a = write_csv(one.rows, tmp_path / "one.csv").read_bytes()
+    b = write_csv(two.rows, tmp_path / "two.csv").read_bytes()
+    assert a == b
+
+
+def test_flat_reference_folder_and_clean_run(tmp_path, capsys):
+    ref = tmp_path / "ref"
+    pred = tmp_path / "pred"
+    ref.mkdir()
+    pred.mkdir()
+    for i in (1, 2):
+        case = f"BraTS20_Validation_{i:03d}"
+        label = tumour(i)
+        write_nifti(ref / f"{case}_seg.nii.gz", label, AFFINE)
+        write_nifti(ref / f"{case}_flair.nii.gz", label.astype(np.float32), AFFINE)  # ignored
+        write_nifti(pred / f"{case}.nii.gz", tumour(i, shift=(1, 0, 0)), AFFINE)
+    out = tmp_path / "e.csv"
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred),
+            "--ref",
+            str(ref),
+            "--out",
+            str(out),
+            "--regions",
+            "WT,ET",
+        ]
+    )
+    assert code == 0
+    rows = read_rows(out)
+    assert [(r["case_id"], r["region"]) for r in rows] == [
+        ("BraTS20_Validation_001", "WT"),
+        ("BraTS20_Validation_001", "ET"),
+        ("BraTS20_Validation_002", "WT"),
+        ("BraTS20_Validation_002", "ET"),
+    ]
+    assert all(r["status"] == "ok" and 0 < float(r["dice"]) < 1 for r in rows)
+    assert "TC" not in capsys.readouterr().out
+
+
+def test_ignore_affine_scores_voxel_by_voxel(folders, tmp_path):
+    ref_root, pred, _refs, _ = folders
+    result = evaluate_folders(pred, ref_root, ignore_affine=True)
+    rows = [r for r in result.rows if r.case_id == "BraTS20_Training_007"]
+    assert {r.status for r in rows} == {"ok"}
+    assert all(r.dice == 1.0 for r in rows) and "voxel by voxel" in rows[0].note
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "x.csv"
+    assert (
+        main(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(empty), "--out", str(out)])
+        == 2
+    )
+    assert "not found" in capsys.readouterr().err
+    assert main(["evaluate", "--pred", str(empty), "--ref", str(empty), "--out", str(out)]) == 2
+    assert "no reference label maps" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(empty),
+                "--ref",
+                str(empty),
+                "--out",
+                str(out),
+                "--regions",
+                "XX",
+            ]
+        )
+        == 2
+    )
+    assert "XX" in capsys.readouterr().err
+    assert not out.exists()
