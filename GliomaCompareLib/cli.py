@@ -20,7 +20,6 @@ __all__ = ["CommandError", "build_parser", "main"]
 COMMAND_MODULES = (
     "GliomaCompareLib.data.commands",
     "GliomaCompareLib.metrics.commands",
-    "GliomaCompareLib.cnn.commands",
 )
 
 
