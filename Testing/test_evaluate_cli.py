@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -249,3 +250,50 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     )
     assert "XX" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cropped_grid_with_shifted_origin_is_placed_exactly(tmp_path):
+    """A prediction cropped to the tumour (as Slicer may save a .seg.nrrd), its origin moved to
+    match, is placed back on the reference grid; labels outside the reference are reported."""
+    from GliomaCompareLib.metrics.evaluation import CaseFiles, evaluate_case
+
+    ref = tumour(4)
+    pred = tumour(4, shift=(1, 0, 0))
+    write_nifti(tmp_path / "ref.nii.gz", ref, AFFINE)
+    crop = pred[4:22, 3:20, 2:15]
+    moved = AFFINE.copy()
+    moved[:3, 3] = (AFFINE @ np.array([4, 3, 2, 1.0]))[:3]
+    write_seg_nrrd(tmp_path / "crop.seg.nrrd", crop, moved)
+    rows = evaluate_case(CaseFiles("c", tmp_path / "crop.seg.nrrd", tmp_path / "ref.nii.gz"))
+    expected = score_label_maps(pred, ref, SPACING)
+    assert [r.status for r in rows] == ["ok"] * 3
+    assert [r.dice for r in rows] == pytest.approx([s.dice for s in expected], abs=1e-12)
+    assert "placed at voxel offset [4, 3, 2]" in rows[0].note
+    # a grid hanging over the reference's edge: the labelled voxels outside are dropped, said so
+    over = np.zeros((10, 10, 10), np.uint8)
+    over[:, :, :] = 2
+    edge = AFFINE.copy()
+    edge[:3, 3] = (AFFINE @ np.array([20, 18, 12, 1.0]))[:3]
+    write_nifti(tmp_path / "over.nii.gz", over, edge)
+    rows = evaluate_case(CaseFiles("c", tmp_path / "over.nii.gz", tmp_path / "ref.nii.gz"))
+    assert rows[0].status == "ok" and "outside the reference image were dropped" in rows[0].note
+    assert rows[0].pred_voxels == 4 * 4 * 4
+
+
+def test_unexpected_labels_and_bad_references_are_reported(tmp_path):
+    from GliomaCompareLib.metrics.evaluation import CaseFiles, evaluate_case
+
+    ref = tumour(1)
+    pred = ref.copy()
+    pred[0, 0, 0] = 3
+    write_nifti(tmp_path / "ref.nii.gz", ref, AFFINE)
+    write_nifti(tmp_path / "pred.nii.gz", pred, AFFINE)
+    rows = evaluate_case(CaseFiles("c", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz"))
+    assert rows[0].status == "ok" and "labels outside brats2020: [3]" in rows[0].note
+    assert rows[0].dice == 1.0  # label 3 is in no region
+    rows = evaluate_case(CaseFiles("c", tmp_path / "pred.nii.gz", tmp_path / "missing.nii.gz"))
+    assert {r.status for r in rows} == {"unreadable_reference"}
+    assert all(math.isnan(r.dice) for r in rows)
+    write_nifti(tmp_path / "frac.nii.gz", ref * 0.3, AFFINE)
+    rows = evaluate_case(CaseFiles("c", tmp_path / "pred.nii.gz", tmp_path / "frac.nii.gz"))
+    assert {r.status for r in rows} == {"unreadable_reference"} and "non-integer" in rows[0].note

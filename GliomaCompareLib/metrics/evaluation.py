@@ -305,6 +305,8 @@ def _as_labels(array: np.ndarray) -> tuple[np.ndarray | None, str]:
             return None, "non-integer label values"
     elif array.dtype.kind not in "iu":
         return None, f"unsupported voxel type {array.dtype}"
+    if array.dtype == np.uint8:
+        return array, ""
     lo, hi = (array.min(), array.max()) if array.size else (0, 0)
     if lo < 0:
         return None, f"negative label value {lo:g}"
@@ -314,10 +316,16 @@ def _as_labels(array: np.ndarray) -> tuple[np.ndarray | None, str]:
 
 
 def _unexpected_labels(label: np.ndarray, conv: Convention) -> list[int]:
-    if label.dtype == np.uint8:
-        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    from GliomaCompareLib.metrics.segmentation import bounding_box
+
+    box = bounding_box(label)  # every non-zero label lies in it: count only there
+    if box is None:
+        return [] if 0 in conv.labels else [0]
+    crop = label[box]
+    if crop.dtype == np.uint8:  # order="K": no copy of a Fortran-ordered NIfTI array
+        present = np.flatnonzero(np.bincount(crop.ravel(order="K"), minlength=256))
     else:
-        present = np.unique(label)
+        present = np.unique(crop)
     return [int(v) for v in present if int(v) not in conv.labels]
 
 
