@@ -1,0 +1,355 @@
+"""The Qt side of the module: fills the widgets from :class:`CompareLogic` and forwards clicks.
+
+Only runs inside the 3D Slicer application (needs ``qt``). Everything it calls is in the
+Qt-free, tested logic; this file only moves values between widgets and the logic. Background
+runs are polled with a ``QTimer`` (200 ms), so the GUI never waits on a process.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import qt
+import slicer
+
+from GliomaCompareSlicerLib import dependencies
+from GliomaCompareSlicerLib.logic import CompareLogic
+from GliomaCompareSlicerLib.process import CnnRunParams, VlmRunParams, available_commands
+
+__all__ = ["CompareWidget"]
+
+_SHOW = {
+    "showGroundTruthCheckBox": "ground_truth",
+    "showCnnCheckBox": "cnn",
+    "showVlmPointCheckBox": "vlm_point",
+    "showVlmBoxCheckBox": "vlm_box",
+    "showVlmPolygonCheckBox": "vlm_polygon",
+}
+
+
+def _is_set(path) -> bool:
+    return path is not None and str(path) not in ("", ".")
+
+
+class CompareWidget:
+    """Connects the ``.ui`` widgets (``ui``) and the parameter node to a :class:`CompareLogic`."""
+
+    def __init__(self, ui, parameter_node_getter, logic: CompareLogic):
+        self.ui = ui
+        self.params = parameter_node_getter
+        self.logic = logic
+        self.job = None
+        self.shown_rows = []
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.poll_job)
+        try:
+            self.commands = available_commands()
+        except Exception as exc:  # the library itself failed to import: say so, keep the GUI
+            self.commands = set()
+            self.append_log(f"GliomaCompareLib could not be imported: {exc}")
+        ui.openDataButton.connect("clicked()", self.open_data)
+        ui.openRunButton.connect("clicked()", self.open_run)
+        ui.sortMetricComboBox.connect("currentIndexChanged(int)", self.refresh_table)
+        ui.worstFirstCheckBox.connect("toggled(bool)", self.refresh_table)
+        ui.caseTableWidget.connect("cellDoubleClicked(int,int)", lambda r, c: self.load_selected())
+        ui.loadCaseButton.connect("clicked()", self.load_selected)
+        ui.previousButton.connect("clicked()", lambda: self.step(-1))
+        ui.nextButton.connect("clicked()", lambda: self.step(1))
+        ui.runCnnButton.connect("clicked()", self.run_cnn)
+        ui.runVlmButton.connect("clicked()", self.run_vlm)
+        ui.cancelButton.connect("clicked()", self.cancel_job)
+        ui.jumpButton.connect("clicked()", self.jump)
+        ui.saveButton.connect("clicked()", self.save)
+        for name, method in _SHOW.items():
+            getattr(ui, name).connect(
+                "toggled(bool)", lambda on, m=method: self.logic.set_method_visible(m, on)
+            )
+        self.update_buttons()
+
+    # ------------------------------------------------------------------------------ helpers
+    def append_log(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+
+    def _guard(self, what: str, func, *args):
+        try:
+            with slicer.util.tryWithErrorDisplay(f"{what} failed.", waitCursor=True):
+                return func(*args)
+        except Exception as exc:  # shown to the user by tryWithErrorDisplay
+            self.append_log(f"{what} failed: {exc}")
+            return None
+
+    def _need(self, kind: str) -> bool:
+        return bool(self._guard("Installing Python packages", dependencies.ensure, kind))
+
+    def update_buttons(self) -> None:
+        loaded = self.logic.loaded is not None and self.logic.loaded.case is not None
+        idle = self.job is None
+        p = self.params()
+        can_cnn = "predict-cnn" in self.commands
+        self.ui.runCnnButton.enabled = (
+            loaded and idle and can_cnn and p is not None and _is_set(p.cnnModelFolder)
+        )
+        self.ui.runCnnButton.toolTip = (
+            "Run gliomacompare predict-cnn on the loaded case in the background"
+            if can_cnn
+            else "This GliomaCompareLib has no predict-cnn command yet"
+        )
+        can_vlm = "vlm" in self.commands
+        self.ui.runVlmButton.enabled = loaded and idle and can_vlm
+        if not can_vlm:
+            self.ui.runVlmButton.toolTip = "This GliomaCompareLib has no vlm command yet"
+        self.ui.cancelButton.enabled = not idle
+        self.ui.jumpButton.enabled = self.ui.markerComboBox.count > 0
+        self.ui.saveButton.enabled = self.logic.loaded is not None or bool(self.logic.results)
+
+    # ---------------------------------------------------------------------------- the cases
+    def open_data(self) -> None:
+        p = self.params()
+        if not _is_set(p.dataFolder) or not self._need("load"):
+            return
+        if (
+            self._guard("Opening the BraTS folder", self.logic.open_data, str(p.dataFolder))
+            is not None
+        ):
+            self.after_open()
+
+    def open_run(self) -> None:
+        p = self.params()
+        if not _is_set(p.runFolder) or not self._need("load"):
+            return
+        data = str(p.dataFolder) if _is_set(p.dataFolder) else None
+        if (
+            self._guard("Opening the run folder", self.logic.open_run, str(p.runFolder), data)
+            is not None
+        ):
+            self.after_open()
+
+    def after_open(self) -> None:
+        for note in self.logic.notes:
+            self.append_log(note)
+        combo = self.ui.sortMetricComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("(case id)")
+        for name in self.logic.score_names():
+            combo.addItem(name)
+        combo.blockSignals(False)
+        self.refresh_table()
+
+    def refresh_table(self, *_args) -> None:
+        metric = self.ui.sortMetricComboBox.currentText
+        metric = None if metric in ("", "(case id)") else metric
+        self.shown_rows = self.logic.sorted_rows(metric, bool(self.ui.worstFirstCheckBox.checked))
+        scores = self.logic.score_names()
+        columns = ["case", "grade", "usable", *scores]
+        table = self.ui.caseTableWidget
+        table.clear()
+        table.setColumnCount(len(columns))
+        table.setRowCount(len(self.shown_rows))
+        table.setHorizontalHeaderLabels(columns)
+        for r, row in enumerate(self.shown_rows):
+            values = [
+                row.case_id,
+                row.grade or "?",
+                "yes" if row.usable else "NO: " + "; ".join(row.problems),
+            ]
+            for name in scores:
+                v = row.score(name)
+                values.append("" if math.isnan(v) else f"{v:.4g}")
+            for c, text in enumerate(values):
+                table.setItem(r, c, qt.QTableWidgetItem(text))
+        table.resizeColumnsToContents()
+
+    def selected_case(self) -> str | None:
+        row = self.ui.caseTableWidget.currentRow()
+        if 0 <= row < len(self.shown_rows):
+            return self.shown_rows[row].case_id
+        return None
+
+    def step(self, step: int) -> None:
+        from GliomaCompareSlicerLib.cases import neighbour
+
+        current = self.logic.loaded.case_id if self.logic.loaded else self.selected_case()
+        case_id = neighbour(self.shown_rows, current, step)
+        if case_id is None:
+            return
+        index = [r.case_id for r in self.shown_rows].index(case_id)
+        self.ui.caseTableWidget.selectRow(index)
+        self.load(case_id)
+
+    def load_selected(self) -> None:
+        case_id = self.selected_case()
+        if case_id is not None:
+            self.load(case_id)
+
+    def load(self, case_id: str) -> None:
+        if not self._need("load"):
+            return
+        self.ui.markerComboBox.clear()
+        self.ui.metricsTableWidget.clear()
+        self.ui.predictionsLabel.text = "-"
+        loaded = None
+        if self.logic.cohort is not None:
+            loaded = self._guard(f"Loading {case_id}", self.logic.load_case, case_id)
+        else:
+            self.logic.clear()
+        if loaded is not None:
+            layout = slicer.app.layoutManager()
+            layout.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+            slicer.util.setSliceViewerLayers(background=loaded.volumes.get("flair"), fit=True)
+            self.logic.jump_to(loaded.focus_ras)
+            self.ui.caseInfoLabel.text = f"{case_id} ({loaded.grade or 'grade unknown'})"
+        if self.logic.run_dir is not None:
+            results = self._guard(
+                f"Loading the run's results for {case_id}", self.logic.load_run_results, case_id
+            )
+            if results is not None:
+                self.show_results(results)
+        self.apply_visibility()
+        self.update_buttons()
+
+    # ------------------------------------------------------------------------------- runs
+    def _start(self, name: str, starter, *args) -> None:
+        if not self._need("run"):
+            return
+        job = self._guard(f"Starting {name}", starter, *args)
+        if job is None:
+            return
+        self.job = job
+        self.append_log("$ " + " ".join(job.argv))
+        self.ui.progressBar.setRange(0, 0)  # busy until the first progress line
+        self.timer.start()
+        self.update_buttons()
+
+    def run_cnn(self) -> None:
+        p = self.params()
+        params = self._guard("CNN settings", lambda: CnnRunParams(str(p.cnnModelFolder), p.device))
+        if params is not None:
+            self._start("the CNN", self.logic.start_cnn, self.logic.loaded.case_id, params)
+
+    def run_vlm(self) -> None:
+        p = self.params()
+        tasks = tuple(
+            t
+            for t, on in (
+                ("grade", p.taskGrade),
+                ("point", p.taskPoint),
+                ("box", p.taskBox),
+                ("polygon", p.taskPolygon),
+            )
+            if on
+        )
+
+        def make():
+            return VlmRunParams(
+                backend=p.vlmBackend,
+                tasks=tasks,
+                model=p.vlmModel,
+                base_url=p.vlmBaseUrl,
+                allow_remote=p.vlmAllowRemote,
+                adapter=str(p.vlmAdapter) if _is_set(p.vlmAdapter) else "",
+                runs=p.vlmRuns,
+                temperature=p.vlmTemperature,
+                slices_per_case=p.slicesPerCase,
+                device=p.device,
+            )
+
+        params = self._guard("VLM settings", make)
+        if params is not None:
+            self._start("the VLM", self.logic.start_vlm, self.logic.loaded.case_id, params)
+
+    def poll_job(self) -> None:
+        job = self.job
+        if job is None:
+            self.timer.stop()
+            return
+        for line in job.poll():
+            self.append_log(line)
+        if job.progress is not None and job.progress.fraction is not None:
+            self.ui.progressBar.setRange(0, 1000)
+            self.ui.progressBar.setValue(int(1000 * job.progress.fraction))
+            self.ui.progressBar.setFormat(job.progress.text)
+        if not job.done:
+            return
+        self.timer.stop()
+        self.job = None
+        self.ui.progressBar.setRange(0, 1000)
+        self.ui.progressBar.setValue(1000 if job.succeeded else 0)
+        self.append_log(job.summary())
+        if job.succeeded:
+            results = self._guard(
+                f"Loading the {job.name} results", self.logic.load_job_results, job
+            )
+            if results is not None:
+                self.show_results(results)
+                self.apply_visibility()
+        self.update_buttons()
+
+    def cancel_job(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.poll_job()
+
+    # ----------------------------------------------------------------------------- results
+    def show_results(self, results) -> None:
+        for note in results.notes:
+            self.append_log(note)
+        lines = []
+        for method, pred in sorted(results.predictions.items()):
+            parts = [
+                f"{k} {html.escape(str(v if not isinstance(v, float) else round(v, 3)))}"
+                for k, v in pred.items()
+            ]
+            lines.append(f"<b>{html.escape(method)}</b>: " + ", ".join(parts))
+        if lines:
+            old = self.ui.predictionsLabel.text
+            self.ui.predictionsLabel.text = "<br>".join(
+                ([old] if old not in ("", "-") else []) + lines
+            )
+        combo = self.ui.markerComboBox
+        for marker in results.markers:
+            combo.addItem(marker.label, list(marker.ras))
+        if results.table is not None:
+            from GliomaCompareSlicerLib.mrml import rows_from_table_node
+
+            table = self.ui.metricsTableWidget
+            rows = rows_from_table_node(results.table)
+            start = table.rowCount
+            table.setColumnCount(3)
+            table.setHorizontalHeaderLabels(["score", "value", "source"])
+            table.setRowCount(start + len(rows))
+            for r, row in enumerate(rows):
+                value = row["value"]
+                text = row["text"] or ("" if math.isnan(value) else f"{value:.4g}")
+                for c, cell in enumerate((str(row["metric"]), text, str(row["source"]))):
+                    table.setItem(start + r, c, qt.QTableWidgetItem(cell))
+            table.resizeColumnsToContents()
+        self.update_buttons()
+
+    def apply_visibility(self) -> None:
+        for name, method in _SHOW.items():
+            self.logic.set_method_visible(method, bool(getattr(self.ui, name).checked))
+
+    def jump(self) -> None:
+        ras = self.ui.markerComboBox.itemData(self.ui.markerComboBox.currentIndex)
+        if ras:
+            self.logic.jump_to([float(v) for v in ras])
+
+    def save(self) -> None:
+        p = self.params()
+        if not _is_set(p.saveFolder):
+            slicer.util.warningDisplay("Choose a folder to save to first.")
+            return
+        case_id = self.logic.loaded.case_id if self.logic.loaded else "case"
+        written = self._guard("Saving", self.logic.save_case, Path(str(p.saveFolder)) / case_id)
+        if written:
+            self.append_log(f"saved {len(written)} files; open {written['scene']} in Slicer")
+
+    def cleanup(self) -> None:
+        self.timer.stop()
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+        self.job = None

@@ -1,0 +1,252 @@
+"""What can be checked of the Slicer module without the desktop application: the .ui parses and
+holds every widget the code uses, parameter bindings match the parameter node, the module file
+compiles and defines its classes, layering rules hold (no Qt in the logic, no slicer/qt/vtk in
+GliomaCompareLib), the CMake files configure (against a stand-in Slicer) and package every file,
+and the in-Slicer dependency lists match pyproject.toml."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+import tomllib
+from slicer_env import MODULE_DIR, REPO
+
+UI = REPO / "Resources" / "UI" / "GliomaCompare.ui"
+MODULE_FILE = MODULE_DIR / "GliomaCompare.py"
+LIB = MODULE_DIR / "GliomaCompareSlicerLib"
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(UI).getroot()
+    assert root.tag == "ui" and root.findtext("class") == "GliomaCompare"
+    return {w.get("name"): w for w in root.iter("widget")}
+
+
+def used_ui_names(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute | ast.Name):
+            base = node.value
+            if (isinstance(base, ast.Attribute) and base.attr == "ui") or (
+                isinstance(base, ast.Name) and base.id == "ui"
+            ):
+                names.add(node.attr)
+        # getattr(self.ui, "nameCheckBox") through the _SHOW table
+        widget_name = r"[a-z][A-Za-z]*(CheckBox|Button|ComboBox|Widget|Edit|Label)"
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.fullmatch(widget_name, node.value)
+        ):
+            names.add(node.value)
+    return names
+
+
+def test_ui_parses_and_has_every_widget_the_code_uses():
+    widgets = ui_widgets()
+    used = used_ui_names(MODULE_FILE) | used_ui_names(LIB / "widget.py")
+    # the scan itself works: attribute use, and names reached through getattr tables
+    assert {"runCnnButton", "cancelButton", "logTextEdit", "showVlmBoxCheckBox"} <= used
+    missing = sorted(used - set(widgets))
+    assert missing == [], f"widgets used in code but not in {UI.name}: {missing}"
+    # custom widget classes are declared
+    root = ET.parse(UI).getroot()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    custom = {
+        w.get("class") for w in widgets.values() if w.get("class", "").startswith(("ctk", "qMRML"))
+    }
+    assert custom <= declared
+
+
+def parameter_fields() -> dict[str, str]:
+    tree = ast.parse(MODULE_FILE.read_text())
+    cls = next(
+        n
+        for n in tree.body
+        if isinstance(n, ast.ClassDef) and n.name == "GliomaCompareParameterNode"
+    )
+    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in cls.decorator_list)
+    return {
+        n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)
+    }
+
+
+def test_parameter_bindings_match_the_parameter_node():
+    fields = parameter_fields()
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.findtext("string")] = name
+    assert set(bound) <= set(fields), sorted(set(bound) - set(fields))
+    assert set(fields) == set(bound)  # every parameter has a widget
+    assert "Choice" in fields["device"] and "'auto', 'cuda', 'cpu'" in fields["device"]
+    assert "WithinRange" in fields["vlmTemperature"] and "WithinRange" in fields["vlmRuns"]
+    # the code reads only parameters that exist
+    code = (LIB / "widget.py").read_text()
+    read = set(re.findall(r"\bp\.([a-zA-Z]+)", code))
+    assert read <= set(fields), sorted(read - set(fields))
+
+
+def test_module_file_compiles_and_defines_module_widget_logic_test():
+    source = MODULE_FILE.read_text()
+    compile(source, str(MODULE_FILE), "exec")
+    tree = ast.parse(source)
+    classes = {
+        n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)
+    }
+    assert classes["GliomaCompare"] == ["ScriptedLoadableModule"]
+    assert classes["GliomaCompareWidget"][0] == "ScriptedLoadableModuleWidget"
+    assert classes["GliomaCompareLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["GliomaCompareTest"] == ["ScriptedLoadableModuleTest"]
+    assert "2509.10683" in source and 'categories = ["Segmentation"]' in source
+    assert len(source.splitlines()) < 260  # a thin shell over the tested logic
+
+
+def _imports(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_layering():
+    for name in ("cases", "paths", "process", "mrml", "logic", "testing", "dependencies"):
+        assert not _imports(LIB / f"{name}.py") & {"qt", "ctk"}, name
+    for name in ("cases", "paths", "process"):
+        assert "slicer" not in _imports(LIB / f"{name}.py"), name
+    for path in (REPO / "GliomaCompareLib").rglob("*.py"):
+        assert not _imports(path) & {"slicer", "qt", "ctk", "vtk"}, path
+
+
+def test_icon_is_a_128_pixel_png():
+    from PIL import Image
+
+    with Image.open(REPO / "Resources" / "Icons" / "GliomaCompare.png") as icon:
+        assert icon.format == "PNG" and icon.size == (128, 128)
+
+
+def test_slicer_dependency_lists_match_pyproject():
+    from GliomaCompareSlicerLib import dependencies
+    from packaging.requirements import Requirement
+
+    declared = {
+        Requirement(r).name.lower(): str(Requirement(r).specifier)
+        for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    for text in (*dependencies.LOAD_REQUIREMENTS, *dependencies.RUN_REQUIREMENTS):
+        req = Requirement(text)
+        assert declared.get(req.name.lower()) == str(req.specifier), text
+    assert declared["torch"] == dependencies.TORCH_REQUIREMENT
+    assert dependencies.missing(["numpy>=1.0"]) == []
+    assert dependencies.missing(["numpy>=999"]) == ["numpy>=999"]
+    assert dependencies.missing(["surely-not-installed-gc-pkg"]) == ["surely-not-installed-gc-pkg"]
+
+
+STUB_USE_SLICER = """
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/qt-scripted-modules)
+function(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "unknown arguments ${MY_UNPARSED_ARGUMENTS}")
+  endif()
+  file(APPEND ${CMAKE_BINARY_DIR}/record.txt "module|${MY_NAME}|${MY_WITH_GENERIC_TESTS}|${CMAKE_CURRENT_SOURCE_DIR}|${MY_SCRIPTS}|${MY_RESOURCES}\\n")
+endfunction()
+function(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "unknown arguments ${MY_UNPARSED_ARGUMENTS}")
+  endif()
+  file(APPEND ${CMAKE_BINARY_DIR}/record.txt "ctk|${MY_TARGET_NAME}|${MY_SOURCE_DIR}|${MY_SCRIPTS}|${MY_RESOURCES}|${MY_DESTINATION_DIR}|${MY_NO_INSTALL_SUBDIR}\\n")
+endfunction()
+function(slicer_add_python_unittest)
+  file(APPEND ${CMAKE_BINARY_DIR}/record.txt "unittest|${ARGN}\\n")
+endfunction()
+"""
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+def test_cmake_configures_and_packages_every_file(tmp_path):
+    """Configure the real CMakeLists.txt against a stand-in Slicer that records the macro calls
+    (same argument names as Slicer's SlicerMacroBuildScriptedModule.cmake / CTK's
+    ctkMacroCompilePythonScript.cmake)."""
+    fake = tmp_path / "fake-slicer"
+    fake.mkdir()
+    (fake / "SlicerConfig.cmake").write_text(
+        "set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)\n"
+        "set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/empty.cmake)\n"
+        "set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/empty.cmake)\n"
+    )
+    (fake / "UseSlicer.cmake").write_text(STUB_USE_SLICER)
+    (fake / "empty.cmake").write_text("")
+    build = tmp_path / "build"
+    run = subprocess.run(
+        ["cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={fake}", "-DBUILD_TESTING=ON"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    if run.returncode != 0 and "No CMAKE_CXX_COMPILER could be found" in run.stderr:
+        pytest.skip("no C++ compiler for project() here")
+    assert run.returncode == 0, run.stderr
+    records = [line.split("|") for line in (build / "record.txt").read_text().splitlines()]
+    module = next(r for r in records if r[0] == "module")
+    assert module[1] == "GliomaCompare" and module[2] == "TRUE"
+    scripts = module[4].split(";")
+    for script in scripts:
+        assert (MODULE_DIR / script).is_file(), script
+    on_disk = {
+        p.relative_to(MODULE_DIR).as_posix()
+        for p in MODULE_DIR.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert on_disk == set(scripts)
+    ctk = next(r for r in records if r[0] == "ctk")
+    assert ctk[1] == "GliomaCompareLib" and ctk[2] == str(REPO) and ctk[6] == "TRUE"
+    lib = set(ctk[3].split(";"))
+    expected = {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "GliomaCompareLib").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert expected <= lib and "GliomaCompareLib/slicer_files.py" in lib
+    resources = set(ctk[4].split(";"))
+    for required in (
+        "Resources/UI/GliomaCompare.ui",
+        "Resources/Icons/GliomaCompare.png",
+        "Resources/conventions/brats2020.json",
+    ):
+        assert required in resources
+    assert ctk[5].endswith("lib/qt-scripted-modules")
+    assert any(r[0] == "unittest" and "GliomaCompare.py" in r[1] for r in records)
+
+
+def test_top_level_cmake_declares_the_extension():
+    text = (REPO / "CMakeLists.txt").read_text()
+    for pattern in (
+        r"project\(GliomaCompare\)",
+        r"set\(EXTENSION_HOMEPAGE ",
+        r"set\(EXTENSION_CATEGORY ",
+        r"set\(EXTENSION_CONTRIBUTORS ",
+        r"set\(EXTENSION_DESCRIPTION ",
+        r"set\(EXTENSION_ICONURL ",
+        r"set\(EXTENSION_SCREENSHOTURLS ",
+        r"set\(EXTENSION_DEPENDS PyTorch\)",
+        r"find_package\(Slicer REQUIRED\)",
+        r"include\(\$\{Slicer_USE_FILE\}\)",
+        r"add_subdirectory\(GliomaCompare\)",
+        r"include\(\$\{Slicer_EXTENSION_GENERATE_CONFIG\}\)",
+        r"include\(\$\{Slicer_EXTENSION_CPACK\}\)",
+    ):
+        assert re.search(pattern, text), pattern
