@@ -572,6 +572,7 @@ def test_live_cnn_and_vlm_outputs(scene, tiny_data, tmp_path):  # noqa: F811
 
     k = 5
     geometry = SliceGeometry.axial(case.affine, case.shape, k)
+    geometry_next = SliceGeometry.axial(case.affine, case.shape, k + 1)
     answers = [
         {
             "case_id": CASE1,
@@ -581,13 +582,23 @@ def test_live_cnn_and_vlm_outputs(scene, tiny_data, tmp_path):  # noqa: F811
             "status": "ok",
             "parsed": {"x": 7, "y": 9},
         },
-        {
+        {  # as the VLM arm writes it: value in the prompt's units, pixel geometry, RAS corners
             "case_id": CASE1,
             "slice_index": k,
             "task": "box",
             "run": 0,
             "status": "ok",
-            "parsed": [2, 3, 8, 10],
+            "value": [0.1, 0.12, 0.4, 0.42],
+            "pixel": {"type": "box", "x0": 2, "y0": 3, "x1": 8, "y1": 10},
+            "ras": geometry.pixel_to_ras([2, 8, 8, 2], [3, 3, 10, 10]).tolist(),
+        },
+        {  # only RAS corners: placed back through the slice geometry
+            "case_id": CASE1,
+            "slice_index": k + 1,
+            "task": "box",
+            "run": 0,
+            "status": "ok",
+            "ras": geometry_next.pixel_to_ras([1, 4, 4, 1], [2, 2, 6, 6]).tolist(),
         },
         {
             "case_id": CASE1,
@@ -619,7 +630,8 @@ def test_live_cnn_and_vlm_outputs(scene, tiny_data, tmp_path):  # noqa: F811
             "task": "grade",
             "run": 0,
             "status": "ok",
-            "parsed": "LGG",
+            "value": {"grade": "lgg"},
+            "label": "LGG",
         },
         {
             "case_id": CASE1,
@@ -641,11 +653,16 @@ def test_live_cnn_and_vlm_outputs(scene, tiny_data, tmp_path):  # noqa: F811
         mrml.markup_from_node(point).points_ras[0], geometry.pixel_to_ras(7, 9), atol=1e-9
     )
     assert "tiny random-weight model" in point.GetNthControlPointDescription(0)
-    (box,) = res.nodes["vlm_box"]
-    roi = mrml.markup_from_node(box)
-    corners = geometry.ras_to_pixel(roi.corners_ras)
-    np.testing.assert_allclose([corners[:, 0].min(), corners[:, 0].max()], [1.5, 8.5], atol=1e-9)
-    np.testing.assert_allclose([corners[:, 1].min(), corners[:, 1].max()], [2.5, 10.5], atol=1e-9)
+    box, box_next = res.nodes["vlm_box"]
+    for node, geo, cols, rows in (
+        (box, geometry, [1.5, 8.5], [2.5, 10.5]),
+        (box_next, geometry_next, [0.5, 4.5], [1.5, 6.5]),
+    ):
+        corners = geo.ras_to_pixel(mrml.markup_from_node(node).corners_ras)
+        np.testing.assert_allclose([corners[:, 0].min(), corners[:, 0].max()], cols, atol=1e-9)
+        np.testing.assert_allclose([corners[:, 1].min(), corners[:, 1].max()], rows, atol=1e-9)
+        np.testing.assert_allclose(sorted(set(np.round(corners[:, 2], 9))), [-0.5, 0.5])
+    assert box_next.GetName() == f"VLM box k={k + 1}"
     (poly,) = res.nodes["vlm_polygon"]
     np.testing.assert_allclose(
         mrml.markup_from_node(poly).points_ras,

@@ -341,9 +341,13 @@ def _answer(record: Mapping) -> VlmAnswer | None:
     pixels: list[tuple[float, float]] = []
     ras: list[tuple[float, float, float]] = []
     if task == "grade":
-        text = value.get("grade") if isinstance(value, Mapping) else value
-        if isinstance(text, str) and text.strip().upper() in ("HGG", "LGG"):
-            grade = text.strip().upper()
+        for text in (
+            record.get("label"),
+            value.get("grade") if isinstance(value, Mapping) else value,
+        ):
+            if isinstance(text, str) and text.strip().upper() in ("HGG", "LGG"):
+                grade = text.strip().upper()
+                break
         for key in ("p_hgg", "prob_hgg", "P(HGG)"):
             if isinstance(record.get(key), int | float):
                 p_hgg = float(record[key])
@@ -374,8 +378,9 @@ def read_answers(path: str | Path, case_id: str | None = None) -> tuple[list[Vlm
     """VLM answers from an ``answers.jsonl`` (optionally only one case).
 
     Pixel coordinates are read from the first of ``pixels``, ``pixel``, ``parsed``, ``value``,
-    ``answer``, ``prediction`` that is present (so a field holding already-converted pixel
-    coordinates wins over the raw parsed answer), RAS from ``ras`` when given.
+    ``answer``, ``prediction`` that is present (so the VLM arm's ``pixel`` geometry, already
+    converted from the prompt's coordinate system, wins over the raw ``value``), RAS from
+    ``ras`` when given; the grade from ``label``, else the value.
 
     Returns:
         ``(answers, bad_lines)``: lines that are not JSON or lack ``case_id`` are counted, not fatal.

@@ -688,24 +688,26 @@ def _answers_to_markups(answers, case: Case, label: str, notes: list[str]) -> di
         geometry = SliceGeometry.axial(case.affine, case.shape, a.slice_index)
         note = f"slice {a.slice_index}, run {a.run}, status {a.status}{label}"
         tag = f"k={a.slice_index}" + (f" run {a.run}" if a.run else "")
-        if a.ras:
-            ras = np.asarray(a.ras, float)
-        else:
-            ras = slicer_files.points_from_pixels(geometry, a.pixels)
+        if a.pixels:
+            pix = np.asarray(a.pixels, float)
+        else:  # only RAS given: back to this slice's pixels (exact, SliceGeometry is affine)
+            pix = geometry.ras_to_pixel(np.asarray(a.ras, float))[:, :2]
         if a.task == "point":
-            points.append(ras[0])
+            points.append(slicer_files.points_from_pixels(geometry, pix[:1])[0])
             point_labels.append(tag)
             point_notes.append(note)
-        elif a.task == "box" and len(a.pixels) >= 2 and not a.ras:
-            (x0, y0), (x1, y1) = a.pixels[0], a.pixels[1]
+        elif a.task == "box" and len(pix) >= 2:
+            (x0, y0), (x1, y1) = pix.min(axis=0), pix.max(axis=0)
             out.setdefault("vlm_box", []).append(
                 slicer_files.roi_from_pixel_box(
                     geometry, x0, y0, x1, y1, name=f"VLM box {tag}", description=note
                 )
             )
-        elif a.task == "polygon" and len(ras) >= 3:
+        elif a.task == "polygon" and len(pix) >= 3:
             out.setdefault("vlm_polygon", []).append(
-                slicer_files.ClosedCurveMarkup(f"VLM polygon {tag}", ras, note)
+                slicer_files.closed_curve_from_pixels(
+                    geometry, pix, name=f"VLM polygon {tag}", description=note
+                )
             )
     if points:
         out["vlm_point"] = [
