@@ -1,0 +1,240 @@
+"""The run folder's layout and the columns of its metric tables, in one place.
+
+``gliomacompare run CONFIG --out RUN`` writes::
+
+    RUN/
+      manifest.json            versions, config, seeds, git revision, model ids, adapters, device
+      run.log                  the log of every invocation
+      splits.json              the patient-level split every arm used
+      stages/<stage>/          each stage's own outputs and its completion marker (done.json)
+      metrics/                 the tables below (CSV) and Markdown versions of the summaries
+      cases/<case_id>/         Slicer-loadable results (see GliomaCompareLib.slicer_files)
+        ground_truth.seg.nrrd, cnn.seg.nrrd, vlm_point.mrk.json, vlm_box.mrk.json,
+        vlm_polygon.mrk.json (and *_finetuned.mrk.json), metrics.json, gallery.npz
+      report.html              one self-contained file (figures embedded)
+
+Methods are named ``cnn``, ``vlm_base`` and ``vlm_finetuned``; ``majority`` is the
+majority-class baseline on the same patients. Every table row carries ``model``, which names what
+produced it (and says "tiny random-weight model" when it was the tiny VLM).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from GliomaCompareLib.pipeline.stages import atomic_write
+
+__all__ = [
+    "CASE_GALLERY_FILE",
+    "LOG_FILE",
+    "METHODS",
+    "METHOD_LABELS",
+    "REPORT_FILE",
+    "SPLITS_FILE",
+    "TABLES",
+    "TEXT_COLUMNS",
+    "read_table",
+    "write_table",
+]
+
+REPORT_FILE = "report.html"
+LOG_FILE = "run.log"
+SPLITS_FILE = "splits.json"
+CASE_GALLERY_FILE = "gallery.npz"
+
+METHODS = ("cnn", "vlm_base", "vlm_finetuned")
+METHOD_LABELS = {
+    "cnn": "3D CNN",
+    "vlm_base": "VLM (base)",
+    "vlm_finetuned": "VLM (fine-tuned)",
+    "majority": "Majority class (always the most frequent grade)",
+}
+
+_CI = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
+
+#: table name -> columns (file ``metrics/<name>.csv``).
+TABLES: dict[str, tuple[str, ...]] = {
+    # one row per method on the test patients (HGG positive)
+    "classification": (
+        "method",
+        "model",
+        "n",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "n_invalid",
+        "accuracy",
+        "precision",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "balanced_accuracy",
+        "auc",
+        "majority_baseline_accuracy",
+        *(f"{m}_ci_{end}" for m in _CI for end in ("low", "high")),
+        "ci_level",
+        "n_bootstrap",
+    ),
+    # one row per (case, method): the patient-level grade
+    "grades": (
+        "case_id",
+        "method",
+        "model",
+        "grade_true",
+        "grade_pred",
+        "p_hgg",
+        "n_slices",
+        "votes_hgg",
+        "votes_lgg",
+        "votes_invalid",
+    ),
+    # paired comparisons of methods on the same patients
+    "comparisons": ("method_a", "method_b", "n", "b", "c", "statistic", "p_value", "test"),
+    # one row per (case, method, task, region): 3D scores against the reference
+    # task: "seg" for the CNN; "box" / "polygon" / "point" for a VLM (slice masks stacked in 3D,
+    # scored against WT)
+    "segmentation": (
+        "case_id",
+        "method",
+        "model",
+        "task",
+        "region",
+        "dice",
+        "hd95",
+        "hd_max",
+        "pred_voxels",
+        "ref_voxels",
+        "empty_rule",
+        "status",
+    ),
+    # summary of the above: one row per (method, task, region)
+    "segmentation_summary": (
+        "method",
+        "model",
+        "task",
+        "region",
+        "n",
+        "dice_mean",
+        "dice_median",
+        "dice_std",
+        "hd95_mean",
+        "hd95_median",
+        "hd95_std",
+    ),
+    # one row per VLM answer on a slice (base and fine-tuned; consistency repeats included)
+    "slices": (
+        "case_id",
+        "slice_index",
+        "method",
+        "model",
+        "task",
+        "run",
+        "status",
+        "dice_2d",
+        "hd95_2d",
+        "point_inside",
+        "point_dist_mm",
+        "pred_cx",
+        "pred_cy",
+        "true_cx",
+        "true_cy",
+        "width",
+        "height",
+    ),
+    # answer-format statuses: one row per (method, task, status)
+    "answer_status": ("method", "model", "task", "status", "count", "fraction"),
+    # repeated identical queries: one row per (method, task)
+    "consistency": (
+        "method",
+        "model",
+        "task",
+        "n_items",
+        "runs",
+        "temperature",
+        "all_identical_rate",
+        "fleiss_kappa",
+        "mean_entropy",
+        "iou_spread_mean",
+        "point_dispersion_mm_mean",
+    ),
+}
+
+
+def write_table(path: str | Path, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` as the CSV table ``name`` (columns from :data:`TABLES`), atomically.
+
+    Raises:
+        KeyError: for an unknown table, or a row with a column the table does not have.
+    """
+    columns = TABLES[name]
+    rows = list(rows)
+    for row in rows:
+        extra = set(row) - set(columns)
+        if extra:
+            raise KeyError(f"table {name}: unknown columns {sorted(extra)}")
+    with atomic_write(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+    return Path(path)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+#: columns that hold text; every other column is numeric.
+TEXT_COLUMNS = frozenset(
+    {
+        "case_id",
+        "method",
+        "model",
+        "task",
+        "region",
+        "status",
+        "empty_rule",
+        "grade_true",
+        "grade_pred",
+        "test",
+        "method_a",
+        "method_b",
+    }
+)
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Read a metrics CSV: empty cells become None, numeric columns floats.
+
+    Raises:
+        ValueError: naming the file, row and column of a numeric cell that is not a number.
+    """
+    path = Path(path)
+    out = []
+    with path.open(newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            parsed: dict[str, Any] = {}
+            for key, value in row.items():
+                if value == "" or value is None:
+                    parsed[key] = None
+                elif key in TEXT_COLUMNS:
+                    parsed[key] = value
+                else:
+                    try:
+                        parsed[key] = float(value)
+                    except ValueError:
+                        raise ValueError(
+                            f"{path}:{line}: column {key} holds {value!r}, not a number"
+                        ) from None
+            out.append(parsed)
+    return out
