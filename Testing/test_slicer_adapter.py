@@ -165,7 +165,9 @@ def test_parse_progress():
     p = process.parse_progress("train:  40%|####      | 4/10 [00:02<00:03,  2.0it/s]")
     assert p.fraction == pytest.approx(0.4) and p.text == "train 4/10"
     assert process.parse_progress("[3/12] BraTS20_Training_003: ok").fraction == pytest.approx(0.25)
+    assert process.parse_progress("step 7/10").text == "step 7/10"
     assert process.parse_progress("loaded 5 cases") is None
+    assert process.parse_progress("grade (patients): accuracy 0.5, invalid 0/1") is None
     assert process.parse_progress("step 12/10") is None  # impossible counts are not progress
 
 

@@ -188,7 +188,10 @@ class Progress:
 
 
 _TQDM = re.compile(r"^(?P<desc>.*?):?\s*(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)")
-_COUNT = re.compile(r"^(?P<desc>.*?)\[?\b(?P<n>\d+)\s*/\s*(?P<total>\d+)\]?(?:\s|$)")
+# "[3/12] case: ok" (batch.py) or a bare "step 3/12"; not any "a/b" inside a sentence
+_COUNT = re.compile(
+    r"^(?:\[(?P<n1>\d+)/(?P<t1>\d+)\](?P<rest>.*)|(?P<desc>[A-Za-z][\w -]*?)\s+(?P<n2>\d+)/(?P<t2>\d+))\s*$"
+)
 
 
 def parse_progress(line: str) -> Progress | None:
@@ -202,11 +205,11 @@ def parse_progress(line: str) -> Progress | None:
         desc = match["desc"].strip() or "progress"
         return Progress(min(max(fraction, 0.0), 1.0), f"{desc} {match['n']}/{match['total']}")
     match = _COUNT.match(text)
-    if match and int(match["total"]) > 0 and int(match["n"]) <= int(match["total"]):
-        desc = match["desc"].strip(" [:") or "progress"
-        return Progress(
-            int(match["n"]) / int(match["total"]), f"{desc} {match['n']}/{match['total']}"
-        )
+    if match:
+        n, total = int(match["n1"] or match["n2"]), int(match["t1"] or match["t2"])
+        desc = (match["desc"] or match["rest"] or "").strip(" :") or "progress"
+        if total > 0 and n <= total:
+            return Progress(n / total, f"{desc} {n}/{total}")
     return None
 
 
