@@ -1,0 +1,421 @@
+"""The ``openai`` backend: any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, Ollama...).
+
+- Images go as ``data:image/png;base64,...`` URLs in an ``image_url`` content part, before the
+  prompt text.
+- Answers are constrained with ``response_format = {"type": "json_schema", ...}`` built from the
+  task's answer definition. A server that answers HTTP 400 to a request carrying
+  ``response_format`` (or ``logprobs``) is asked again without it; the feature is then dropped
+  for every later request to that server (logged once), and each answer records which features
+  were dropped.
+- Grade probabilities: ``logprobs`` with ``top_logprobs`` are requested; P(option) comes from the
+  top log-probabilities of the token where the label starts in the generated answer (after
+  ``"grade": "``), summing the alternatives that begin each option
+  (``option_method="first_token_top_logprobs"``). Options missing from the top list get no
+  mass; when neither appears, no probability is recorded.
+- Timeouts per request; retries with exponential backoff (``backoff_s * 2**attempt``, capped,
+  honouring ``Retry-After``) on connection errors, timeouts, HTTP 429 and 5xx. Other HTTP errors
+  are not retried. A query that fails for good becomes an ``Answer`` with ``error`` set.
+- Bounded concurrency: at most ``concurrency`` requests in flight (threads).
+- The API key is read only from an environment variable (``GLIOMACOMPARE_API_KEY``, else
+  ``OPENAI_API_KEY``); it is sent as a bearer token and never written to logs, errors, outputs
+  or cache keys.
+- Patient images leave the machine only on request: a base URL whose host is not loopback
+  (``localhost``, ``127.0.0.0/8``, ``::1``) is refused unless ``allow_remote`` is set.
+
+Only the standard library is used for HTTP (``urllib``).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from GliomaCompareLib.vlm.backend import Answer, DecodingConfig, Query, png_bytes
+
+__all__ = ["API_KEY_ENV", "OpenAIBackend", "RemoteURLRefused", "is_loopback_url"]
+
+log = logging.getLogger(__name__)
+
+#: Environment variables the API key is read from, in order.
+API_KEY_ENV: tuple[str, ...] = ("GLIOMACOMPARE_API_KEY", "OPENAI_API_KEY")
+_OPTIONAL_FEATURES = ("response_format", "logprobs")
+
+
+class RemoteURLRefused(ValueError):
+    """A non-loopback server URL without the explicit opt-in."""
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine (``localhost``, 127.0.0.0/8, ``::1``); no DNS."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _HTTPFailure(Exception):
+    def __init__(
+        self,
+        message: str,
+        retryable: bool,
+        status: int | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat-completions server as a VLM backend (see module docstring).
+
+    Args:
+        base_url: ``http://host:port`` or ``http://host:port/v1``.
+        model: the server's model name; None asks ``/v1/models`` and takes the only model.
+        allow_remote: allow a non-loopback host (images leave the machine).
+        concurrency: most requests in flight.
+        timeout_s: seconds per request (connect and read).
+        max_retries: retries after the first attempt.
+        backoff_s: first backoff; doubles each retry (with up to 10% jitter).
+        max_backoff_s: backoff cap.
+        use_response_format: send ``response_format`` JSON schemas.
+        top_logprobs: alternatives requested per token for grade answers (0: no logprobs).
+        model_label: what reports call the model (default: the model name).
+        api_key: the key itself (tests); default from :data:`API_KEY_ENV`.
+        sleep: the sleep function (tests may pass a fake clock).
+
+    Raises:
+        RemoteURLRefused: a non-loopback URL without ``allow_remote``.
+        ValueError: a URL that is not http(s), or a server with several models and no ``model``.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        allow_remote: bool = False,
+        concurrency: int = 4,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        use_response_format: bool = True,
+        top_logprobs: int = 10,
+        model_label: str | None = None,
+        api_key: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Base URL {base_url!r}: expected http(s)://host[:port][/v1]")
+        if not is_loopback_url(base_url) and not allow_remote:
+            raise RemoteURLRefused(
+                f"Base URL {base_url} is not on this machine: the MRI slices of patients would "
+                "be sent to it. Pass --allow-remote (allow_remote=True) if that is permitted"
+            )
+        if not is_loopback_url(base_url) and parts.scheme == "http":
+            log.warning("Sending patient images to %s over unencrypted http", parts.hostname)
+        root = base_url.rstrip("/")
+        self.base_url = root if root.endswith("/v1") else root + "/v1"
+        self.concurrency = max(1, int(concurrency))
+        self.timeout_s = float(timeout_s)
+        self.max_retries = max(0, int(max_retries))
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.top_logprobs = int(top_logprobs)
+        self._sleep = sleep
+        self._api_key = api_key if api_key is not None else _key_from_env()
+        self._lock = threading.Lock()
+        self.dropped: set[str] = set() if use_response_format else {"response_format"}
+        self.model = model or self._only_model()
+        self.model_label = model_label or self.model
+
+    # ------------------------------------------------------------------ protocol
+    def identity(self) -> dict:
+        """Backend, server URL (no credentials) and model name."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return {
+            "backend": self.name,
+            "base_url": f"{parts.scheme}://{netloc}{parts.path}",
+            "model_id": self.model,
+            "model_label": self.model_label,
+            "response_format": "response_format" not in self.dropped,
+        }
+
+    def describe(self) -> dict:
+        return {**self.identity(), "dropped_features": sorted(self.dropped)}
+
+    def answer(self, queries: Sequence[Query], decoding: DecodingConfig) -> list[Answer]:
+        """Answer a batch with at most ``concurrency`` requests in flight, in order."""
+        if not queries:
+            return []
+        if len(queries) == 1 or self.concurrency == 1:
+            return [self._one(q, decoding) for q in queries]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries))) as pool:
+            return list(pool.map(lambda q: self._one(q, decoding), queries))
+
+    # ------------------------------------------------------------------ requests
+    def _headers(self) -> dict:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
+        """One HTTP exchange; raises :class:`_HTTPFailure`."""
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(
+            self.base_url + path, data=data, headers=self._headers(), method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            text = self._redact(exc.read().decode("utf-8", "replace"))[:500]
+            retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            retryable = exc.code == 429 or exc.code >= 500
+            raise _HTTPFailure(
+                f"HTTP {exc.code} from {self.base_url}{path}: {text.strip() or exc.reason}",
+                retryable,
+                exc.code,
+                text,
+                retry_after,
+            ) from None
+        except TimeoutError as exc:
+            raise _HTTPFailure(
+                f"timeout after {self.timeout_s:g} s from {self.base_url}{path}", True
+            ) from exc
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, TimeoutError | socket.timeout):
+                message = f"timeout after {self.timeout_s:g} s from {self.base_url}{path}"
+            else:
+                message = f"cannot reach {self.base_url}{path}: {reason}"
+            raise _HTTPFailure(self._redact(message), True) from None
+        except (ConnectionError, OSError) as exc:
+            raise _HTTPFailure(f"connection to {self.base_url}{path} failed: {exc}", True) from None
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError:
+            raise _HTTPFailure(
+                f"{self.base_url}{path} returned non-JSON: {body[:200]!r}", False
+            ) from None
+
+    def _with_retries(self, method: str, path: str, payload: dict | None = None) -> dict:
+        attempt = 0
+        while True:
+            try:
+                return self._request(method, path, payload)
+            except _HTTPFailure as exc:
+                if not exc.retryable or attempt >= self.max_retries:
+                    if attempt:
+                        raise _HTTPFailure(
+                            f"{exc} (after {attempt + 1} attempts)", False, exc.status, exc.body
+                        ) from None
+                    raise
+                delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+                delay *= 1 + 0.1 * random.random()
+                if exc.retry_after is not None:
+                    delay = min(max(delay, exc.retry_after), self.max_backoff_s)
+                log.info("retrying in %.2f s: %s", delay, exc)
+                self._sleep(delay)
+                attempt += 1
+
+    def _only_model(self) -> str:
+        try:
+            listing = self._with_retries("GET", "/models")
+        except _HTTPFailure as exc:
+            raise ValueError(
+                f"No --model given, and listing the server's models failed: {exc}"
+            ) from None
+        names = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+        names = [n for n in names if n]
+        if len(names) != 1:
+            raise ValueError(
+                f"No --model given and {self.base_url}/models lists "
+                f"{len(names)} models ({', '.join(names[:10])}); pass --model NAME"
+            )
+        return names[0]
+
+    def _payload(self, query: Query, decoding: DecodingConfig, dropped: set[str]) -> dict:
+        image = base64.b64encode(png_bytes(query.image)).decode("ascii")
+        payload: dict = {
+            "model": self.model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": f"data:image/png;base64,{image}"},
+                        },
+                        {"type": "text", "text": query.prompt.text},
+                    ],
+                }
+            ],
+            "max_tokens": decoding.max_new_tokens,
+            "temperature": decoding.temperature if decoding.do_sample else 0.0,
+            "top_p": decoding.top_p if decoding.do_sample else 1.0,
+            "seed": int(query.seed) % (2**31),
+            "n": 1,
+        }
+        if "response_format" not in dropped:
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": query.prompt.response_name,
+                    "schema": query.prompt.json_schema,
+                    "strict": True,
+                },
+            }
+        if query.score_options and self.top_logprobs > 0 and "logprobs" not in dropped:
+            payload["logprobs"] = True
+            payload["top_logprobs"] = self.top_logprobs
+        return payload
+
+    def _one(self, query: Query, decoding: DecodingConfig) -> Answer:
+        start = time.perf_counter()
+        with self._lock:
+            dropped = set(self.dropped)
+        newly: list[str] = []
+        while True:
+            payload = self._payload(query, decoding, dropped)
+            try:
+                reply = self._with_retries("POST", "/chat/completions", payload)
+                break
+            except _HTTPFailure as exc:
+                feature = next((f for f in _OPTIONAL_FEATURES if f in payload), None)
+                if exc.status == 400 and feature is not None:
+                    # the server may not take this optional feature: ask once more without it
+                    dropped.add(feature)
+                    newly.append(feature)
+                    continue
+                return Answer(None, error=str(exc), latency_s=time.perf_counter() - start)
+        if newly:
+            with self._lock:
+                for feature in newly:
+                    if feature not in self.dropped:
+                        self.dropped.add(feature)
+                        log.warning(
+                            "%s rejected %s (HTTP 400); sending requests without it from now on",
+                            self.base_url,
+                            feature,
+                        )
+        return self._to_answer(query, reply, dropped, time.perf_counter() - start)
+
+    def _to_answer(self, query: Query, reply: dict, dropped: set[str], latency: float) -> Answer:
+        try:
+            choice = reply["choices"][0]
+            message = choice.get("message") or {}
+        except (KeyError, IndexError, TypeError):
+            return Answer(
+                None,
+                error=f"malformed reply from {self.base_url}: {str(reply)[:200]}",
+                latency_s=latency,
+            )
+        content = message.get("content")
+        if isinstance(content, list):  # some servers return content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        refusal = message.get("refusal")
+        text = content if content else (refusal or content)
+        options = None
+        if query.score_options and query.prompt.options and isinstance(text, str):
+            options = _first_token_option_logprobs(
+                choice.get("logprobs"), text, query.prompt.answer_prefix, query.prompt.options
+            )
+        usage = reply.get("usage") or {}
+        return Answer(
+            text=text,
+            refused=bool(refusal),
+            finish_reason=choice.get("finish_reason"),
+            option_logprobs=options,
+            option_method="first_token_top_logprobs" if options else None,
+            latency_s=latency,
+            generated_tokens=usage.get("completion_tokens"),
+            meta={"dropped_features": sorted(dropped)} if dropped else {},
+        )
+
+
+def _key_from_env() -> str | None:
+    for name in API_KEY_ENV:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _first_token_option_logprobs(
+    logprobs: dict | None, text: str, prefix: str, options: Sequence[str]
+) -> dict[str, float] | None:
+    """Option log-probabilities from the top alternatives of the token where the label starts.
+
+    ``prefix`` is the JSON before the label (``{"grade": "``); whitespace differences around
+    the colon are allowed. Returns None when the label position or both options are missing.
+    """
+    if not logprobs or not isinstance(logprobs.get("content"), list):
+        return None
+    key = re.escape(prefix.strip().lstrip("{").rstrip('"').rstrip().rstrip(":").strip())
+    match = re.search(key + r'\s*:\s*"', text)
+    if not match:
+        return None
+    label_start = match.end()
+    position = 0
+    for item in logprobs["content"]:
+        token = item.get("token", "")
+        end = position + len(token)
+        if position <= label_start < end:
+            offset = label_start - position
+            mass = dict.fromkeys(options, 0.0)
+            alternatives = item.get("top_logprobs") or [
+                {"token": token, "logprob": item.get("logprob")}
+            ]
+            for alt in alternatives:
+                piece = str(alt.get("token", ""))[offset:]
+                lp = alt.get("logprob")
+                if not piece or lp is None:
+                    continue
+                for option in options:
+                    if option.startswith(piece) or piece.startswith(option):
+                        mass[option] += math.exp(float(lp))
+            # an option absent from the top alternatives is left out (probability ~0)
+            found = {o: math.log(m) for o, m in mass.items() if m > 0}
+            return found or None
+        position = end
+    return None

@@ -1,0 +1,351 @@
+"""The openai backend against a real HTTP server on 127.0.0.1 that speaks /v1/chat/completions."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from GliomaCompareLib.vlm.backend import DecodingConfig, Query
+from GliomaCompareLib.vlm.openai_backend import OpenAIBackend, RemoteURLRefused, is_loopback_url
+from GliomaCompareLib.vlm.parsing import parse_answer
+from GliomaCompareLib.vlm.tasks import load_tasks
+
+DECODING = DecodingConfig(max_new_tokens=64)
+
+
+class FakeVLMServer:
+    """A real HTTP server in a thread. ``respond(payload, n)`` -> ``(status, body, delay_s,
+    headers)``: ``body`` a dict (sent as JSON) or a string; ``n`` counts chat requests."""
+
+    def __init__(self, respond, models=("fake-vlm",)):
+        self.respond = respond
+        self.models = list(models)
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status, body, headers=None):
+                data = body if isinstance(body, bytes) else (
+                    json.dumps(body).encode() if isinstance(body, dict) else str(body).encode()
+                )  # fmt: skip
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def do_GET(self):
+                if self.path.rstrip("/") == "/v1/models":
+                    self._send(200, {"data": [{"id": m} for m in server.models]})
+                else:
+                    self._send(404, {"error": "no such path"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                payload = json.loads(self.rfile.read(length))
+                with server.lock:
+                    n = len(server.requests)
+                    server.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "payload": payload}
+                    )
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {"error": "no such path"})
+                    return
+                status, body, delay, headers = server.respond(payload, n)
+                if delay:
+                    time.sleep(delay)
+                self._send(status, body, headers)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def reply(content=None, refusal=None, logprobs=None) -> dict:
+    message = {"role": "assistant", "content": content}
+    if refusal is not None:
+        message["refusal"] = refusal
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [choice],
+        "usage": {"completion_tokens": 7},
+    }
+
+
+def ok(content):
+    return lambda payload, n: (200, reply(content), 0, {})
+
+
+def task_of(payload) -> str:
+    fmt = payload.get("response_format")
+    if fmt:
+        return fmt["json_schema"]["name"].removeprefix("gliomacompare_")
+    text = payload["messages"][0]["content"][1]["text"]
+    for task, word in (("grade", "grade ("), ("polygon", "polygon"), ("box", "bounding box")):
+        if word in text:
+            return task
+    return "point"
+
+
+def decode_image(payload) -> np.ndarray:
+    from PIL import Image
+
+    url = payload["messages"][0]["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return load_tasks()
+
+
+def make_queries(tasks, names, size=40, score=False):
+    rng = np.random.default_rng(0)
+    out = []
+    for i, name in enumerate(names):
+        image = (rng.random((size, size, 3)) * 255).astype(np.uint8)
+        out.append(
+            Query(image=image, prompt=tasks[name].render(size, size), seed=i, score_options=score)
+        )
+    return out
+
+
+def backend_for(url, **kw):
+    kw.setdefault("model", "fake-vlm")
+    kw.setdefault("backoff_s", 0.01)
+    kw.setdefault("timeout_s", 5.0)
+    return OpenAIBackend(url, **kw)
+
+
+def test_good_answers_and_what_is_sent(tasks, monkeypatch):
+    monkeypatch.setenv("GLIOMACOMPARE_API_KEY", "sk-test-secret")
+    answers = {
+        "grade": '{"grade": "LGG"}',
+        "point": '{"x": 10, "y": 12}',
+        "box": '{"x_min": 5, "y_min": 6, "x_max": 20, "y_max": 30}',
+        "polygon": '{"points": [[5, 5], [20, 5], [20, 20]]}',
+    }
+    respond = lambda payload, n: (200, reply(answers[task_of(payload)]), 0, {})  # noqa: E731
+    names = ["grade", "point", "box", "polygon"]
+    with FakeVLMServer(respond) as server:
+        backend = backend_for(server.url, concurrency=4)
+        queries = make_queries(tasks, names)
+        got = backend.answer(queries, DECODING)
+    triples = zip(names, got, queries, strict=True)
+    statuses = [parse_answer(tasks[n], a.text, q.prompt).status for n, a, q in triples]
+    assert statuses == ["ok"] * 4
+    assert [a.text for a in got] == [answers[n] for n in names]
+    assert all(a.error is None and a.finish_reason == "stop" for a in got)
+    assert len(server.requests) == 4
+    for request in server.requests:
+        payload, headers = request["payload"], request["headers"]
+        assert headers["Authorization"] == "Bearer sk-test-secret"
+        assert payload["model"] == "fake-vlm"
+        assert payload["temperature"] == 0.0 and payload["max_tokens"] == 64
+        content = payload["messages"][0]["content"]
+        assert [c["type"] for c in content] == ["image_url", "text"]
+        name = task_of(payload)
+        fmt = payload["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+        query = queries[names.index(name)]
+        assert fmt["json_schema"]["schema"] == query.prompt.json_schema
+        assert content[1]["text"] == query.prompt.text
+        np.testing.assert_array_equal(decode_image(payload), query.image)
+    # the key goes in the header only: never in identity, answers or their records
+    dumped = json.dumps([backend.identity(), backend.describe()] + [a.to_record() for a in got])
+    assert "sk-test-secret" not in dumped
+
+
+def test_malformed_refused_and_out_of_range_answers(tasks):
+    texts = {
+        0: ("Sure! The box is (5, 6, 20", None),
+        1: ("I'm sorry, I can't help with identifying tumours.", None),
+        2: (None, "I cannot assist with medical images."),
+        3: ('{"x": 400, "y": 12}', None),
+        4: ('{"x_min": 5, "y_min": 6, "x_max": 20, "y_max": 30', None),
+    }
+
+    def respond(payload, n):
+        index = int(payload["seed"])
+        content, refusal = texts[index]
+        return 200, reply(content, refusal), 0, {}
+
+    names = ["box", "grade", "point", "point", "box"]
+    with FakeVLMServer(respond) as server:
+        got = backend_for(server.url, concurrency=2).answer(make_queries(tasks, names), DECODING)
+    prompts = [tasks[n].render(40, 40) for n in names]
+    triples = zip(names, got, prompts, strict=True)
+    parsed = [parse_answer(tasks[n], a.text, p, refused=a.refused) for n, a, p in triples]
+    assert [p.status for p in parsed] == ["invalid", "refused", "refused", "invalid", "repaired"]
+    assert got[2].refused and got[2].text == "I cannot assist with medical images."
+    assert "out_of_bounds" in parsed[3].note
+
+
+def test_server_error_is_retried_with_backoff(tasks):
+    delays = []
+
+    def respond(payload, n):
+        if n == 0:
+            return 500, {"error": "overloaded"}, 0, {}
+        if n == 1:
+            return 429, {"error": "slow down"}, 0, {"Retry-After": "0.05"}
+        return 200, reply('{"grade": "HGG"}'), 0, {}
+
+    with FakeVLMServer(respond) as server:
+        backend = backend_for(server.url, backoff_s=0.01, sleep=lambda s: delays.append(s))
+        answer = backend.answer(make_queries(tasks, ["grade"]), DECODING)[0]
+    assert answer.error is None and answer.text == '{"grade": "HGG"}'
+    assert len(server.requests) == 3
+    assert delays[0] == pytest.approx(0.01, rel=0.11)  # first backoff
+    assert delays[1] >= 0.05  # Retry-After honoured (exponential 0.02 would be shorter)
+
+
+def test_client_errors_are_not_retried(tasks):
+    respond = lambda payload, n: (404, {"error": "model not found"}, 0, {})  # noqa: E731
+    with FakeVLMServer(respond) as server:
+        backend = backend_for(server.url, use_response_format=False)
+        answer = backend.answer(make_queries(tasks, ["point"]), DECODING)[0]
+    assert answer.text is None and "HTTP 404" in answer.error and "model not found" in answer.error
+    assert len(server.requests) == 1
+
+
+def test_a_hanging_server_times_out(tasks):
+    respond = lambda payload, n: (200, reply('{"grade": "HGG"}'), 3.0, {})  # noqa: E731
+    with FakeVLMServer(respond) as server:
+        backend = backend_for(server.url, timeout_s=0.3, max_retries=1)
+        start = time.perf_counter()
+        answer = backend.answer(make_queries(tasks, ["grade"]), DECODING)[0]
+        elapsed = time.perf_counter() - start
+    assert answer.text is None
+    assert "timeout after 0.3 s" in answer.error and "after 2 attempts" in answer.error
+    assert len(server.requests) == 2
+    assert elapsed < 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_closed_port_gives_a_clear_error(tasks):
+    backend = backend_for(f"http://127.0.0.1:{free_port()}", max_retries=2)
+    got = backend.answer(make_queries(tasks, ["grade", "box"]), DECODING)
+    for answer in got:
+        assert answer.text is None
+        assert "cannot reach http://127.0.0.1:" in answer.error
+        assert "after 3 attempts" in answer.error
+    with pytest.raises(ValueError, match="listing the server's models failed"):
+        OpenAIBackend(f"http://127.0.0.1:{free_port()}", max_retries=0)
+
+
+def test_rejected_response_format_falls_back_once_per_server(tasks):
+    def respond(payload, n):
+        if "response_format" in payload:
+            return (
+                400,
+                {"error": {"message": "response_format json_schema is not supported"}},
+                0,
+                {},
+            )
+        return 200, reply('Answer: {"x": 3, "y": 4}'), 0, {}
+
+    with FakeVLMServer(respond) as server:
+        backend = backend_for(server.url)
+        first = backend.answer(make_queries(tasks, ["point"]), DECODING)[0]
+        assert len(server.requests) == 2
+        second = backend.answer(make_queries(tasks, ["point", "point"]), DECODING)
+        assert len(server.requests) == 4  # no more rejected attempts
+    assert "response_format" in server.requests[0]["payload"]
+    assert all("response_format" not in r["payload"] for r in server.requests[1:])
+    assert first.meta["dropped_features"] == ["response_format"]
+    assert all(a.text == 'Answer: {"x": 3, "y": 4}' for a in [first, *second])
+    assert backend.identity()["response_format"] is False
+
+
+def test_grade_probabilities_from_top_logprobs(tasks):
+    content = '{"grade": "HGG"}'
+    tokens = ['{"', "grade", '":', ' "', "H", "GG", '"}']
+    logprobs = {
+        "content": [
+            {"token": t, "logprob": -0.01, "top_logprobs": [{"token": t, "logprob": -0.01}]}
+            for t in tokens
+        ]
+    }
+    logprobs["content"][4]["top_logprobs"] = [
+        {"token": "H", "logprob": math.log(0.6)},
+        {"token": "HG", "logprob": math.log(0.1)},
+        {"token": "L", "logprob": math.log(0.2)},
+        {"token": "The", "logprob": math.log(0.1)},
+    ]
+    with FakeVLMServer(
+        lambda payload, n: (200, reply(content, logprobs=logprobs), 0, {})
+    ) as server:
+        answer = backend_for(server.url).answer(
+            make_queries(tasks, ["grade"], score=True), DECODING
+        )[0]
+    assert server.requests[0]["payload"]["logprobs"] is True
+    assert server.requests[0]["payload"]["top_logprobs"] == 10
+    assert answer.option_method == "first_token_top_logprobs"
+    assert answer.p_options["HGG"] == pytest.approx(0.7 / 0.9)
+    assert answer.p_options["LGG"] == pytest.approx(0.2 / 0.9)
+
+
+def test_model_listing():
+    with FakeVLMServer(ok("{}"), models=["only-one"]) as server:
+        assert OpenAIBackend(server.url).model == "only-one"
+    with (
+        FakeVLMServer(ok("{}"), models=["a", "b"]) as server,
+        pytest.raises(ValueError, match="lists 2 models"),
+    ):
+        OpenAIBackend(server.url)
+
+
+def test_remote_servers_need_an_explicit_opt_in():
+    assert is_loopback_url("http://localhost:8000/v1")
+    assert is_loopback_url("http://127.0.0.5:1")
+    assert is_loopback_url("http://[::1]:8000")
+    assert not is_loopback_url("http://10.0.0.7:8000")
+    assert not is_loopback_url("https://api.example.org/v1")
+    for url in ("http://10.0.0.7:8000", "https://api.example.org/v1", "http://127.0.0.1.nip.io"):
+        with pytest.raises(RemoteURLRefused, match="--allow-remote"):
+            OpenAIBackend(url, model="m")
+    backend = OpenAIBackend("https://api.example.org", model="m", allow_remote=True)
+    assert backend.base_url == "https://api.example.org/v1"
+    with pytest.raises(ValueError, match="http"):
+        OpenAIBackend("ftp://127.0.0.1/x", model="m")
