@@ -14,9 +14,10 @@ from collections.abc import Iterable
 __all__ = ["LOAD_REQUIREMENTS", "RUN_REQUIREMENTS", "TORCH_REQUIREMENT", "ensure", "missing"]
 
 #: Needed to open BraTS folders and load cases.
-LOAD_REQUIREMENTS = ("nibabel>=5.2", "pyyaml>=6")
+LOAD_REQUIREMENTS = ("nibabel>=5.2",)
 #: Needed (besides torch) by the CLI arms run in the background with PythonSlicer.
 RUN_REQUIREMENTS = (
+    "pyyaml>=6",
     "monai>=1.4",
     "transformers>=4.46",
     "tokenizers>=0.20",
@@ -35,19 +36,28 @@ TORCH_REQUIREMENT = ">=2.4"
 
 def missing(requirements: Iterable[str]) -> list[str]:
     """The requirements not satisfied in this Python (absent, or too old)."""
+    import re
     from importlib import metadata
 
-    from packaging.requirements import Requirement
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # no 'packaging' in this Python: check presence only
+        Requirement = None
 
     out = []
     for text in requirements:
-        req = Requirement(text)
+        req = Requirement(text) if Requirement else None
+        name = req.name if req else re.split(r"[<>=!~ ;\[]", text, maxsplit=1)[0]
         try:
-            version = metadata.version(req.name)
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
             out.append(text)
             continue
-        if req.specifier and not req.specifier.contains(version, prereleases=True):
+        if (
+            req is not None
+            and req.specifier
+            and not req.specifier.contains(version, prereleases=True)
+        ):
             out.append(text)
     return out
 
