@@ -113,14 +113,14 @@ def case_dir(run_dir: str | Path, case_id: str) -> Path:
 
 def vlm_markup_file(task: str, variant: str = "base") -> str:
     """File name of a VLM answer markup: ``vlm_point.mrk.json`` for the base model,
-    ``vlm_<variant>_point.mrk.json`` otherwise (e.g. ``variant="finetuned"``).
+    ``vlm_point_<variant>.mrk.json`` otherwise (e.g. ``variant="finetuned"``).
 
     Raises:
         ValueError: for a task other than point, box or polygon.
     """
     if task not in ("point", "box", "polygon"):
         raise ValueError(f"VLM markup task {task!r}: use point, box or polygon")
-    return f"vlm_{task}.mrk.json" if variant == "base" else f"vlm_{variant}_{task}.mrk.json"
+    return f"vlm_{task}.mrk.json" if variant == "base" else f"vlm_{task}_{variant}.mrk.json"
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:

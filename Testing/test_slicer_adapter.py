@@ -42,12 +42,29 @@ def test_metric_tables_long_and_wide_formats(tmp_path):
     )
     (tmp_path / "cls.csv").write_text("Case,grade,p_hgg\nA,HGG,0.9\nB,LGG,0.2\n")
     (tmp_path / "notes.csv").write_text("what,value\nx,1\n")
+    (tmp_path / "slices.csv").write_text(  # one row per slice: no single number per case
+        "case_id,slice_index,method,model,task,dice_2d\nA,3,vlm_base,tiny,box,0.1\n"
+        "A,4,vlm_base,tiny,box,0.3\n"
+    )
+    (tmp_path / "grades.csv").write_text(  # the run's layout (GliomaCompareLib.pipeline.layout)
+        "case_id,method,model,grade_true,grade_pred,p_hgg\n"
+        "A,cnn,SegResNet-1,HGG,LGG,0.3\nA,vlm_base,tiny random-weight model,HGG,HGG,\n"
+    )
     scores, notes = ct.read_metrics_tables(tmp_path)
     assert set(scores) == {"A", "B"}  # "mean" is an aggregate, not a case
+    assert notes[-1].startswith("slices.csv: several rows per case")
+    assert not any(k.startswith("vlm_base box") for k in scores["A"])
+    assert scores["A"]["vlm_base model"] == "tiny random-weight model"  # text, not a qualifier
+    assert ct.predictions_from(scores["A"]) == {
+        "truth": {"grade": "HGG"},
+        "unnamed method": {"p_hgg": 0.9},  # cls.csv's p_hgg column names no method
+        "cnn": {"grade": "LGG", "p_hgg": 0.3},
+        "vlm_base": {"grade": "HGG"},
+    }
     assert scores["A"]["cnn WT dice"] == 0.8 and scores["A"]["cnn ET hd95"] == 9.0
     assert np.isnan(scores["B"]["cnn WT dice"]) and np.isnan(scores["B"]["cnn WT hd95"])
     assert scores["A"]["grade"] == "HGG" and scores["B"]["p_hgg"] == 0.2
-    assert notes == ["notes.csv: no case id column; skipped"]
+    assert notes[0] == "notes.csv: no case id column; skipped"
 
 
 def test_sort_worst_first_and_navigation():

@@ -192,7 +192,7 @@ def test_roi_from_pixel_box_covers_exactly_the_pixels():
 
 def test_vlm_markup_file_names():
     assert sf.vlm_markup_file("box") == sf.VLM_BOX_FILE
-    assert sf.vlm_markup_file("point", "finetuned") == "vlm_finetuned_point.mrk.json"
+    assert sf.vlm_markup_file("point", "finetuned") == "vlm_point_finetuned.mrk.json"
     with pytest.raises(ValueError):
         sf.vlm_markup_file("grade")
 

@@ -5,9 +5,12 @@ No slicer / qt import, so all of it is tested in plain Python.
 
 Metric tables are read tolerantly: any CSV in the folder with a case-id column (``case_id``,
 ``case``, ``subject``, ``BraTS_2020_subject_ID``, ... any case) contributes; rows of aggregates
-(``mean``, ``median``, ...) are skipped; qualifier columns (``method``, ``model``, ``arm``,
-``variant``, ``region``, ``task``) become part of the score's name (``"cnn WT dice"``), so long
-tables (one row per case and region) and wide tables (one column per score) both work.
+(``mean``, ``median``, ...) are skipped; qualifier columns (``method``, ``arm``, ``variant``,
+``task``, ``region``) become part of the score's name (``"cnn seg WT dice"``), so long tables
+(one row per case and region) and wide tables (one column per score) both work. Other text
+columns (``model``, ``status``, grades) are kept as text. A table with several rows for one
+case and qualifier set (one row per slice, say) is not summarised into the case list: it is
+named in the notes and skipped, rather than showing one arbitrary row's numbers.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ _ID_COLUMNS = (
     "brats_2020_subject_id",
     "brats20id",
 )
-_QUALIFIERS = ("method", "model", "arm", "variant", "region", "task")
+_QUALIFIERS = ("method", "arm", "variant", "task", "region")
 #: Row ids that are summaries, not cases.
 AGGREGATE_IDS = frozenset(
     {"mean", "median", "std", "sd", "all", "overall", "summary", "total", "min", "max", "average"}
@@ -136,6 +139,17 @@ def read_metrics_tables(folder: str | Path) -> tuple[dict[str, dict[str, float |
             continue
         quals = [c for c in columns if c.strip().lower() in _QUALIFIERS and c != id_col]
         values = [c for c in columns if c != id_col and c not in quals]
+        keys = [
+            (r[id_col].strip(), *((r.get(q) or "").strip() for q in quals))
+            for r in rows
+            if r[id_col].strip().lower() not in AGGREGATE_IDS
+        ]
+        if len(keys) != len(set(keys)):
+            notes.append(
+                f"{path.name}: several rows per case and {'/'.join(quals) or 'case'} "
+                "(per-slice or per-run rows); not summarised in the case list"
+            )
+            continue
         numeric = {
             c: all(_number(r.get(c) or "") is not None for r in rows) and rows != [] for c in values
         }
@@ -234,26 +248,31 @@ def flatten(doc, prefix: str = "") -> dict[str, float | str]:
     return out
 
 
-_GRADE_KEY = re.compile(r"(^|[._ ])(pred(icted)?_?)?grade$", re.I)
+_GRADE_KEY = re.compile(r"(^|[._ ])((pred(icted)?_?)?grade|grade_pred(icted)?)$", re.I)
+_TRUE_KEY = re.compile(r"(^|[._ ])(grade_true|true_grade)$", re.I)
 _P_KEY = re.compile(r"(^|[._ ])p_?hgg$", re.I)
 
 
 def predictions_from(flat: Mapping[str, float | str]) -> dict[str, dict[str, float | str]]:
     """Predicted grades and P(HGG) per method from flattened scores.
 
-    A key ``<method>.grade`` / ``<method>.predicted_grade`` with value HGG/LGG and
-    ``<method>.p_hgg`` give ``{method: {"grade": ..., "p_hgg": ...}}``; a top-level ``grade``
-    is the ground truth (method ``"truth"``).
+    A key ``<method>.grade`` / ``<method>.predicted_grade`` / ``<method> grade_pred`` with
+    value HGG/LGG and ``<method>.p_hgg`` give ``{method: {"grade": ..., "p_hgg": ...}}``; a
+    top-level ``grade`` or any ``grade_true`` is the ground truth (method ``"truth"``); a P(HGG)
+    without a method is filed under ``"unnamed method"``.
     """
     out: dict[str, dict[str, float | str]] = {}
     for key, value in flat.items():
+        if _TRUE_KEY.search(key) and isinstance(value, str) and value.upper() in ("HGG", "LGG"):
+            out.setdefault("truth", {})["grade"] = value.upper()
+            continue
         grade = _GRADE_KEY.search(key)
         if grade and isinstance(value, str) and value.upper() in ("HGG", "LGG"):
             method = key[: grade.start()].strip("._ ") or "truth"
             out.setdefault(method, {})["grade"] = value.upper()
         p = _P_KEY.search(key)
         if p and isinstance(value, float) and not math.isnan(value):
-            method = key[: p.start()].strip("._ ") or "truth"
+            method = key[: p.start()].strip("._ ") or "unnamed method"
             out.setdefault(method, {})["p_hgg"] = value
     return out
 

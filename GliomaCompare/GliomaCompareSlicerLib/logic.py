@@ -313,8 +313,10 @@ class CompareLogic:
             for k, v in row_scores.items()
             if k not in flat
         ]
-        predictions = case_table.predictions_from(flat)
-        results.predictions.update(predictions)
+        # the run's tables first, then metrics.json (the case's own file) where both say
+        for source in (case_table.predictions_from(row_scores), case_table.predictions_from(flat)):
+            for method, values in source.items():
+                results.predictions.setdefault(method, {}).update(values)
         results = self._finish(results, table_rows, f"{case_id} run metrics")
         self.results.append(results)
         return results
@@ -535,8 +537,9 @@ class CompareLogic:
 
     # ------------------------------------------------------------------------------ display
     def set_method_visible(self, method: str, visible: bool) -> int:
-        """Show or hide every node of a method (``ground_truth``, ``cnn``, ``vlm_point``, ...,
-        or a prefix such as ``vlm_finetuned``); return how many nodes changed."""
+        """Show or hide every node of a method (``ground_truth``, ``cnn``, ``vlm_point``, ...;
+        a prefix matches too: ``vlm_point`` includes a run's ``vlm_point_finetuned``, ``vlm``
+        every VLM answer); return how many nodes changed."""
         nodes = [
             n
             for n in mrml.case_nodes(self.scene)
