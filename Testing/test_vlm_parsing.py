@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from GliomaCompareLib import geometry as g
@@ -231,3 +232,34 @@ def test_repair_json():
     assert repair_json('Answer: {"points": [[1, 2], [3, 4]') == {"points": [[1, 2], [3, 4]]}
     with pytest.raises(ValueError):
         repair_json("no json here")
+
+
+@pytest.mark.parametrize("system", ["pixel", "normalized", "per_mille"])
+def test_target_answers_parse_back_ok_and_fit_the_mask(tasks, system):
+    from GliomaCompareLib.metrics.segmentation import dice
+
+    mask = np.zeros((H, W), bool)
+    rr, cc = np.mgrid[:H, :W]
+    mask |= ((cc - 225) / 30.0) ** 2 + ((rr - 180) / 40.0) ** 2 <= 1  # cut by two image edges
+    mask[150:160, 180:200] = True  # and a spur
+    for name in ("point", "box", "polygon"):
+        spec = tasks[name]
+        prompt = spec.render(W, H, system, max_vertices=6)
+        text = spec.target_answer(prompt, mask=mask)
+        assert text == spec.target_answer(prompt, mask=mask)  # deterministic
+        parsed = parse_answer(spec, text, prompt)
+        assert (parsed.status, parsed.stage) == ("ok", "strict"), (name, text, parsed)
+        if name == "point":
+            centre = g.mask_centroid(mask)
+            assert parsed.geometry.x == pytest.approx(centre.x, abs=0.6)
+            assert parsed.geometry.y == pytest.approx(centre.y, abs=0.6)
+            continue
+        filled = g.geometry_to_mask(parsed.geometry, (H, W))
+        assert (filled | ~mask).mean() > 0.999  # the box / outer polygon covers the tumour
+        assert dice(filled, mask) > 0.7
+    grade = tasks["grade"]
+    assert grade.target_answer(grade.render(W, H), grade="HGG") == '{"grade": "HGG"}'
+    with pytest.raises(ValueError, match="non-empty"):
+        tasks["box"].target_answer(tasks["box"].render(W, H), mask=np.zeros((H, W), bool))
+    with pytest.raises(ValueError, match="not one of"):
+        grade.target_answer(grade.render(W, H), grade="GBM")

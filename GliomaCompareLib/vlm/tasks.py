@@ -398,6 +398,67 @@ class TaskSpec:
             raise ValueError(f"Task {self.name}: expected {len(a.keys)} numbers, got {values}")
         return json.dumps({k: num(v) for k, v in zip(a.keys, values, strict=True)})
 
+    def target_answer(self, prompt: Prompt, *, mask=None, grade: str | None = None) -> str:
+        """The correct answer to ``prompt``, as the exact JSON text the parser reads back with
+        status ``ok`` (fine-tuning targets; computed by :mod:`GliomaCompareLib.geometry`).
+
+        - ``grade``: ``grade``.
+        - ``point``: the centroid of ``mask`` (the "true centre" the scoring measures from).
+        - ``box``: the tight bounding box of ``mask``.
+        - ``polygon``: :func:`~GliomaCompareLib.geometry.mask_polygon` of ``mask`` with at most
+          ``prompt.max_vertices`` vertices (an outer polygon containing the mask).
+
+        Coordinates are converted to ``prompt.coordinate_system``; pixel coordinates are
+        rounded to integers and kept inside ``0..W-1`` / ``0..H-1``, others get 3 decimals.
+
+        Args:
+            prompt: the rendered prompt (image size, coordinate system, K).
+            mask: bool ``(H, W)`` tumour mask of the slice (localisation tasks).
+            grade: ``HGG`` / ``LGG`` (grade task).
+
+        Raises:
+            ValueError: a missing or empty mask, a mask of the wrong size, or an unknown grade.
+        """
+        import numpy as np
+
+        from GliomaCompareLib import geometry as g
+
+        if self.answer.kind == "label":
+            return self.format_answer(grade)
+        if mask is None or not np.asarray(mask).any():
+            raise ValueError(f"Task {self.name}: the target needs a non-empty tumour mask")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (prompt.height, prompt.width):
+            raise ValueError(
+                f"Task {self.name}: mask shape {mask.shape} != prompt image "
+                f"{(prompt.height, prompt.width)}"
+            )
+        if self.answer.kind == "point":
+            geom = g.mask_centroid(mask)
+        elif self.answer.kind == "box":
+            geom = g.mask_box(mask)
+        else:
+            geom = g.mask_polygon(
+                mask, max_vertices=prompt.max_vertices or self.answer.max_vertices
+            )
+        geom = g.from_pixels(geom, prompt.coordinate_system, prompt.width, prompt.height)
+        if isinstance(geom, g.Point):
+            values = np.array([[geom.x, geom.y]])
+        elif isinstance(geom, g.Box):
+            values = np.array([[geom.x0, geom.y0], [geom.x1, geom.y1]])
+        else:
+            values = geom.as_array()
+        if prompt.coordinate_system == "pixel":
+            values = np.rint(values)
+            values[:, 0] = np.clip(values[:, 0], 0, prompt.width - 1)
+            values[:, 1] = np.clip(values[:, 1], 0, prompt.height - 1)
+            digits = 0
+        else:
+            digits = 3
+        if self.answer.kind == "polygon":
+            return self.format_answer([tuple(v) for v in values], digits=digits)
+        return self.format_answer(values.ravel().tolist(), digits=digits)
+
     def is_refusal(self, text: str) -> bool:
         """Whether ``text`` matches one of the refusal patterns (case-insensitive)."""
         return any(re.search(p, text, flags=re.IGNORECASE) for p in self.refusal_patterns)
