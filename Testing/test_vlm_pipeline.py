@@ -69,11 +69,16 @@ def test_tiny_end_to_end_through_the_cli(synth_cohort, tmp_path, capsys):
     status = read_csv(out / "metrics" / "vlm_status.csv")
     for task in ("grade", "point", "box", "polygon"):
         assert sum(int(r["count"]) for r in status if r["task"] == task) == 32
-    consistency = read_csv(out / "metrics" / "vlm_consistency.csv")
-    metrics = {(r["task"], r["metric"]) for r in consistency}
-    assert ("grade", "fleiss_kappa") in metrics and ("grade", "label_agreement") in metrics
-    assert any(t == "box" and "IoU" in m for t, m in metrics)
-    assert any(t == "point" and "mm" in m for t, m in metrics)
+    consistency = {
+        (r["task"], r["level"]): r for r in read_csv(out / "metrics" / "vlm_consistency.csv")
+    }
+    assert set(consistency) == {(t, "slice") for t in ("grade", "point", "box", "polygon")} | {
+        ("grade", "patient")
+    }
+    grade_row = consistency[("grade", "slice")]
+    assert grade_row["n_items"] == "16" and grade_row["runs"] == "2"
+    assert 0 <= float(grade_row["all_identical_rate"]) <= 1 and grade_row["mean_entropy"] != ""
+    assert float(consistency[("box", "slice")]["status_agreement"]) <= 1
     manifest = json.loads((out / "vlm.json").read_text())
     assert manifest["model_label"] == TINY_MODEL_LABEL and manifest["asked"] == 128
     assert set(manifest["prompt_template_hashes"]) == {"grade", "point", "box", "polygon"}
@@ -160,32 +165,71 @@ def test_split_bad_cases_and_adapter_tasks(synth_cohort, tmp_path, tiny):
         run_vlm(data, fake, config, tmp_path / "out2", splits=path)
 
 
-def _oracle_answer(payload, task, k=6):
-    """What a perfect-sighted model would say: the brightest FLAIR blob's box / centre / outline."""
+def _oracle_answer(image, task, k=6, jitter=0.0, rng=None):
+    """What a perfect-sighted model would say: the brightest FLAIR blob's box / centre / outline
+    (optionally jittered by up to ``jitter`` pixels)."""
     from scipy import ndimage
 
-    from test_vlm_openai import decode_image
-
-    image = decode_image(payload)[..., 0].astype(float)
-    labels, n = ndimage.label(image > 180)
+    labels, n = ndimage.label(image[..., 0].astype(float) > 180)
     if n == 0:
         return "I cannot find a tumour."
     blob = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    shift = (lambda: int(rng.integers(-jitter, jitter + 1))) if jitter else (lambda: 0)
     if task == "grade":
-        return '{"grade": "HGG"}'
+        return '{"grade": "HGG"}' if not jitter or rng.random() < 0.7 else '{"grade": "LGG"}'
     if task == "point":
         c = g.mask_centroid(blob)
-        return json.dumps({"x": round(c.x), "y": round(c.y)})
+        return json.dumps({"x": round(c.x) + shift(), "y": round(c.y) + shift()})
     if task == "box":
         b = g.mask_box(blob)
         keys = ("x_min", "y_min", "x_max", "y_max")
-        return json.dumps(dict(zip(keys, map(int, b.as_tuple()), strict=True)))
+        values = [int(v) for v in b.as_tuple()]
+        values = [values[0] - abs(shift()), values[1], values[2] + abs(shift()), values[3]]
+        return json.dumps(dict(zip(keys, values, strict=True)))
     poly = g.mask_polygon(blob, max_vertices=k)
     return json.dumps({"points": [[round(x, 1), round(y, 1)] for x, y in poly.points]})
 
 
+class JitteryOracle:
+    """A small real VLM backend for tests: sees the bright blob, answers with seed-driven jitter
+    (each run of a query has its own seed, so repeats differ as a sampled model's do)."""
+
+    name = "jittery-oracle"
+    model_label = "jittery oracle (test backend)"
+
+    def identity(self):
+        return {"backend": self.name, "model_id": "oracle-v1"}
+
+    def answer(self, queries, decoding):
+        from GliomaCompareLib.vlm.backend import Answer
+
+        out = []
+        for q in queries:
+            rng = np.random.default_rng(q.seed)
+            out.append(Answer(_oracle_answer(q.image, q.prompt.task, jitter=2, rng=rng)))
+        return out
+
+
+def test_repeated_runs_report_consistency(synth_cohort, tmp_path):
+    config = VLMConfig(runs=3, slices_per_case=2, n_bootstrap=0, decoding=FAST)
+    result = run_vlm(synth_cohort, JitteryOracle(), config, tmp_path / "out")
+    rows = {(r["task"], r["level"]): r for r in result.consistency}
+    box, point, grade = rows[("box", "slice")], rows[("point", "slice")], rows[("grade", "slice")]
+    assert box["n_items"] == point["n_items"] == 16 and box["runs"] == 3
+    assert 0.3 < box["iou_spread_mean"] < 1.0  # jittered repeats overlap, but not fully
+    assert 0 < point["point_dispersion_mm_mean"] < 2 * 5.0 * 2  # +-2 px of 5 mm
+    assert box["status_agreement"] == 1.0 and box["all_identical_rate"] < 1.0
+    assert 0 < grade["all_identical_rate"] < 1 and grade["mean_entropy"] > 0
+    assert math.isfinite(grade["fleiss_kappa"])
+    polygon = rows[("polygon", "slice")]
+    assert polygon["iou_spread_mean"] == 1.0 and polygon["all_identical_rate"] == 1.0
+    assert rows[("grade", "patient")]["n_items"] == 8
+    written = read_csv(tmp_path / "out" / "metrics" / "vlm_consistency.csv")
+    assert {r["model_label"] for r in written} == {"jittery oracle (test backend)"}
+
+
 def test_oracle_server_checks_geometry_end_to_end(synth_cohort, tmp_path):
-    from test_vlm_openai import FakeVLMServer, reply, task_of
+    from test_vlm_openai import FakeVLMServer, decode_image, reply, task_of
 
     failing = {"on": True}
 
@@ -194,7 +238,7 @@ def test_oracle_server_checks_geometry_end_to_end(synth_cohort, tmp_path):
         image = payload["messages"][0]["content"][0]["image_url"]["url"]
         if failing["on"] and task == "box" and hash(image) % 3 == 0:
             return 500, {"error": "boom"}, 0, {}
-        return 200, reply(_oracle_answer(payload, task)), 0, {}
+        return 200, reply(_oracle_answer(decode_image(payload), task)), 0, {}
 
     config = VLMConfig(slices_per_case=3, decoding=FAST, n_bootstrap=0, max_vertices=6)
     with FakeVLMServer(respond) as server:

@@ -259,6 +259,8 @@ def make_backend(
         FileNotFoundError: a model or adapter that is not on this machine.
     """
     if name == "tiny":
+        if model:
+            raise ValueError("--model is not used by the tiny backend (--seed picks its weights)")
         if base_url:
             raise ValueError("--base-url is for the openai backend, not tiny")
         if load_in_4bit:

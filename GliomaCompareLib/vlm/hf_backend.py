@@ -587,12 +587,14 @@ class TransformersBackend:
             logits = self.model(**inputs, logits_to_keep=keep).logits.float()
         logp = torch.log_softmax(logits, dim=-1).cpu()
         total = ids.shape[1]
+        offset = total - logits.shape[1]  # 0 if a model version returned every position
         out: dict[int, dict[str, float]] = {}
         for r, (qi, option) in enumerate(rows):
             n = spans[r]
             targets = ids[r, total - n :]
-            # logits at absolute position t predict token t+1; kept logits cover total-keep..total-1
-            positions = torch.arange(total - n - 1, total - 1) - (total - keep)
+            # logits at absolute position t predict token t+1 (rows are left-padded, so every
+            # row ends at position total-1)
+            positions = torch.arange(total - n - 1, total - 1) - offset
             value = logp[r, positions, targets].sum().item()
             out.setdefault(qi, {})[option] = float(value)
         return out

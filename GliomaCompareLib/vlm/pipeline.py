@@ -51,6 +51,7 @@ from GliomaCompareLib.vlm.scoring import TIE_RULES, majority_vote, score_slice
 from GliomaCompareLib.vlm.tasks import COORDINATE_SYSTEMS, TASK_NAMES, Prompt, TaskSpec, load_tasks
 
 __all__ = [
+    "CONSISTENCY_COLUMNS",
     "PatientRecord",
     "ProgressEvent",
     "SliceRecord",
@@ -60,6 +61,22 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Columns of ``metrics/vlm_consistency.csv`` (one row per task and level; ``runs >= 2``).
+#: ``all_identical_rate``: share of items (slices, or patients for the voted grade) answered
+#: identically in every run (label, or exact geometry; no usable answer counts as one answer);
+#: ``mean_modal_fraction``: mean share of runs giving an item's most common answer;
+#: ``status_agreement``: share of slices with the same answer status in every run;
+#: ``fleiss_kappa``, ``mean_entropy`` (bits): grade labels over runs; ``iou_spread_*``: mean /
+#: median over slices of the mean pairwise IoU of repeated boxes / polygons;
+#: ``point_dispersion_mm_*``: mean / median over slices of the RMS distance (mm) of repeated
+#: points from their mean; ``n_items_spread``: slices with >= 2 usable repeats.
+CONSISTENCY_COLUMNS: tuple[str, ...] = (
+    "model_label", "task", "level", "n_items", "runs", "temperature", "all_identical_rate",
+    "mean_modal_fraction", "status_agreement", "fleiss_kappa", "mean_entropy",
+    "iou_spread_mean", "iou_spread_median", "point_dispersion_mm_mean",
+    "point_dispersion_mm_median", "n_items_spread",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -252,8 +269,11 @@ class PatientRecord:
     Attributes:
         case_id, task, run, grade_true: what.
         n_slices, n_usable: answers asked / usable.
-        grade_pred, votes_hgg, votes_lgg, tie, p_hgg_mean, grade_score, score_source: grade task.
-        dice_3d, hd95_3d: stacked slice masks against the full 3D WT (comparable with the CNN).
+        grade_pred, votes_hgg, votes_lgg, votes_invalid, tie, p_hgg_mean, grade_score,
+            score_source: grade task (``votes_invalid``: grade answers without a usable label).
+        dice_3d, hd95_3d, hd_max_3d: stacked slice masks against the full 3D WT (comparable
+            with the CNN); pred_voxels, ref_voxels: their sizes; empty_rule: the BraTS empty
+            rule that decided the 3D scores (``none``, ``pred_empty`` ...).
         dice_selected, hd95_selected: the same against WT on the asked slices only.
         mean_slice_dice, inside_fraction, mean_distance_mm: means over the slices (failures
             included as Dice 0 / not inside; distances over answers with a centre).
@@ -269,12 +289,17 @@ class PatientRecord:
     grade_pred: str | None = None
     votes_hgg: int | None = None
     votes_lgg: int | None = None
+    votes_invalid: int | None = None
     tie: bool | None = None
     p_hgg_mean: float | None = None
     grade_score: float | None = None
     score_source: str | None = None
     dice_3d: float | None = None
     hd95_3d: float | None = None
+    hd_max_3d: float | None = None
+    pred_voxels: int | None = None
+    ref_voxels: int | None = None
+    empty_rule: str | None = None
     dice_selected: float | None = None
     hd95_selected: float | None = None
     mean_slice_dice: float | None = None
@@ -665,6 +690,7 @@ class _Run:
                             grade_pred=vote.prediction,
                             votes_hgg=vote.votes.get(spec.positive, 0),
                             votes_lgg=vote.votes.get(negative, 0),
+                            votes_invalid=vote.n_slices - vote.n_usable,
                             tie=vote.tie,
                             p_hgg_mean=vote.p_positive_mean,
                             grade_score=vote.score,
@@ -696,6 +722,10 @@ class _Run:
                         **base,
                         dice_3d=full.dice,
                         hd95_3d=full.hd95,
+                        hd_max_3d=full.hd_max,
+                        pred_voxels=full.pred_voxels,
+                        ref_voxels=full.ref_voxels,
+                        empty_rule=full.empty,
                         dice_selected=part.dice,
                         hd95_selected=part.hd95,
                         mean_slice_dice=_mean([r.score.dice for r in chosen]),
@@ -843,34 +873,25 @@ class _Run:
         return rows
 
     def consistency_rows(self) -> list[dict]:
-        """Agreement of repeated answers (``runs >= 2``), per task, with the evaluation core."""
+        """Agreement of repeated answers (``runs >= 2``), one row per task and level, with the
+        evaluation core's consistency metrics (see :data:`CONSISTENCY_COLUMNS`)."""
         from GliomaCompareLib.metrics import consistency as c
 
         runs = self.config.runs
         if runs < 2:
             return []
         rows = []
-
-        def add(task, level, metric, value, n_items, note=""):
-            rows.append(
-                {
-                    "model_label": self.model_label,
-                    "task": task,
-                    "level": level,
-                    "metric": metric,
-                    "value": value,
-                    "n_items": n_items,
-                    "runs": runs,
-                    "temperature": self.config.decoding.temperature,
-                    "note": note,
-                }
-            )
-
+        base = {
+            "model_label": self.model_label,
+            "runs": runs,
+            "temperature": self.config.decoding.temperature,
+        }
         for task in self.config.tasks:
-            table: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
+            answers: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
+            geoms: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
+            statuses: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
             spacing: dict[tuple[str, int], tuple[float, float]] = {}
             shapes: dict[tuple[str, int], tuple[int, int]] = {}
-            statuses: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
             for r in self.records:
                 if r.task != task:
                     continue
@@ -878,83 +899,74 @@ class _Run:
                 statuses[item][r.run] = r.status
                 spacing[item] = r.pixel_spacing
                 shapes[item] = (r.prompt.height, r.prompt.width)
+                geoms[item][r.run] = r.geometry if r.usable else None
                 if task == "grade":
-                    table[item][r.run] = r.label
+                    answers[item][r.run] = r.label
+                elif r.geometry is not None and r.usable:
+                    answers[item][r.run] = json.dumps(r.geometry.to_dict(), sort_keys=True)
                 else:
-                    table[item][r.run] = r.geometry if r.usable else None
-            items = sorted(table)
+                    answers[item][r.run] = None  # no usable answer (one category)
+            items = sorted(answers)
             if not items:
                 continue
-            status_rows = [statuses[i] for i in items]
-            add(
-                task,
-                "slice",
-                "status_agreement",
-                c.agreement(status_rows).rate,
-                len(items),
-                "share of slices whose answer status is identical in every run",
-            )
+            table = [answers[i] for i in items]
+            agree = c.agreement(table)
+            row = {
+                **base,
+                "task": task,
+                "level": "slice",
+                "n_items": len(items),
+                "all_identical_rate": agree.rate,
+                "mean_modal_fraction": agree.mean_modal_fraction,
+                "status_agreement": c.agreement([statuses[i] for i in items]).rate,
+            }
             if task == "grade":
-                labels = [table[i] for i in items]
-                agree = c.agreement(labels)
-                add(
-                    task,
-                    "slice",
-                    "label_agreement",
-                    agree.rate,
-                    len(items),
-                    "share of slices with the same label in every run (no answer is a label)",
-                )
-                add(task, "slice", "mean_modal_fraction", agree.mean_modal_fraction, len(items))
-                add(task, "slice", "fleiss_kappa", c.fleiss_kappa(labels), len(items))
-                add(
-                    task,
-                    "slice",
-                    "label_entropy_bits_mean",
-                    float(np.mean(c.label_entropy(labels))),
-                    len(items),
-                )
-                patient_labels: dict[str, list] = defaultdict(lambda: [None] * runs)
+                row["fleiss_kappa"] = c.fleiss_kappa(table)
+                row["mean_entropy"] = float(np.mean(c.label_entropy(table)))
+            else:
+                rows_of = [geoms[i] for i in items]
+                spread = None
+                if task == "point":
+                    pts = np.full((len(items), runs, 2), np.nan)
+                    for a, repeats in enumerate(rows_of):
+                        for b, point in enumerate(repeats):
+                            if point is not None:
+                                pts[a, b] = (point.x, point.y)
+                    spread = c.point_dispersion_mm(pts, np.array([spacing[i] for i in items]))
+                    row["point_dispersion_mm_mean"] = spread.mean
+                    row["point_dispersion_mm_median"] = spread.median
+                else:
+                    shape = shapes[items[0]]
+                    if task == "box":
+                        spread = c.box_iou_spread(rows_of, shape)
+                    elif all(shapes[i] == shape for i in items):
+                        spread = c.polygon_iou_spread(rows_of, shape)
+                    if spread is not None:
+                        row["iou_spread_mean"] = spread.mean
+                        row["iou_spread_median"] = spread.median
+                if spread is not None:
+                    row["n_items_spread"] = spread.n_items
+            rows.append(row)
+            if task == "grade":
+                voted: dict[str, list] = defaultdict(lambda: [None] * runs)
                 for p in self.patients:
                     if p.task == "grade":
-                        patient_labels[p.case_id][p.run] = p.grade_pred
-                plabels = [patient_labels[k] for k in sorted(patient_labels)]
-                if plabels:
-                    add(
-                        task,
-                        "patient",
-                        "label_agreement",
-                        c.agreement(plabels).rate,
-                        len(plabels),
-                        "share of patients with the same voted grade in every run",
+                        voted[p.case_id][p.run] = p.grade_pred
+                patients = [voted[k] for k in sorted(voted)]
+                if patients:
+                    agree = c.agreement(patients)
+                    rows.append(
+                        {
+                            **base,
+                            "task": task,
+                            "level": "patient",
+                            "n_items": len(patients),
+                            "all_identical_rate": agree.rate,
+                            "mean_modal_fraction": agree.mean_modal_fraction,
+                            "fleiss_kappa": c.fleiss_kappa(patients),
+                            "mean_entropy": float(np.mean(c.label_entropy(patients))),
+                        }
                     )
-                    add(task, "patient", "fleiss_kappa", c.fleiss_kappa(plabels), len(plabels))
-                continue
-            geoms = [table[i] for i in items]
-            if task == "point":
-                pts = np.full((len(items), runs, 2), np.nan)
-                for a, row in enumerate(geoms):
-                    for b, p in enumerate(row):
-                        if p is not None:
-                            pts[a, b] = (p.x, p.y)
-                spread = c.point_dispersion_mm(pts, np.array([spacing[i] for i in items]))
-            elif task == "box":
-                spread = c.box_iou_spread(geoms)
-            else:
-                shape = shapes[items[0]]
-                if any(shapes[i] != shape for i in items):
-                    spread = None
-                else:
-                    spread = c.polygon_iou_spread(geoms, shape)
-            if spread is not None:
-                add(
-                    task,
-                    "slice",
-                    spread.measure,
-                    spread.mean,
-                    spread.n_items,
-                    f"median {spread.median:.4g}; slices with >= 2 usable repeats",
-                )
         return rows
 
 
@@ -1144,7 +1156,9 @@ def run_vlm(
         paths["localisation"] = _write_csv(metrics / "vlm_localisation.csv", loc_rows)
     consistency = run.consistency_rows()
     if consistency:
-        paths["consistency"] = _write_csv(metrics / "vlm_consistency.csv", consistency)
+        paths["consistency"] = _write_csv(
+            metrics / "vlm_consistency.csv", consistency, CONSISTENCY_COLUMNS
+        )
 
     failed = sum(r.status == "error" for r in run.records)
     seconds = time.perf_counter() - start
