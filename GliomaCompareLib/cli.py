@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "GliomaCompareLib.data.commands",
     "GliomaCompareLib.metrics.commands",
     "GliomaCompareLib.vlm.commands",
+    "GliomaCompareLib.report.commands",
 )
 
 

@@ -125,7 +125,11 @@ TABLES: dict[str, tuple[str, ...]] = {
         "hd95_median",
         "hd95_std",
     ),
-    # one row per VLM answer on a slice (base and fine-tuned; consistency repeats included)
+    # one row per VLM answer on a slice (base and fine-tuned; consistency repeats included);
+    # pred_cx/pred_cy (the answer's point, box centre or polygon centroid) and true_cx/true_cy
+    # (centroid of the whole tumour on the slice) are pixel coordinates (x, y) = (col, row) of
+    # the width x height slice image the VLM saw (GliomaCompareLib.geometry), empty when absent;
+    # the report normalises them as u = (x + 0.5) / width, v = (y + 0.5) / height
     "slices": (
         "case_id",
         "slice_index",
