@@ -20,6 +20,7 @@ __all__ = ["CommandError", "build_parser", "main"]
 COMMAND_MODULES = (
     "GliomaCompareLib.data.commands",
     "GliomaCompareLib.metrics.commands",
+    "GliomaCompareLib.cnn.commands",
     "GliomaCompareLib.vlm.commands",
     "GliomaCompareLib.report.commands",
 )

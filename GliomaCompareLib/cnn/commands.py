@@ -1,0 +1,246 @@
+"""``gliomacompare train-cnn`` and ``gliomacompare predict-cnn``.
+
+Nothing heavy is imported here at module level (``gliomacompare --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected TRAIN,VAL,TEST e.g. 0.6,0.2,0.2"
+        ) from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three fractions")
+    return values  # type: ignore[return-value]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train-cnn",
+        help="train the CNN segmenter and / or LGG-HGG classifier (MONAI)",
+        description=(
+            "Train the 3D CNNs of the comparison on the split's train patients, selecting the "
+            "best epoch (and the classifier's decision threshold) on its val patients. Model "
+            "folders go to OUT/seg and OUT/cls; the split is read from (or written once to) "
+            "OUT/splits.json unless --splits names another file. Runs under "
+            "`torchrun --nproc_per_node N` with DDP."
+        ),
+    )
+    p.add_argument("--data", required=True, help="BraTS data folder")
+    p.add_argument("--task", required=True, choices=["seg", "cls", "both"], help="which network")
+    p.add_argument("--out", required=True, help="output folder (OUT/seg, OUT/cls, OUT/splits.json)")
+    p.add_argument("--splits", help="splits.json to use (read if it exists, else written there)")
+    p.add_argument(
+        "--split-fractions",
+        type=_fractions,
+        default=(0.6, 0.2, 0.2),
+        help="train,val,test fractions for a new split (default 0.6,0.2,0.2)",
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of a new split (default 0)")
+    p.add_argument("--config", help="YAML with a cnn: section (or a run config that has one)")
+    p.add_argument("--epochs", type=int, help="override train.epochs (0: no training)")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (default auto)")
+    p.add_argument(
+        "--weights",
+        help="initial weights file (e.g. brats_mri_segmentation's models/model.pt); with "
+        "--epochs 0 they become the model without training",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUT/<task>/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start again where a model exists")
+    p.add_argument("--convention", default="brats2020", help="label convention (default brats2020)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "predict-cnn",
+        help="segment and grade cases with trained CNNs",
+        description=(
+            "Segment (BraTS label maps as NIfTI with the input affine, optional probability "
+            "maps) and grade (grades.csv: case_id, p_hgg, predicted_grade, threshold, "
+            "model_id, reference_grade) every case. A bad case is reported in failures.csv "
+            "and skipped. Re-running skips cases already done with the same models."
+        ),
+    )
+    p.add_argument("--data", required=True, help="BraTS data folder")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a train-cnn output folder (with seg/ and/or cls/), one model folder, or a "
+        "segmentation weights file (architecture from --config; default: the "
+        "brats_mri_segmentation bundle's)",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (default auto)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write probability maps")
+    p.add_argument("--split", help="splits.json; with --subset, predict only those patients")
+    p.add_argument(
+        "--subset", default="all", choices=["train", "val", "test", "all"], help="(default all)"
+    )
+    p.add_argument("--case", action="append", default=[], help="only this case (repeatable)")
+    p.add_argument("--config", help="YAML cnn: section (architecture for a bare weights file)")
+    p.add_argument("--convention", default="brats2020", help="label convention (default brats2020)")
+    p.add_argument("--redo", action="store_true", help="recompute cases done by an earlier run")
+    p.add_argument(
+        "--no-score",
+        action="store_true",
+        help="do not score against the reference label maps / grades (by default cases that "
+        "have them are scored: seg_scores.csv, grade_report.json)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_predict)
+
+
+def _train(args) -> int:
+    from dataclasses import replace
+
+    from GliomaCompareLib.cli import CommandError
+    from GliomaCompareLib.cnn.config import load_cnn_config
+    from GliomaCompareLib.cnn.distributed import init_distributed
+    from GliomaCompareLib.cnn.train import resolve_splits, train_classifier, train_segmenter
+    from GliomaCompareLib.data.discovery import discover_cases
+
+    config = load_cnn_config(args.config)
+    tasks = ["seg", "cls"] if args.task == "both" else [args.task]
+    if args.weights and len(tasks) > 1:
+        raise ValueError("--weights belongs to one network; use --task seg or --task cls")
+    if args.epochs is not None and args.epochs < 0:
+        raise ValueError(f"--epochs {args.epochs}: must be >= 0")
+    ctx = init_distributed(args.device)
+    out = Path(args.out)
+    cohort = discover_cases(args.data, args.convention)
+    if ctx.is_main:
+        for warning in cohort.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    split_path = Path(args.splits) if args.splits else out / "splits.json"
+    if ctx.is_main:
+        splits = resolve_splits(
+            cohort, split_path, fractions=args.split_fractions, seed=args.split_seed
+        )
+    ctx.barrier()
+    if not ctx.is_main:
+        splits = resolve_splits(cohort, split_path, create=False)
+    for task in tasks:
+        task_config = getattr(config, task)
+        if args.epochs is not None:
+            task_config = replace(task_config, train=replace(task_config.train, epochs=args.epochs))
+        trainer = train_segmenter if task == "seg" else train_classifier
+        try:
+            result = trainer(
+                cohort,
+                out / task,
+                splits,
+                task_config,
+                device=args.device,
+                weights=args.weights,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
+        except FileExistsError as exc:
+            raise CommandError(str(exc)) from exc
+        if ctx.is_main:
+            extra = f", threshold {result.threshold:.3f}" if result.threshold is not None else ""
+            print(
+                f"{task}: {result.model_id} in {result.model_dir} (best epoch {result.best_epoch}, "
+                f"val {result.score_name} {result.best_score:.3f}{extra}; "
+                f"{len(result.train_cases)} train / {len(result.val_cases)} val cases, "
+                f"{len(result.skipped)} left out; split {splits.hash}; {result.seconds:.0f} s)"
+            )
+            for case_id, reason in result.skipped:
+                print(f"  left out {case_id}: {reason}", file=sys.stderr)
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+def _predict(args) -> int:
+    from GliomaCompareLib.cnn.config import load_cnn_config
+    from GliomaCompareLib.cnn.inference import load_classifier, load_segmenter, predict_cases
+    from GliomaCompareLib.data.discovery import discover_cases
+    from GliomaCompareLib.data.splits import Splits
+
+    model = Path(args.model)
+    config = load_cnn_config(args.config) if args.config else None
+    segmenter = classifier = None
+    if model.is_file():
+        segmenter = load_segmenter(
+            model,
+            config=config.seg if config else None,
+            convention=args.convention,
+            device=args.device,
+        )
+    elif (model / "model.json").is_file():
+        import json
+
+        task = json.loads((model / "model.json").read_text()).get("task")
+        if task == "cls":
+            classifier = load_classifier(model, device=args.device)
+        else:
+            segmenter = load_segmenter(model, convention=args.convention, device=args.device)
+    elif model.is_dir():
+        if (model / "seg" / "model.json").is_file():
+            segmenter = load_segmenter(
+                model / "seg", convention=args.convention, device=args.device
+            )
+        if (model / "cls" / "model.json").is_file():
+            classifier = load_classifier(model / "cls", device=args.device)
+        if segmenter is None and classifier is None:
+            raise FileNotFoundError(f"{model}: holds no model (no model.json, seg/ or cls/)")
+    else:
+        raise FileNotFoundError(f"{model}: model folder or weights file not found")
+
+    cohort = discover_cases(args.data, args.convention)
+    records = list(cohort.cases)
+    if args.split:
+        wanted = set(Splits.load(args.split).ids(args.subset))
+        records = [r for r in records if r.case_id in wanted]
+    elif args.subset != "all":
+        raise ValueError(f"--subset {args.subset} needs --split FILE")
+    if args.case:
+        known = {r.case_id for r in records}
+        missing = [c for c in args.case if c not in known]
+        if missing:
+            raise ValueError(
+                f"--case {', '.join(missing)}: not among the cases selected in {args.data}"
+            )
+        records = [r for r in records if r.case_id in set(args.case)]
+    if not records:
+        raise ValueError("no case selected")
+    run = predict_cases(
+        records,
+        args.out,
+        segmenter=segmenter,
+        classifier=classifier,
+        convention=args.convention,
+        save_probabilities=args.save_probabilities,
+        skip_existing=not args.redo,
+        progress=not args.quiet,
+    )
+    models = ", ".join(m.model_id for m in (segmenter, classifier) if m is not None)
+    print(f"predicted {len(run.predictions)} cases with {models} into {run.out_dir}")
+    if run.grades_csv:
+        print(f"grades: {run.grades_csv}")
+    if not args.no_score and run.predictions:
+        from GliomaCompareLib.cnn.scoring import score_predictions
+
+        scores = score_predictions(run, records, convention=args.convention)
+        if scores.summary():
+            print(scores.summary())
+        for path in (scores.seg_csv, scores.grade_json):
+            if path is not None:
+                print(f"scores: {path}")
+    for case_id, reason in run.failures:
+        print(f"failed {case_id}: {reason}", file=sys.stderr)
+    return 0 if not run.failures else 1
