@@ -156,6 +156,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "method",
         "model",
         "task",
+        "level",
         "n_items",
         "runs",
         "temperature",
@@ -213,6 +214,7 @@ TEXT_COLUMNS = frozenset(
         "test",
         "method_a",
         "method_b",
+        "level",
     }
 )
 

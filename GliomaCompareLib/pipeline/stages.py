@@ -123,7 +123,7 @@ class Stage:
     """One stage of a run.
 
     Attributes:
-        name: stage name (also its folder name), e.g. ``"cnn-train"``.
+        name: stage name (also its folder name), e.g. ``"cnn-predict"``.
         run: ``run(ctx) -> summary dict``; writes its outputs under ``ctx.dir``.
         depends: names of stages whose outputs it reads.
         config_keys: dotted config keys it reads (``"vlm"``, ``"cnn.seg"``); they make up the
@@ -343,6 +343,8 @@ class StageRunner:
             dep_stage = next(s for s in self.stages if s.name == dep)
             if not dep_stage.per_case or stage.per_case:
                 continue
+            if dep_stage.enabled is not None and not dep_stage.enabled(self.config):
+                continue  # a disabled stage writes no shard markers
             need = [
                 self.stage_dir(dep) / f"done-shard-{i}-of-{self.shard.count}.json"
                 for i in range(self.shard.count)

@@ -1,0 +1,147 @@
+"""``gliomacompare run`` and ``gliomacompare demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["print_summary", "register"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the whole comparison, staged and resumable",
+        description=(
+            "Run the comparison described by CONFIG (a YAML file or a preset name: "
+            "demo, brats2020-paper) into the run folder OUT. Re-running the same command skips "
+            "finished stages and resumes interrupted ones."
+        ),
+    )
+    p.add_argument("config", help="run config: a YAML file or a preset name")
+    p.add_argument("--out", required=True, help="run folder")
+    _common(p)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="synthetic cohort + the demo preset + report, on a CPU",
+        description=(
+            "Write a synthetic BraTS-layout cohort and run the 'demo' preset on it (tiny "
+            "random-weight VLM, small CNNs, CPU), then print where the report is."
+        ),
+    )
+    p.add_argument("--out", default="gliomacompare-demo", help="run folder (default %(default)s)")
+    p.add_argument("--config", default="demo", help="preset or YAML file (default demo)")
+    _common(p)
+    p.set_defaults(func=_run)
+
+
+def _common(p) -> None:
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="redo STAGE (and what depends on it) even if finished or its config changed; "
+        "repeatable; 'all' redoes everything",
+    )
+    p.add_argument("--shard", default=None, help="process shard i of n of the cases (i/n, 0-based)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set vlm.batch_size=4 (value parsed as YAML)",
+    )
+    p.add_argument("--only", action="append", default=None, metavar="STAGE", help="run only STAGE")
+
+
+def _run(args) -> int:
+    from GliomaCompareLib.pipeline.config import load_run_config
+    from GliomaCompareLib.pipeline.run import STAGE_NAMES, run_comparison
+    from GliomaCompareLib.pipeline.stages import ConfigChangedError, Shard
+
+    config, path = load_run_config(args.config, args.overrides)
+    for name in args.only or []:
+        if name not in STAGE_NAMES:
+            raise ValueError(f"--only {name}: no such stage ({', '.join(STAGE_NAMES)})")
+    try:
+        outcome = run_comparison(
+            config,
+            path,
+            args.out,
+            force=args.force,
+            shard=Shard.parse(args.shard),
+            only=args.only,
+        )
+    except ConfigChangedError as exc:
+        print(f"gliomacompare {args.command}: {exc}", file=sys.stderr)
+        return 3
+    print_summary(outcome.run_dir, outcome.seconds)
+    return 0
+
+
+def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None) -> None:
+    """One screen: what was compared, the headline numbers, and where everything is."""
+    from GliomaCompareLib.pipeline.layout import METHOD_LABELS, read_table
+
+    stream = stream or sys.stdout
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics"
+    out = []
+    if seconds is not None:
+        out.append(f"Finished in {int(seconds) // 60} min {int(seconds) % 60} s.")
+    path = metrics / "classification.csv"
+    rows = read_table(path) if path.is_file() else []
+    if rows:
+        out.append("\nGrading (test patients, HGG positive):")
+        out.append(f"  {'method':<20} {'n':>3} {'acc':>6} {'sens':>6} {'spec':>6} {'bal.acc':>8} "
+                   f"{'AUC':>6}  model")  # fmt: skip
+        for r in rows:
+            out.append(
+                f"  {METHOD_LABELS.get(r['method'], r['method']):<20} {_n(r['n']):>3} "
+                f"{_f(r['accuracy'])} {_f(r['sensitivity'])} {_f(r['specificity'])} "
+                f"{_f(r['balanced_accuracy'], 8)} {_f(r['auc'])}  {r['model']}"
+            )
+        out.append(
+            f"  majority-class baseline accuracy: {_f(rows[0]['majority_baseline_accuracy'])}"
+        )
+    path = metrics / "segmentation_summary.csv"
+    rows = read_table(path) if path.is_file() else []
+    if rows:
+        out.append("\nSegmentation / localisation (3D Dice against the reference, mean):")
+        for r in rows:
+            out.append(
+                f"  {METHOD_LABELS.get(r['method'], r['method']):<20} {r['task']:<8} "
+                f"{r['region']:<3} Dice {_f(r['dice_mean'])}  HD95 {_f(r['hd95_mean'], 7, 1)} mm"
+                f"  (n={_n(r['n'])})"
+            )
+    path = metrics / "answer_status.csv"
+    rows = read_table(path) if path.is_file() else []
+    if rows:
+        invalid = sum(r["count"] for r in rows if r["status"] in ("invalid", "error", "empty"))
+        total = sum(r["count"] for r in rows)
+        out.append(
+            f"\nVLM answers: {int(total)}, of which {int(invalid)} invalid / empty / failed."
+        )
+    if any("tiny random-weight model" in line for line in out):
+        out.append(
+            "\nNOTE: the VLM here is the tiny random-weight model: its numbers exercise the "
+            "pipeline and say nothing about real vision-language models."
+        )
+    out.append(f"\nRun folder: {run_dir}")
+    report = run_dir / "report.html"
+    if report.is_file():
+        out.append(f"Report:     {report.resolve()}")
+    out.append(f"Slicer:     {run_dir / 'cases'} (open a case's *.seg.nrrd / *.mrk.json)")
+    print("\n".join(out), file=stream)
+
+
+def _f(value, width: int = 6, digits: int = 3) -> str:
+    return f"{value:{width}.{digits}f}" if isinstance(value, float) else f"{'-':>{width}}"
+
+
+def _n(value) -> str:
+    return str(int(value)) if isinstance(value, float) else "-"
