@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "GliomaCompareLib.metrics.commands",
     "GliomaCompareLib.cnn.commands",
     "GliomaCompareLib.vlm.commands",
+    "GliomaCompareLib.vlm.finetune_commands",
     "GliomaCompareLib.report.commands",
 )
 
