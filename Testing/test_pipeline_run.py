@@ -1,0 +1,209 @@
+"""The comparison run end to end: the demo preset at a reduced size, resume after a kill,
+refusal of a changed config, and the Slicer files of ``cases/`` read back through slicer-core."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from slicer_env import needs_slicer, scene  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+
+#: The demo preset shrunk to what a test can afford (the real demo: see Resources/presets).
+MINI = """\
+extends: demo
+name: demo-mini
+data:
+  synthetic: {cases: 12, seed: 3, shape: [48, 48, 32], hgg_fraction: 0.65}
+cnn:
+  seg:
+    patch_size: [32, 32, 32]
+    roi_size: [48, 48, 32]
+    train: {epochs: 2}
+  cls:
+    input_size: [32, 32, 32]
+    train: {epochs: 2}
+vlm:
+  slices_per_case: 2
+  decoding: {temperature: 0.0, max_new_tokens: 40, seed: 0}
+finetune:
+  epochs: 1
+consistency:
+  max_cases: 2
+metrics:
+  n_bootstrap: 100
+"""
+
+STAGES_BEFORE_KILL = ("data", "split", "cnn-train-seg", "cnn-train-cls", "cnn-predict", "vlm-base")
+
+
+def _cli(*args: str, env=None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "GliomaCompareLib.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "mini.yaml"
+    path.write_text(MINI)
+    return path
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative path -> digest)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+@dataclass
+class Interrupted:
+    run: Path
+    before: dict[str, dict[str, str]]
+    resume_err: str
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(config_file, tmp_path_factory) -> Interrupted:
+    """The reduced demo, killed (SIGKILL) right after the vlm-base stage, then run again."""
+    run = tmp_path_factory.mktemp("run") / "interrupted"
+    proc = _cli("run", str(config_file), "--out", str(run), start_new_session=True)
+    marker = run / "stages" / "vlm-base" / "done.json"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {s: _digest(run / "stages" / s) for s in STAGES_BEFORE_KILL}
+    code, out, err = _finish(_cli("run", str(config_file), "--out", str(run)))
+    assert code == 0, err[-3000:]
+    assert "Report:" in out and "tiny random-weight model" in out
+    return Interrupted(run, before, err)
+
+
+@pytest.fixture(scope="module")
+def finished_run(interrupted_run) -> Path:
+    return interrupted_run.run
+
+
+def test_run_writes_everything_the_contract_names(finished_run):
+    run = finished_run
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["name"] == "demo-mini"
+    assert manifest["versions"]["torch"] and manifest["versions"]["monai"]
+    assert manifest["device"]["device"] == "cpu"
+    assert "cnn_seg" in manifest["models"] and "vlm_base" in manifest["models"]
+    assert manifest["models"]["vlm_base"]["model_label"] == "tiny random-weight model"
+    for name in ("classification", "segmentation", "slices", "answer_status", "grades"):
+        assert (run / "metrics" / f"{name}.csv").is_file(), name
+    html = (run / "report.html").read_text()
+    assert "tiny random-weight model" in html and "<img" in html
+    assert 'src="http' not in html
+    splits = json.loads((run / "splits.json").read_text())
+    cases = sorted(p.name for p in (run / "cases").iterdir())
+    assert cases == sorted(splits["test"])
+    for case in cases:
+        folder = run / "cases" / case
+        assert (folder / "ground_truth.seg.nrrd").is_file()
+        assert (folder / "cnn.seg.nrrd").is_file()
+        assert (folder / "metrics.json").is_file() and (folder / "gallery.npz").is_file()
+    rows = (run / "metrics" / "classification.csv").read_text().splitlines()
+    methods = {line.split(",")[0] for line in rows[1:]}
+    assert methods == {"cnn", "vlm_base", "vlm_finetuned"}
+
+
+def test_cnn_beats_an_empty_prediction_and_scores_are_bounded(finished_run):
+    from GliomaCompareLib.pipeline.layout import read_table
+
+    rows = read_table(finished_run / "metrics" / "segmentation.csv")
+    cnn_wt = [r["dice"] for r in rows if r["method"] == "cnn" and r["region"] == "WT"]
+    assert cnn_wt and all(0.0 <= d <= 1.0 for d in cnn_wt)
+    assert sum(cnn_wt) / len(cnn_wt) > 0.05  # trained for 2 epochs: above nothing at all
+
+
+def test_interrupted_run_resumes_without_recomputing(interrupted_run, config_file):
+    run = interrupted_run.run
+    for stage in STAGES_BEFORE_KILL:
+        assert f"{stage}: already done (skipped)" in interrupted_run.resume_err
+        after = _digest(run / "stages" / stage)
+        before = interrupted_run.before[stage]
+        changed = {k for k in before if after.get(k) != before[k]}
+        assert not changed, f"{stage}: files recomputed after the resume: {sorted(changed)}"
+    # the results are a function of the stages' outputs: recomputing them gives the same tables
+    tables = _digest(run / "metrics")
+    code, _, err = _finish(_cli("run", str(config_file), "--out", str(run), "--force", "metrics"))
+    assert code == 0, err[-3000:]
+    assert "vlm-finetuned: already done (skipped)" in err
+    again = _digest(run / "metrics")
+    assert {k: v for k, v in again.items() if k.endswith(".csv")} == {
+        k: v for k, v in tables.items() if k.endswith(".csv")
+    }
+
+
+def test_changed_config_is_refused_and_leaves_the_run_alone(config_file, finished_run, tmp_path):
+    done = (finished_run / "stages" / "vlm-base" / "done.json").read_text()
+    code, _, err = _finish(
+        _cli("run", str(config_file), "--out", str(finished_run), "--set", "vlm.slices_per_case=3")
+    )
+    assert code == 3
+    assert "stage vlm-base" in err and "slices_per_case: 2 -> 3" in err
+    assert "--force vlm-base" in err
+    assert (finished_run / "stages" / "vlm-base" / "done.json").read_text() == done
+
+
+def test_report_rebuilds_without_recomputing(finished_run):
+    before = {p: p.stat().st_mtime_ns for p in (finished_run / "stages").rglob("done.json")}
+    (finished_run / "report.html").unlink()
+    code, _, err = _finish(_cli("report", str(finished_run)))
+    assert code == 0, err[-2000:]
+    assert (finished_run / "report.html").is_file()
+    assert before == {p: p.stat().st_mtime_ns for p in (finished_run / "stages").rglob("done.json")}
+
+
+@needs_slicer
+def test_case_files_load_in_slicer(finished_run, scene):  # noqa: F811
+    import numpy as np
+    import slicer
+    from GliomaCompareSlicerLib import mrml
+
+    from GliomaCompareLib.data import discover_cases, load_case
+
+    cohort = discover_cases(finished_run / "data", validate=False)
+    folder = sorted((finished_run / "cases").iterdir())[0]
+    case = load_case(cohort.get(folder.name))
+    reference = mrml.volume_node_from_array(case.flair, case.affine, "FLAIR", scene=scene)
+    seg = mrml.load_segmentation_file(folder / "ground_truth.seg.nrrd", scene=scene)
+    assert isinstance(seg, slicer.vtkMRMLSegmentationNode)
+    label = mrml.label_map_from_segmentation_node(seg, reference)
+    np.testing.assert_array_equal(label, case.label)
+    cnn = mrml.load_segmentation_file(folder / "cnn.seg.nrrd", scene=scene)
+    assert cnn.GetSegmentation().GetNumberOfSegments() >= 1
+    markups = list(folder.glob("vlm_*.mrk.json"))
+    for path in markups:
+        nodes = mrml.load_markups_file(path, scene=scene)
+        assert nodes, path
+        for node in nodes:
+            assert node.GetNumberOfControlPoints() >= 1
