@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "GliomaCompareLib.vlm.commands",
     "GliomaCompareLib.vlm.finetune_commands",
     "GliomaCompareLib.report.commands",
+    "GliomaCompareLib.pipeline.commands",
 )
 
 
