@@ -25,7 +25,7 @@ cnn:
     overlap: 0.25
     train: {epochs: 1, learning_rate: 0.003}
   cls:
-    network: {name: resnet10}
+    network: {name: resnet10, conv1_t_stride: 2, widen_factor: 0.25}
     input_size: [24, 24, 16]
     train: {epochs: 1, batch_size: 2}
 """

@@ -216,6 +216,24 @@ def test_predict_cases_writes_labels_grades_and_skips_a_bad_case(tmp_path):
     summary = json.loads((out / "predictions.json").read_text())
     assert summary["seg_model_id"] == "oracle-seg" and summary["cases"] == 2
 
+    # scored with the metrics module: the oracle reproduces the reference exactly
+    from GliomaCompareLib.cnn.scoring import score_predictions
+
+    scores = score_predictions(run, cohort.cases, n_bootstrap=0)
+    assert scores.seg_mean == {"WT": 1.0, "TC": 1.0, "ET": 1.0, "mean": 1.0}
+    assert {r[0] for r in scores.seg_rows} == {"BraTS20_Training_001", "BraTS20_Training_003"}
+    assert all(r[3] == 0.0 for r in scores.seg_rows)  # HD95 0 mm
+    report = scores.grade_report
+    assert report["n"] == 2 and report["model_id"] == "mean-flair" and report["threshold"] == 0.3
+    predicted = {r["case_id"]: r["predicted_grade"] for r in rows}
+    correct = sum(
+        predicted[c] == g
+        for c, g in (("BraTS20_Training_001", "HGG"), ("BraTS20_Training_003", "LGG"))
+    )
+    assert report["accuracy"] == correct / 2
+    assert (out / "seg_scores.csv").read_text().startswith("case_id,region,dice,hd95")
+    assert "mean Dice WT 1.000" in scores.summary()
+
     # re-running skips finished cases; the bad case is tried again and fails again
     calls = CountingSegmenter.calls
     again = predict_cases(

@@ -32,7 +32,7 @@ TINY_SEG = SegConfig(
     train=TrainSettings(epochs=3, learning_rate=3e-3, seed=7),
 )
 TINY_CLS = ClsConfig(
-    network=NetworkSpec("resnet10", {}),
+    network=NetworkSpec("resnet10", {"conv1_t_stride": 2, "widen_factor": 0.25}),
     input_size=(24, 24, 16),
     train=TrainSettings(epochs=2, batch_size=2, learning_rate=1e-3, seed=3),
 )

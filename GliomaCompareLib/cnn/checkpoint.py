@@ -179,7 +179,9 @@ def save_model(folder: str | Path, state_dict: dict, info: ModelInfo) -> ModelIn
     target = folder / WEIGHTS_FILE
     tmp = _atomic_target(target)
     try:
-        save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT, "task": info.task})
+        # one metadata entry only: safetensors writes a map's entries in no fixed order, and the
+        # file's sha256 is the model id
+        save_file(tensors, str(tmp), metadata={"format": MODEL_FORMAT})
         sha = file_sha256(tmp)
         os.replace(tmp, target)
     except BaseException:

@@ -87,7 +87,11 @@ def register(sub) -> None:
         "--subset", default="all", choices=["train", "val", "test", "all"], help="(default all)"
     )
     p.add_argument("--case", action="append", default=[], help="only this case (repeatable)")
-    p.add_argument("--config", help="YAML cnn: section (architecture for a bare weights file)")
+    p.add_argument(
+        "--config",
+        help="YAML cnn: section: the architecture of a bare weights file, or inference settings "
+        "(roi_size, sw_batch_size, overlap, threshold) for a model folder of that architecture",
+    )
     p.add_argument("--convention", default="brats2020", help="label convention (default brats2020)")
     p.add_argument("--redo", action="store_true", help="recompute cases done by an earlier run")
     p.add_argument(
@@ -173,29 +177,32 @@ def _predict(args) -> int:
 
     model = Path(args.model)
     config = load_cnn_config(args.config) if args.config else None
+    # with --config, a model folder must hold that architecture; its inference settings
+    # (ROI, windows per batch, overlap, threshold) then come from the config
+    seg_config = config.seg if config else None
+    cls_config = config.cls if config else None
     segmenter = classifier = None
     if model.is_file():
         segmenter = load_segmenter(
-            model,
-            config=config.seg if config else None,
-            convention=args.convention,
-            device=args.device,
+            model, config=seg_config, convention=args.convention, device=args.device
         )
     elif (model / "model.json").is_file():
         import json
 
         task = json.loads((model / "model.json").read_text()).get("task")
         if task == "cls":
-            classifier = load_classifier(model, device=args.device)
+            classifier = load_classifier(model, config=cls_config, device=args.device)
         else:
-            segmenter = load_segmenter(model, convention=args.convention, device=args.device)
+            segmenter = load_segmenter(
+                model, config=seg_config, convention=args.convention, device=args.device
+            )
     elif model.is_dir():
         if (model / "seg" / "model.json").is_file():
             segmenter = load_segmenter(
-                model / "seg", convention=args.convention, device=args.device
+                model / "seg", config=seg_config, convention=args.convention, device=args.device
             )
         if (model / "cls" / "model.json").is_file():
-            classifier = load_classifier(model / "cls", device=args.device)
+            classifier = load_classifier(model / "cls", config=cls_config, device=args.device)
         if segmenter is None and classifier is None:
             raise FileNotFoundError(f"{model}: holds no model (no model.json, seg/ or cls/)")
     else:

@@ -33,9 +33,11 @@ import numpy as np
 
 from GliomaCompareLib.cnn.checkpoint import (
     WEIGHTS_FILE,
+    IncompatibleModelError,
     ModelInfo,
     atomic_write_text,
     check_compatible,
+    file_sha256,
     load_model_info,
 )
 from GliomaCompareLib.cnn.config import ClsConfig, SegConfig
@@ -306,7 +308,13 @@ def _network_from_folder(folder: Path, info: ModelInfo, config):
     arch = network_summary(config.network, len(config.channels), info.architecture["out_channels"])
     check_compatible(info, task=info.task, architecture=arch, where=str(folder))
     network = build_network(config.network, len(config.channels), arch["out_channels"], info.task)
-    network.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
+    weights = folder / WEIGHTS_FILE
+    if info.weights_sha256 and file_sha256(weights) != info.weights_sha256:
+        raise IncompatibleModelError(
+            f"{weights}: does not match the sha256 in model.json (replaced, or an interrupted "
+            "write); retrain or restore the folder"
+        )
+    network.load_state_dict(load_file(str(weights)), strict=True)
     return network
 
 
@@ -349,7 +357,7 @@ def load_segmenter(
                 regions=config.regions,
                 where=str(source),
             )
-            own = replace(config)
+            own = config  # same network; inference settings (ROI, windows, threshold) may differ
         check_compatible(info, task="seg", convention=conv.name, where=str(source))
         network = _network_from_folder(source, info, own)
         return Segmenter(network, own, model_id=info.model_id, convention=conv, device=device)
@@ -357,8 +365,6 @@ def load_segmenter(
     network = build_network(config.network, len(config.channels), len(config.regions), "seg")
     arch = network_summary(config.network, len(config.channels), len(config.regions))
     load_weights(network, source, describe=_describe(arch))
-    from GliomaCompareLib.cnn.checkpoint import file_sha256
-
     model_id = f"seg-{config.network.name}-{file_sha256(source)[:10]}"
     return Segmenter(network, config, model_id=model_id, convention=conv, device=device)
 

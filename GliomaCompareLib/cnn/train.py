@@ -547,7 +547,7 @@ def _train(
         splits.ids("train"),
         splits.ids("val"),
         config,
-        model_dir / "cache" / task.task,
+        model_dir / "cache",
         is_main=ctx.is_main,
         barrier=ctx.barrier if ctx.enabled else None,
         progress=show,
