@@ -32,11 +32,9 @@ cnn:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
-
-    root = tmp_path_factory.mktemp("cnn_cli_data")
-    return write_cohort(root, SynthConfig(cases=6, seed=5, shape=(40, 40, 28), hgg_fraction=0.5))
+def data_dir(synth_cohort_factory):
+    """Read-only (shared): tests copy it before changing anything."""
+    return synth_cohort_factory(cases=6, seed=5, shape=(40, 40, 28), hgg_fraction=0.5)
 
 
 @pytest.mark.slow

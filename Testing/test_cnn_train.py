@@ -39,12 +39,10 @@ TINY_CLS = ClsConfig(
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
-
-    root = tmp_path_factory.mktemp("cnn_train_data")
-    write_cohort(root, SynthConfig(cases=8, seed=11, shape=(40, 40, 28), hgg_fraction=0.5))
-    return discover_cases(root)
+def cohort(synth_cohort_factory):
+    return discover_cases(
+        synth_cohort_factory(cases=8, seed=11, shape=(40, 40, 28), hgg_fraction=0.5)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -119,6 +119,11 @@ class TrainResult:
     skipped: tuple[tuple[str, str], ...]
     seconds: float
 
+    @property
+    def best_metric(self) -> dict[str, float]:
+        """``{score_name: best_score}``, e.g. ``{"dice_mean": 0.65}``."""
+        return {self.score_name: self.best_score}
+
 
 class TrainingCallback(Protocol):
     """Called by rank 0 after each epoch, once ``last.pt`` is safely on disk (progress
