@@ -244,3 +244,23 @@ def test_classification_defaults():
     cfg = ClsConfig()
     assert cfg.network.name == "DenseNet121" and cfg.imbalance == "weighted_loss"
     assert cfg.threshold_rule == "youden"
+
+
+def test_command_line_config_accepts_run_configs_presets_and_bare_files(tmp_path):
+    from GliomaCompareLib.cnn.commands import _read_config
+    from GliomaCompareLib.pipeline.config import available_presets
+
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        "cnn:\n  enabled: true\n  weights: {seg: /x/model.pt, cls: null}\n  seg: {threshold: 0.4}\n"
+    )
+    config, weights = _read_config(str(run))
+    assert config.seg.threshold == 0.4 and weights == {"seg": "/x/model.pt"}
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("seg: {threshold: 0.3}\n")
+    assert _read_config(str(bare))[0].seg.threshold == 0.3
+    if "demo" in available_presets():
+        config, _ = _read_config("demo")
+        assert config.seg.train.epochs >= 1
+    with pytest.raises(FileNotFoundError, match="neither a file nor a preset"):
+        _read_config(str(tmp_path / "missing.yaml"))

@@ -47,7 +47,11 @@ def register(sub) -> None:
         help="train,val,test fractions for a new split (default 0.6,0.2,0.2)",
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of a new split (default 0)")
-    p.add_argument("--config", help="YAML with a cnn: section (or a run config that has one)")
+    p.add_argument(
+        "--config",
+        help="YAML with a cnn: section: a run config (or preset name, e.g. demo; its "
+        "cnn.weights are used too) or a file with seg: / cls:",
+    )
     p.add_argument("--epochs", type=int, help="override train.epochs (0: no training)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (default auto)")
     p.add_argument(
@@ -108,12 +112,11 @@ def _train(args) -> int:
     from dataclasses import replace
 
     from GliomaCompareLib.cli import CommandError
-    from GliomaCompareLib.cnn.config import load_cnn_config
     from GliomaCompareLib.cnn.distributed import init_distributed
     from GliomaCompareLib.cnn.train import resolve_splits, train_classifier, train_segmenter
     from GliomaCompareLib.data.discovery import discover_cases
 
-    config = load_cnn_config(args.config)
+    config, run_weights = _read_config(args.config)
     tasks = ["seg", "cls"] if args.task == "both" else [args.task]
     if args.weights and len(tasks) > 1:
         raise ValueError("--weights belongs to one network; use --task seg or --task cls")
@@ -145,7 +148,7 @@ def _train(args) -> int:
                 splits,
                 task_config,
                 device=args.device,
-                weights=args.weights,
+                weights=args.weights or run_weights.get(task),
                 resume=args.resume,
                 overwrite=args.overwrite,
                 progress=not args.quiet,
@@ -169,14 +172,38 @@ def _train(args) -> int:
     return 0
 
 
-def _predict(args) -> int:
+def _read_config(source: str | None):
+    """(CNNConfig, {task: weights}) from a YAML with ``cnn:`` (a run config or preset name,
+    ``extends`` resolved) or a bare ``seg:`` / ``cls:`` file."""
     from GliomaCompareLib.cnn.config import load_cnn_config
+
+    if source is None:
+        return load_cnn_config(None), {}
+    path = Path(source)
+    raw = None
+    if path.is_file():
+        import yaml
+
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not readable YAML ({exc})") from exc
+    if raw is None or (isinstance(raw, dict) and ("cnn" in raw or "extends" in raw)):
+        from GliomaCompareLib.pipeline.config import load_run_config
+
+        raw, _ = load_run_config(source)  # a preset name, or a run config with extends
+        weights = (raw.get("cnn") or {}).get("weights") or {}
+        return load_cnn_config(raw), {k: v for k, v in weights.items() if v}
+    return load_cnn_config(path), {}
+
+
+def _predict(args) -> int:
     from GliomaCompareLib.cnn.inference import load_classifier, load_segmenter, predict_cases
     from GliomaCompareLib.data.discovery import discover_cases
     from GliomaCompareLib.data.splits import Splits
 
     model = Path(args.model)
-    config = load_cnn_config(args.config) if args.config else None
+    config = _read_config(args.config)[0] if args.config else None
     # with --config, a model folder must hold that architecture; its inference settings
     # (ROI, windows per batch, overlap, threshold) then come from the config
     seg_config = config.seg if config else None

@@ -30,6 +30,7 @@ from typing import Any
 __all__ = [
     "BUNDLE_CHANNELS",
     "BUNDLE_REGIONS",
+    "RUN_KEYS",
     "CNNConfig",
     "ClsConfig",
     "NetworkSpec",
@@ -278,6 +279,9 @@ class CNNConfig:
     cls: ClsConfig = field(default_factory=ClsConfig)
 
 
+#: Keys of a run config's ``cnn:`` section that belong to the run, not to the networks.
+RUN_KEYS = ("enabled", "weights")
+
 _TUPLE_FIELDS = {
     "channels": str,
     "regions": str,
@@ -344,7 +348,8 @@ def load_cnn_config(source: str | Path | Mapping[str, Any] | None = None) -> CNN
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where}: expected a mapping")
     if "cnn" in raw:
-        raw = raw["cnn"] or {}
+        # a whole run config: its cnn section also holds the run's own keys
+        raw = {k: v for k, v in (raw["cnn"] or {}).items() if k not in RUN_KEYS}
     unknown = sorted(set(raw) - {"seg", "cls"})
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown} (known: cls, seg)")
