@@ -366,6 +366,15 @@ def test_overfitting_reproduces_exact_answers_and_the_adapter_round_trips(cohort
         TransformersBackend.tiny(seed=1, adapter=result.adapter_dir)
     with pytest.raises(ValueError, match="trained for task"):
         run_vlm(cohort, disk, VLMConfig(tasks=("box",)), tmp_path / "vlm_box", case_ids=[HGG])
+    # and in another coordinate convention than it learnt
+    with pytest.raises(ValueError, match="trained to answer in pixel coordinates"):
+        run_vlm(
+            cohort,
+            disk,
+            VLMConfig(tasks=tasks, coordinate_system="per_mille"),
+            tmp_path / "vlm_mille",
+            case_ids=[HGG],
+        )
     # and it plugs into the VLM arm: every answer of the memorised slices is usable and right
     vlm = run_vlm(
         cohort,

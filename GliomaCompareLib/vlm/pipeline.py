@@ -485,6 +485,25 @@ class _Run:
                     f"Adapter {adapter.path} was trained for task(s) {', '.join(adapter.tasks)}; "
                     f"it cannot answer {', '.join(other)} (use --tasks {','.join(adapter.tasks)})"
                 )
+        # an adapter learnt one answer convention; asking it in another is a silent error
+        trained_system = adapter.meta.get("coordinate_system")
+        if trained_system and trained_system != self.config.coordinate_system:
+            raise ValueError(
+                f"Adapter {adapter.path} was trained to answer in {trained_system} coordinates; "
+                f"this run asks for {self.config.coordinate_system} (use --coords {trained_system})"
+            )
+        trained_k = adapter.meta.get("max_vertices")
+        if (
+            "polygon" in self.config.tasks
+            and trained_k
+            and self.config.max_vertices
+            and int(trained_k) != int(self.config.max_vertices)
+        ):
+            raise ValueError(
+                f"Adapter {adapter.path} was trained for polygons of at most {trained_k} "
+                f"vertices; this run asks for {self.config.max_vertices} "
+                f"(use --max-vertices {trained_k})"
+            )
         for task, trained in adapter.template_hashes.items():
             if task in self.specs and self.specs[task].template_hash != trained:
                 message = (

@@ -408,8 +408,9 @@ class TaskSpec:
         - ``polygon``: :func:`~GliomaCompareLib.geometry.mask_polygon` of ``mask`` with at most
           ``prompt.max_vertices`` vertices (an outer polygon containing the mask).
 
-        Coordinates are converted to ``prompt.coordinate_system``; pixel coordinates are
-        rounded to integers and kept inside ``0..W-1`` / ``0..H-1``, others get 3 decimals.
+        Coordinates are converted to ``prompt.coordinate_system``; where that system promises
+        integers (pixels, thousandths) they are rounded and kept inside its range, others get 3
+        decimals.
 
         Args:
             prompt: the rendered prompt (image size, coordinate system, K).
@@ -448,10 +449,14 @@ class TaskSpec:
             values = np.array([[geom.x0, geom.y0], [geom.x1, geom.y1]])
         else:
             values = geom.as_array()
-        if prompt.coordinate_system == "pixel":
+        if self.integer_coordinates.get(prompt.coordinate_system, False):
+            # the prompt promises integers (pixels, thousandths): round, stay inside the image
+            max_x, max_y = self.coordinate_range(
+                prompt.coordinate_system, prompt.width, prompt.height
+            )
             values = np.rint(values)
-            values[:, 0] = np.clip(values[:, 0], 0, prompt.width - 1)
-            values[:, 1] = np.clip(values[:, 1], 0, prompt.height - 1)
+            values[:, 0] = np.clip(values[:, 0], 0, max_x)
+            values[:, 1] = np.clip(values[:, 1], 0, max_y)
             digits = 0
         else:
             digits = 3
