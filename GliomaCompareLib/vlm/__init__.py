@@ -14,6 +14,8 @@ Modules (heavy libraries are imported only inside the functions that need them):
 - :mod:`~GliomaCompareLib.vlm.cache`: the content-addressed answer cache.
 - :mod:`~GliomaCompareLib.vlm.scoring`: slice scores and the patient grade vote.
 - :mod:`~GliomaCompareLib.vlm.pipeline`: :func:`run_vlm`, the whole arm.
+- :mod:`~GliomaCompareLib.vlm.finetune` (with ``finetune_data``, ``finetune_eval``): LoRA /
+  QLoRA fine-tuning, :func:`finetune`.
 """
 
 from GliomaCompareLib.vlm.backend import (
@@ -27,6 +29,7 @@ from GliomaCompareLib.vlm.backend import (
     make_backend,
 )
 from GliomaCompareLib.vlm.cache import AnswerCache, answer_key
+from GliomaCompareLib.vlm.finetune import FinetuneConfig, FinetuneResult, finetune
 from GliomaCompareLib.vlm.parsing import STATUSES, ParsedAnswer, parse_answer
 from GliomaCompareLib.vlm.pipeline import (
     PatientRecord,
@@ -50,6 +53,8 @@ __all__ = [
     "Answer",
     "AnswerCache",
     "DecodingConfig",
+    "FinetuneConfig",
+    "FinetuneResult",
     "GradeVote",
     "ParsedAnswer",
     "PatientRecord",
@@ -63,6 +68,7 @@ __all__ = [
     "VLMResult",
     "answer_key",
     "build_messages",
+    "finetune",
     "load_tasks",
     "majority_vote",
     "make_backend",
