@@ -95,7 +95,7 @@ def test_bundle_channel_and_region_order_give_the_right_brats_labels():
     np.testing.assert_array_equal(out.probabilities[0] > 0.5, expected > 0)
     np.testing.assert_array_equal(out.probabilities[1] > 0.5, np.isin(expected, (1, 4)))
     np.testing.assert_array_equal(out.probabilities[2] > 0.5, expected == 4)
-    assert out.crop.start == (4, 3, 2) and out.crop.end == (36, 33, 28)
+    assert out.crop.start == (6, 5, 4) and out.crop.end == (34, 31, 26)  # the brain, margin 0
     assert np.all(out.probabilities[:, :4] == 0)
 
 

@@ -159,14 +159,16 @@ class SegConfig:
         network: the MONAI network.
         channels: input channels by name, in network order.
         regions: output channels by region name, in network order.
-        crop_margin: voxels kept around the brain's bounding box.
+        crop_margin: voxels kept around the brain's bounding box (0: the networks' zero
+            padding already sees background there; a margin only adds windows to compute).
         patch_size: training patch (voxels).
         samples_per_case: patches drawn per case per epoch.
         pos_fraction: share of patches centred on tumour (the rest on brain).
         loss: ``"dice"`` (the bundle's squared-prediction Dice) or ``"dice_bce"`` (plus
             binary cross-entropy, which also penalises false positives in tumour-free patches).
         roi_size: sliding-window size at inference (clipped per axis to the cropped volume).
-        sw_batch_size: windows per forward pass.
+        sw_batch_size: windows per forward pass on CUDA (on the CPU always 1: batching is no
+            faster there and multiplies the memory).
         overlap: sliding-window overlap (fraction).
         blend_mode: ``"constant"`` or ``"gaussian"`` window blending.
         threshold: probability above which a voxel belongs to a region.
@@ -176,13 +178,13 @@ class SegConfig:
     network: NetworkSpec = field(default_factory=_bundle_network)
     channels: tuple[str, ...] = BUNDLE_CHANNELS
     regions: tuple[str, ...] = BUNDLE_REGIONS
-    crop_margin: int = 2
+    crop_margin: int = 0
     patch_size: tuple[int, int, int] = (224, 224, 144)
     samples_per_case: int = 1
     pos_fraction: float = 0.5
     loss: str = "dice_bce"
     roi_size: tuple[int, int, int] = (240, 240, 160)
-    sw_batch_size: int = 1
+    sw_batch_size: int = 4
     overlap: float = 0.5
     blend_mode: str = "constant"
     threshold: float = 0.5
@@ -235,7 +237,7 @@ class ClsConfig:
 
     network: NetworkSpec = field(default_factory=lambda: NetworkSpec("DenseNet121", {}))
     channels: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-    crop_margin: int = 2
+    crop_margin: int = 0
     input_size: tuple[int, int, int] = (128, 128, 96)
     imbalance: str = "weighted_loss"
     augment: bool = True

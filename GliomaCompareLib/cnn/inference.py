@@ -111,7 +111,7 @@ def segment_logits(network, image, config: SegConfig, device, amp: bool = True, 
     Args:
         network: the segmentation network (in eval mode).
         image: float32 ``(C, x, y, z)`` tensor or array.
-        config: ROI, overlap, blend mode, windows per batch.
+        config: ROI, overlap, blend mode, windows per forward pass (CUDA only).
         device: torch device.
         amp: mixed precision on CUDA.
         divisor: the network's size divisor (ROI sizes are multiples of it).
@@ -124,11 +124,15 @@ def segment_logits(network, image, config: SegConfig, device, amp: bool = True, 
 
     tensor = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None].to(device)
     roi = effective_roi(config.roi_size, tensor.shape[2:], divisor)
+    # batched windows on CUDA only: on the CPU they are no faster and multiply the memory
+    # (benchmarks/bench_cnn_infer.py: 4 windows per pass took 35-37 s and 3.9 GB, 1 took
+    # 34-37 s and 1.7 GB for a 240x240x155 case at ROI 128)
+    windows = config.sw_batch_size if torch.device(device).type == "cuda" else 1
     with torch.inference_mode(), _autocast(device, amp):
         out = sliding_window_inference(
             tensor,
             roi_size=roi,
-            sw_batch_size=config.sw_batch_size,
+            sw_batch_size=windows,
             predictor=network,
             overlap=config.overlap,
             mode=config.blend_mode,
@@ -197,6 +201,8 @@ class Segmenter:
         convention: label convention used to turn regions into labels.
         device: ``"auto"``, ``"cuda"``, ``"cpu"`` or a torch device.
         amp: mixed precision on CUDA.
+        memory_format_channels_last: run in the ``channels_last_3d`` layout (faster; the same
+            values up to float rounding).
     """
 
     def __init__(
@@ -208,13 +214,14 @@ class Segmenter:
         convention: str | Convention = "brats2020",
         device="auto",
         amp: bool = True,
+        memory_format_channels_last: bool = True,
     ):
-        from GliomaCompareLib.cnn.networks import size_divisor
+        from GliomaCompareLib.cnn.networks import channels_last, size_divisor
 
         self.device = (
             device if not isinstance(device, (str, type(None))) else resolve_device(device)
         )
-        self.network = network.to(self.device).eval()
+        self.network = channels_last(network, self.device, memory_format_channels_last).eval()
         self.config = config
         self.model_id = model_id
         self.convention = load_convention(convention)
@@ -269,10 +276,12 @@ class Classifier:
     def __init__(
         self, network, config: ClsConfig, *, threshold: float, model_id: str, device="auto"
     ):
+        from GliomaCompareLib.cnn.networks import channels_last
+
         self.device = (
             device if not isinstance(device, (str, type(None))) else resolve_device(device)
         )
-        self.network = network.to(self.device).eval()
+        self.network = channels_last(network, self.device).eval()
         self.config = config
         self.threshold = float(threshold)
         self.model_id = model_id
@@ -281,9 +290,11 @@ class Classifier:
         """P(HGG) of one ``Case`` (sigmoid of the network's logit)."""
         import torch
 
+        from GliomaCompareLib.cnn.networks import channels_last
+
         image, _ = prepare_image(case, self.config.channels, self.config.crop_margin)
         image = resize_image(image, self.config.input_size)
-        tensor = torch.as_tensor(image)[None].to(self.device)
+        tensor = channels_last(torch.as_tensor(image)[None], self.device)
         with torch.inference_mode():
             logit = self.network(tensor).float().reshape(-1)[0]
         return float(torch.sigmoid(logit))

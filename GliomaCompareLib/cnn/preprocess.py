@@ -113,15 +113,23 @@ def region_targets(label: np.ndarray, regions: Sequence[str], convention) -> np.
 def prepare_image(case, channels: Sequence[str], margin: int) -> tuple[np.ndarray, BrainCrop]:
     """Channels in network order, cropped to the brain (+ ``margin``), normalised.
 
+    The brain is where any of the case's modalities is non-zero (``Case.brain_mask``); the
+    channels are picked from the cropped block, so the full volume is never copied.
+
     Returns:
         (float32 ``(C, x, y, z)`` cropped image, the crop).
 
     Raises:
         KeyError / ValueError: naming the case (missing channel, empty image).
     """
-    image = select_channels(case, channels)
-    crop = brain_crop(image, margin, case.case_id)
-    return normalize_channels(image[(slice(None), *crop.slices)]), crop
+    crop = brain_crop(case.image, margin, case.case_id)
+    index = [case.channels.index(name) if name in case.channels else None for name in channels]
+    missing = [name for name, i in zip(channels, index, strict=True) if i is None]
+    if missing:
+        raise KeyError(f"{case.case_id}: no channel {missing[0]!r} (has {case.channels})")
+    block = case.image[(slice(None), *crop.slices)]
+    image = np.stack([block[i] for i in index]).astype(np.float32, copy=False)
+    return normalize_channels(image), crop
 
 
 def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -199,7 +199,10 @@ class _SegTask:
         return lambda logits, target: dice(logits, target) + bce(logits, target)
 
     def step_inputs(self, batch, device):
-        return _plain(batch["image"]).to(device), _plain(batch["label"]).to(device).float()
+        from GliomaCompareLib.cnn.networks import channels_last
+
+        image = channels_last(_plain(batch["image"]), device)
+        return image, _plain(batch["label"]).to(device).float()
 
     def validate_case(self, network, item, device, amp, divisor) -> dict:
         import torch
@@ -244,14 +247,18 @@ class _ClsTask:
         return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     def step_inputs(self, batch, device):
-        return _plain(batch["image"]).to(device), _plain(batch["target"]).to(device).float()
+        from GliomaCompareLib.cnn.networks import channels_last
+
+        image = channels_last(_plain(batch["image"]), device)
+        return image, _plain(batch["target"]).to(device).float()
 
     def validate_case(self, network, item, device, amp, divisor) -> dict:
         import torch
 
         from GliomaCompareLib.cnn.inference import _autocast
+        from GliomaCompareLib.cnn.networks import channels_last
 
-        image = _plain(item["image"])[None].to(device)
+        image = channels_last(_plain(item["image"])[None], device)
         with torch.inference_mode(), _autocast(device, amp):
             logit = network(image).float().reshape(-1)[:1].cpu()
         target = _plain(item["target"]).float().reshape(-1)[:1]
@@ -459,6 +466,7 @@ def _train(
     from GliomaCompareLib.cnn.distributed import init_distributed
     from GliomaCompareLib.cnn.networks import (
         build_network,
+        channels_last,
         load_weights,
         network_summary,
         size_divisor,
@@ -504,7 +512,7 @@ def _train(
     network = build_network(config.network, len(config.channels), task.out_channels, task.task)
     if weights:
         load_weights(network, weights, describe=_describe(arch))
-    network = network.to(dev)
+    network = channels_last(network, dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = not settings.deterministic
         torch.backends.cudnn.deterministic = settings.deterministic
