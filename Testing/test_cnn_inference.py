@@ -107,6 +107,36 @@ def test_window_layout_does_not_change_a_pointwise_result():
     np.testing.assert_array_equal(whole.label, expected)
 
 
+def test_whole_volume_mode_equals_monai_plain_sliding_window():
+    """``crop: false`` is MONAI's plain whole-volume sliding window (the bundle's inference);
+    the brain crop is not, for a GroupNorm SegResNet: its window statistics change."""
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import SegResNet
+
+    from GliomaCompareLib.cnn.preprocess import normalize_channels
+
+    case, _ = _case()
+    torch.manual_seed(0)
+    net = SegResNet(spatial_dims=3, in_channels=4, out_channels=3, init_filters=8).eval()
+    roi = (24, 24, 16)
+    config = replace(SegConfig(), roi_size=roi, overlap=0.25, crop=False)
+    ours = Segmenter(net, config, model_id="x", device="cpu").predict(case, probabilities=True)
+    image = np.stack([case.modality(c) for c in config.channels])
+    tensor = torch.from_numpy(normalize_channels(image))[None]
+    plain_net = net.to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
+        logits = sliding_window_inference(tensor, roi, 1, plain_net, overlap=0.25)
+    plain = torch.sigmoid(logits[0]).numpy()  # TC, WT, ET (bundle order)
+    np.testing.assert_allclose(ours.probabilities[0], plain[1], atol=1e-5)  # WT
+    np.testing.assert_allclose(ours.probabilities[1], plain[0], atol=1e-5)  # TC
+    np.testing.assert_allclose(ours.probabilities[2], plain[2], atol=1e-5)  # ET
+    assert ours.crop.start == (0, 0, 0) and ours.crop.end == case.shape
+    cropped = Segmenter(net, replace(config, crop=True), model_id="x", device="cpu")
+    inside = cropped.predict(case, probabilities=True)
+    block = (slice(None), slice(6, 34), slice(5, 31), slice(4, 26))
+    assert np.abs(inside.probabilities[block] - ours.probabilities[block]).max() > 1e-3
+
+
 def test_swapped_channel_order_gives_wrong_labels():
     """Guards the test above: with the Case's own order the oracle reads the wrong channels."""
     case, expected = _case()

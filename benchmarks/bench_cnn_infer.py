@@ -5,7 +5,18 @@ Baseline ("plain"): the volume z-scored per channel over its non-zero voxels, th
 threshold 0.5, regions -> BraTS labels.
 Ours: :meth:`GliomaCompareLib.cnn.inference.Segmenter.predict` — the same normalisation, crop
 to the brain's bounding box, sliding window over the crop (ROI clipped to the crop; windows are
-batched on CUDA only, so one per pass here), un-crop.
+batched on CUDA only, so one per pass here), un-crop. Also "ours-contiguous" (the crop without
+the channels_last_3d layout) and "ours-whole" (``crop: false``: the whole volume in the
+channels_last_3d layout, the bundle's own inference).
+
+Why the crop cannot reach Dice 0.99 against the plain pass: SegResNet normalises with
+GroupNorm, whose statistics are taken over each window; a window of the brain alone has other
+statistics than one that is two-thirds background, so borderline voxels flip (Dice 0.87-0.92
+here; 0.89-0.94 per case also for the demo's better-trained small SegResNet on its 64x64x48
+cases). The crop is not the worse of the two against the ground truth (here WT 0.76 vs 0.71 at
+the bundle's ROI; on the demo's cases 0.87 vs 0.88 on average). "ours-whole" gives the plain
+pass's labels (the tests check the probabilities to 1e-5) at the layout's speed-up only
+(1.4-1.7x: the convolutions, 76% of the time, are the same work).
 
 Both use the same network and weights and the same ROI / overlap, in the same run. Every
 measurement runs in its own subprocess (peak memory = that process's maximum resident set
@@ -40,9 +51,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: plain: MONAI over the whole volume; ours: Segmenter.predict; ours-contiguous: the same
-#: without the channels_last_3d layout (how much of the gain the crop alone gives).
-METHODS = ("plain", "ours", "ours-contiguous")
+#: plain: MONAI over the whole volume; ours: Segmenter.predict (brain crop, channels_last_3d);
+#: ours-contiguous: the same without the channels_last_3d layout (the crop alone);
+#: ours-whole: Segmenter.predict with ``crop: false`` (the whole volume, channels_last_3d).
+METHODS = ("plain", "ours", "ours-contiguous", "ours-whole")
 
 SETTINGS = {
     # name: (roi, overlap)
@@ -110,9 +122,13 @@ def _worker(args) -> None:
         network = segmenter.network
     network.eval()
     if args.method.startswith("ours"):
-        layout = args.method == "ours"  # "ours-contiguous": the crop alone, default layout
+        layout = args.method != "ours-contiguous"  # the crop alone, default layout
         seg = Segmenter(
-            network, config, model_id="bench", device="cpu", memory_format_channels_last=layout
+            network,
+            replace(config, crop=args.method != "ours-whole"),
+            model_id="bench",
+            device="cpu",
+            memory_format_channels_last=layout,
         )
     else:
         network = network.to(memory_format=torch.contiguous_format)  # MONAI's default
@@ -298,6 +314,9 @@ def main() -> int:
             ratio = best["plain"]["seconds"] / best["ours"]["seconds"]
             crop_only = best["plain"]["seconds"] / best["ours-contiguous"]["seconds"]
             contiguous = np.load(tmp / "ours-contiguous.npy")
+            whole = np.load(tmp / "ours-whole.npy")
+            whole_ratio = best["plain"]["seconds"] / best["ours-whole"]["seconds"]
+            whole_agree = _region_dice(whole, plain)
             print(f"\nROI {'x'.join(map(str, roi))}, overlap {overlap} (setting '{setting}'):")
             for m in METHODS:
                 b = best[m]
@@ -321,11 +340,20 @@ def main() -> int:
                 + " (target >= 0.99)"
             )
             print(
+                f"  ours-whole (crop: false): speed ratio plain/ours-whole {whole_ratio:.2f}x; "
+                "Dice(ours-whole, plain): "
+                + ", ".join(f"{r} {v:.4f}" for r, v in whole_agree.items())
+            )
+            print(
                 "  Dice vs ground truth: ours "
                 + ", ".join(f"{r} {v:.3f}" for r, v in truth_ours.items())
                 + "; plain "
                 + ", ".join(f"{r} {v:.3f}" for r, v in truth_plain.items())
             )
+            for name, r, a in (("ours", ratio, agree), ("ours-whole", whole_ratio, whole_agree)):
+                met = [f"speed {'met' if r >= 2 else 'NOT met'}"]
+                met.append(f"agreement {'met' if min(a.values()) >= 0.99 else 'NOT met'}")
+                print(f"  {name}: " + ", ".join(met))
             ok &= ratio >= 2 and min(agree.values()) >= 0.99
         print("\nall targets met" if ok else "\nsome targets NOT met (see above)")
     return 0

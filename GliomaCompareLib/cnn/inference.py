@@ -41,7 +41,13 @@ from GliomaCompareLib.cnn.checkpoint import (
     load_model_info,
 )
 from GliomaCompareLib.cnn.config import ClsConfig, SegConfig
-from GliomaCompareLib.cnn.preprocess import BrainCrop, prepare_image, resize_image, uncrop
+from GliomaCompareLib.cnn.preprocess import (
+    BrainCrop,
+    prepare_image,
+    prepare_whole,
+    resize_image,
+    uncrop,
+)
 from GliomaCompareLib.data.conventions import REGIONS, Convention, load_convention
 
 __all__ = [
@@ -245,7 +251,10 @@ class Segmenter:
         from GliomaCompareLib.data.regions import labels_from_regions
 
         start = time.perf_counter()
-        image, crop = prepare_image(case, self.config.channels, self.config.crop_margin)
+        if self.config.crop:
+            image, crop = prepare_image(case, self.config.channels, self.config.crop_margin)
+        else:
+            image, crop = prepare_whole(case, self.config.channels)
         logits = segment_logits(
             self.network, image, self.config, self.device, self.amp, self.divisor
         )

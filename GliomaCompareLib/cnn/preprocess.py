@@ -24,6 +24,7 @@ __all__ = [
     "brain_crop",
     "normalize_channels",
     "prepare_image",
+    "prepare_whole",
     "region_targets",
     "resize_image",
     "select_channels",
@@ -110,6 +111,15 @@ def region_targets(label: np.ndarray, regions: Sequence[str], convention) -> np.
     return np.stack([masks[r] for r in regions]).astype(np.uint8)
 
 
+def _channel_index(case, channels: Sequence[str]) -> list[int]:
+    """Positions of ``channels`` in the case's image; KeyError naming the case otherwise."""
+    index = [case.channels.index(name) if name in case.channels else None for name in channels]
+    missing = [name for name, i in zip(channels, index, strict=True) if i is None]
+    if missing:
+        raise KeyError(f"{case.case_id}: no channel {missing[0]!r} (has {case.channels})")
+    return index
+
+
 def prepare_image(case, channels: Sequence[str], margin: int) -> tuple[np.ndarray, BrainCrop]:
     """Channels in network order, cropped to the brain (+ ``margin``), normalised.
 
@@ -123,13 +133,24 @@ def prepare_image(case, channels: Sequence[str], margin: int) -> tuple[np.ndarra
         KeyError / ValueError: naming the case (missing channel, empty image).
     """
     crop = brain_crop(case.image, margin, case.case_id)
-    index = [case.channels.index(name) if name in case.channels else None for name in channels]
-    missing = [name for name, i in zip(channels, index, strict=True) if i is None]
-    if missing:
-        raise KeyError(f"{case.case_id}: no channel {missing[0]!r} (has {case.channels})")
+    index = _channel_index(case, channels)
     block = case.image[(slice(None), *crop.slices)]
     image = np.stack([block[i] for i in index]).astype(np.float32, copy=False)
     return normalize_channels(image), crop
+
+
+def prepare_whole(case, channels: Sequence[str]) -> tuple[np.ndarray, BrainCrop]:
+    """Channels in network order, the whole volume (no crop), normalised as
+    :func:`prepare_image` does; the returned crop covers the volume.
+
+    Raises:
+        KeyError: naming the case and the missing channel.
+    """
+    shape = tuple(int(s) for s in case.image.shape[1:])
+    full = BrainCrop((0, 0, 0), shape, shape)
+    index = _channel_index(case, channels)
+    image = np.stack([case.image[i] for i in index]).astype(np.float32, copy=False)
+    return normalize_channels(image), full
 
 
 def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
