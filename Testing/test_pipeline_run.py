@@ -144,6 +144,24 @@ def test_cnn_beats_an_empty_prediction_and_scores_are_bounded(finished_run):
     assert sum(cnn_wt) / len(cnn_wt) > 0.05  # trained for 2 epochs: above nothing at all
 
 
+def test_the_untrained_network_is_scored_on_the_same_patients_as_a_baseline(finished_run):
+    import json
+
+    from GliomaCompareLib.pipeline.layout import read_table
+
+    rows = read_table(finished_run / "metrics" / "segmentation.csv")
+    trained = {(r["case_id"], r["region"]) for r in rows if r["method"] == "cnn"}
+    base = [r for r in rows if r["method"] == "cnn_untrained"]
+    assert trained and {(r["case_id"], r["region"]) for r in base} == trained
+    assert all("untrained" in r["model"] and r["status"] == "ok" for r in base)
+    info = json.loads(
+        (finished_run / "stages" / "cnn-train-seg" / "untrained" / "model.json").read_text()
+    )
+    assert info["source"] == "untrained (random init)" and info["metrics"]["best_epoch"] == 0
+    report = (finished_run / "report.html").read_text()
+    assert "3D CNN (untrained)" in report
+
+
 def test_interrupted_run_resumes_without_recomputing(interrupted_run, config_file):
     run = interrupted_run.run
     for stage in STAGES_BEFORE_KILL:

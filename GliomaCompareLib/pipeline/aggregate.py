@@ -97,19 +97,70 @@ def collect_vlm(run_dir: Path, method: str, stage_dir: Path | None = None) -> Me
     return result
 
 
-def _cnn_records(run_dir: Path) -> tuple[dict[str, dict], dict[str, Path], str]:
-    """CNN per-case records (by case id), their output folders, and the model description."""
+def _cnn_records(
+    run_dir: Path, folder: str = "pred"
+) -> tuple[dict[str, dict], dict[str, Path], str]:
+    """CNN per-case records (by case id), their output folders, and the model description.
+
+    ``folder``: ``pred`` (the trained networks) or ``pred_untrained`` (the segmentation
+    network before training, the baseline)."""
     records: dict[str, dict] = {}
     folders: dict[str, Path] = {}
-    for path in sorted((run_dir / "stages" / "cnn-predict" / "pred").glob("*/records/*.json")):
+    for path in sorted((run_dir / "stages" / "cnn-predict" / folder).glob("*/records/*.json")):
         record = json.loads(path.read_text())
         records[record["case_id"]] = record
         folders[record["case_id"]] = path.parent.parent
     model = ""
     if records:
         first = next(iter(records.values()))
-        model = f"seg {first.get('seg_model_id', '')}; cls {first.get('cls_model_id', '')}"
+        model = "; ".join(
+            f"{task} {first[key]}"
+            for task, key in (("seg", "seg_model_id"), ("cls", "cls_model_id"))
+            if first.get(key)
+        )
+        if folder == "pred_untrained":
+            model += " (untrained: random initialisation)"
     return records, folders, model
+
+
+def _cnn_label(records: dict, folders: dict, case_id: str):
+    """A case's CNN label map (uint8), or None when missing or unreadable (logged)."""
+    from GliomaCompareLib.data.io import read_image
+
+    record = records.get(case_id)
+    if not (record and record.get("label_file")):
+        return None
+    try:
+        label, _ = read_image(folders[case_id] / record["label_file"])
+    except ValueError as exc:
+        log.warning("metrics: CNN label map of %s unreadable: %s", case_id, exc)
+        return None
+    return np.rint(label).astype(np.uint8)
+
+
+def _cnn_seg_rows(case_id: str, method: str, model: str, label, case) -> list[dict]:
+    """Per-region rows of a CNN label map (a missing one scored as empty, as BraTS does)."""
+    from GliomaCompareLib.metrics.segmentation import score_label_maps
+
+    status = "ok" if label is not None else "missing_prediction"
+    pred = label if label is not None else np.zeros(case.shape, np.uint8)
+    return [
+        {
+            "case_id": case_id,
+            "method": method,
+            "model": model,
+            "task": "seg",
+            "region": s.region,
+            "dice": s.dice,
+            "hd95": s.hd95,
+            "hd_max": s.hd_max,
+            "pred_voxels": s.pred_voxels,
+            "ref_voxels": s.ref_voxels,
+            "empty_rule": s.empty,
+            "status": status,
+        }
+        for s in score_label_maps(pred, case.label, case.spacing, case.convention)
+    ]
 
 
 def _classification_row(method: str, model: str, truth, preds, scores, n_bootstrap, seed) -> dict:
@@ -403,10 +454,9 @@ def _consistency_rows(run_dir: Path) -> list[dict]:
 def aggregate_run(run_dir: str | Path, config: Mapping[str, Any]) -> dict:
     """Write ``metrics/*.csv`` and ``cases/<id>/`` from the arms' outputs; return a summary."""
     from GliomaCompareLib.data.case import load_case
-    from GliomaCompareLib.data.io import read_image
     from GliomaCompareLib.data.splits import Splits
     from GliomaCompareLib.metrics.classification import mcnemar
-    from GliomaCompareLib.metrics.segmentation import image_diagonal_mm, score_label_maps
+    from GliomaCompareLib.metrics.segmentation import image_diagonal_mm
     from GliomaCompareLib.pipeline.run import load_cohort
     from GliomaCompareLib.report.gallery import GradePrediction
 
@@ -424,6 +474,7 @@ def aggregate_run(run_dir: str | Path, config: Mapping[str, Any]) -> dict:
 
     cnn_records, cnn_dirs, cnn_model = _cnn_records(run_dir)
     cnn_ran = (run_dir / "stages" / "cnn-predict" / "done.json").exists() or bool(cnn_records)
+    base_records, base_dirs, base_model = _cnn_records(run_dir, "pred_untrained")
     vlm = {m: o for m in _VLM_STAGES if (o := collect_vlm(run_dir, m)) is not None}
 
     seg_rows: list[dict] = []
@@ -443,35 +494,20 @@ def aggregate_run(run_dir: str | Path, config: Mapping[str, Any]) -> dict:
         gallery_preds = {}
         cnn_label = None
         if cnn_ran:
+            sources = [("cnn", cnn_records, cnn_dirs, cnn_model)]
+            if base_records:
+                sources.append(("cnn_untrained", base_records, base_dirs, base_model))
+            for method, records, folders, model in sources:
+                label = _cnn_label(records, folders, case_id)
+                rows = _cnn_seg_rows(case_id, method, model, label, case)
+                seg_rows += rows
+                case_metrics[method] = {
+                    "regions": {r["region"]: {"dice": r["dice"], "hd95": r["hd95"]} for r in rows},
+                    "model": model,
+                }
+                if method == "cnn":
+                    cnn_label = label
             record = cnn_records.get(case_id)
-            if record and record.get("label_file"):
-                try:
-                    cnn_label, _ = read_image(cnn_dirs[case_id] / record["label_file"])
-                    cnn_label = np.rint(cnn_label).astype(np.uint8)
-                except ValueError as exc:
-                    log.warning("metrics: CNN label map of %s unreadable: %s", case_id, exc)
-            status = "ok" if cnn_label is not None else "missing_prediction"
-            pred = cnn_label if cnn_label is not None else np.zeros(case.shape, np.uint8)
-            scores = score_label_maps(pred, case.label, case.spacing, case.convention)
-            case_metrics["cnn"] = {"regions": {}, "model": cnn_model}
-            for s in scores:
-                seg_rows.append(
-                    {
-                        "case_id": case_id,
-                        "method": "cnn",
-                        "model": cnn_model,
-                        "task": "seg",
-                        "region": s.region,
-                        "dice": s.dice,
-                        "hd95": s.hd95,
-                        "hd_max": s.hd_max,
-                        "pred_voxels": s.pred_voxels,
-                        "ref_voxels": s.ref_voxels,
-                        "empty_rule": s.empty,
-                        "status": status,
-                    }
-                )
-                case_metrics["cnn"]["regions"][s.region] = {"dice": s.dice, "hd95": s.hd95}
             p = record.get("p_hgg") if record else None
             g = record.get("predicted_grade") if record else None
             predictions["cnn"][case_id] = (g, p)

@@ -48,6 +48,8 @@ CASE_GALLERY_FILE = "gallery.npz"
 METHODS = ("cnn", "vlm_base", "vlm_finetuned")
 METHOD_LABELS = {
     "cnn": "3D CNN",
+    # the segmentation network before training (a baseline, not an arm of the comparison)
+    "cnn_untrained": "3D CNN (untrained)",
     "vlm_base": "VLM (base)",
     "vlm_finetuned": "VLM (fine-tuned)",
     "majority": "Majority class (always the most frequent grade)",

@@ -9,8 +9,10 @@ Stages (each in ``RUN/stages/<name>/``, see :mod:`GliomaCompareLib.pipeline.stag
   validated case by case; cases with problems are listed and left out.
 - ``split``: the patient-level split (``RUN/splits.json``), made once or read from a file.
 - ``cnn-train-seg``, ``cnn-train-cls``: the segmentation and classification networks (or
-  released weights), each resumable from its last checkpoint.
-- ``cnn-predict`` (per case, shardable): label maps and P(HGG) for the test patients.
+  released weights), each resumable from its last checkpoint; when trained here, the
+  segmentation network's random initialisation is packaged too (``untrained/``), as a baseline.
+- ``cnn-predict`` (per case, shardable): label maps and P(HGG) for the test patients, and the
+  untrained baseline's label maps (``pred_untrained/``).
 - ``vlm-base`` (per case): the VLM's answers for every task on the test patients' slices.
 - ``vlm-finetune``: a LoRA adapter trained on the training patients (all fine-tuned tasks).
 - ``vlm-finetuned`` (per case): the same queries with the adapter.
@@ -352,14 +354,43 @@ def _train_cnn(ctx: StageContext, task: str) -> dict:
         overwrite=ctx.fresh,
         progress=True,
     )
+    baseline = None
+    if task == "seg" and not weights.get(task) and config.train.epochs > 0:
+        baseline = _package_untrained(ctx, config)
     return {
         "model_dir": str(folder),
         "model_id": _model_id(folder),
+        "untrained_model_id": baseline,
         "best_epoch": getattr(result, "best_epoch", None),
         "best_metric": getattr(result, "best_metric", None),
         "weights": weights.get(task),
         "seconds": round(getattr(result, "seconds", 0.0) or 0.0, 2),
     }
+
+
+UNTRAINED_DIR = "untrained"
+
+
+def _package_untrained(ctx: StageContext, config) -> str | None:
+    """The segmentation network as it was before training (same seed, so the same random
+    initialisation), packaged as a model folder: the baseline that shows what training bought.
+    Returns its model id."""
+    from dataclasses import replace
+
+    from GliomaCompareLib.cnn.train import train_segmenter
+
+    folder = ctx.dir / UNTRAINED_DIR
+    if ctx.fresh or _model_id(folder) is None:
+        train_segmenter(
+            load_cohort(ctx.run_dir),
+            folder,
+            _splits(ctx.run_dir),
+            replace(config, train=replace(config.train, epochs=0)),
+            device=_device(ctx.config),
+            overwrite=True,
+            progress=False,
+        )
+    return _model_id(folder)
 
 
 def _stage_cnn_train_seg(ctx: StageContext) -> dict:
@@ -390,23 +421,35 @@ def _stage_cnn_predict(ctx: StageContext) -> dict:
         ctx.stage_dir("cnn-train-seg") / "model", convention=cohort.convention, device=device
     )
     classifier = load_classifier(ctx.stage_dir("cnn-train-cls") / "model", device=device)
-    result = predict_cases(
-        records,
-        _shard_dir(ctx, "pred"),
-        segmenter=segmenter,
-        classifier=classifier,
-        convention=cohort.convention,
-        skip_existing=not ctx.fresh,
-        progress=True,
-    )
-    for case_id, reason in result.failures:
-        ctx.logger.warning("cnn-predict: %s failed: %s", case_id, reason)
-    return {
+
+    def predict(folder: str, what: str, **models):
+        result = predict_cases(
+            records,
+            _shard_dir(ctx, folder),
+            convention=cohort.convention,
+            skip_existing=not ctx.fresh,
+            progress=True,
+            **models,
+        )
+        for case_id, reason in result.failures:
+            ctx.logger.warning("cnn-predict%s: %s failed: %s", what, case_id, reason)
+        return result
+
+    result = predict("pred", "", segmenter=segmenter, classifier=classifier)
+    summary = {
         "cases": len(result.predictions),
         "failures": dict(result.failures),
         "seg_model_id": segmenter.model_id,
         "cls_model_id": classifier.model_id,
     }
+    untrained = ctx.stage_dir("cnn-train-seg") / UNTRAINED_DIR
+    if _model_id(untrained) is not None:
+        # the same network before training, on the same patients: the baseline the trained
+        # segmentation has to beat
+        baseline = load_segmenter(untrained, convention=cohort.convention, device=device)
+        predict("pred_untrained", " (untrained baseline)", segmenter=baseline)
+        summary["untrained_seg_model_id"] = baseline.model_id
+    return summary
 
 
 def _backend(config: Mapping[str, Any], adapter: str | None = None):

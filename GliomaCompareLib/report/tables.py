@@ -63,6 +63,8 @@ ANSWER_STATUSES = ("ok", "repaired", "pattern", "invalid", "refused", "empty", "
 #: Statuses whose answer is used for scoring (``vlm.parsing.USABLE_STATUSES``).
 USABLE_STATUSES = ("ok", "repaired", "pattern")
 VLM_METHODS = ("vlm_base", "vlm_finetuned")
+#: the CNN and its untrained baseline (same network, random initialisation), shown together
+CNN_METHODS = ("cnn", "cnn_untrained")
 VLM_TASKS = ("point", "box", "polygon")
 CNN_REGIONS = ("WT", "TC", "ET")
 DASH = "—"
@@ -557,8 +559,8 @@ def _group_order(method: str | None, task: str | None, region: str | None) -> tu
     m = {k: i for i, k in enumerate(METHODS)}
     t = {"seg": 0, "point": 1, "box": 2, "polygon": 3}
     r = {k: i for i, k in enumerate(CNN_REGIONS)}
-    if method == "cnn":
-        return (0, t.get(task, 9), 0, r.get(region, 9), region or "")
+    if method in CNN_METHODS:
+        return (0, t.get(task, 9), CNN_METHODS.index(method), r.get(region, 9), region or "")
     return (1, t.get(task, 9), m.get(method, 9), r.get(region, 9), region or "")
 
 
@@ -591,9 +593,9 @@ def _dice_rows(
         return _published_rows(figs, published, ncols, place, first)
 
     if include_cnn:
-        cnn = [r for r in ordered if r["method"] == "cnn"]
+        cnn = [r for r in ordered if r["method"] in CNN_METHODS]
         out += [Row(cells_for(r)) for r in cnn]
-        if not cnn:
+        if not any(r["method"] == "cnn" for r in cnn):
             cells = [""] * ncols
             cells[0], cells[1], cells[source_col] = _label("cnn"), "seg", NOT_RUN
             out.append(Row(tuple(cells), "not_run"))
@@ -610,7 +612,7 @@ def _dice_rows(
     others = [
         r
         for r in ordered
-        if not (r["method"] == "cnn" and include_cnn)
+        if not (r["method"] in CNN_METHODS and include_cnn)
         and not (r["method"] in VLM_METHODS and r["task"] in vlm_tasks)
     ]
     out += [Row(cells_for(r)) for r in others]
@@ -1261,12 +1263,12 @@ def headline(run: RunData, published: Published, options: ReportOptions) -> list
     seg = run.rows("segmentation_summary") or _summarise_segmentation(run.rows("segmentation"))
     dice = [
         f"{_label(r.get('method'))} {r.get('task')}"
-        + (f" {r.get('region')}" if r.get("method") == "cnn" else "")
+        + (f" {r.get('region')}" if r.get("method") in CNN_METHODS else "")
         + f" {fmt(r.get('dice_mean'), 4)}"
         for r in sorted(
             seg, key=lambda r: _group_order(r.get("method"), r.get("task"), r.get("region"))
         )
-        if (r.get("method") == "cnn" and r.get("region") == "WT")
+        if (r.get("method") in CNN_METHODS and r.get("region") == "WT")
         or (r.get("method") in VLM_METHODS and r.get("task") in ("box", "polygon"))
     ]
     if dice:
