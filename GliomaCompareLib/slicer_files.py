@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Literal
 import numpy as np
 
 from GliomaCompareLib.data.conventions import REGIONS, Convention, load_convention
+from GliomaCompareLib.fileio import atomic_write_bytes
 
 __all__ = [
     "CASES_DIR",
@@ -121,19 +121,6 @@ def vlm_markup_file(task: str, variant: str = "base") -> str:
     if task not in ("point", "box", "polygon"):
         raise ValueError(f"VLM markup task {task!r}: use point, box or polygon")
     return f"vlm_{task}.mrk.json" if variant == "base" else f"vlm_{task}_{variant}.mrk.json"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _num(x: float) -> str:
@@ -405,7 +392,7 @@ def write_seg_nrrd(
     # NRRD stores the fastest axis first: the layer, then i, then j, then k (Fortran order).
     raw = np.asfortranarray(data.astype(data.dtype.newbyteorder("<"), copy=False)).tobytes("F")
     body = gzip.compress(raw, compresslevel=6)
-    return _atomic_write_bytes(path, header + body)
+    return atomic_write_bytes(path, header + body)
 
 
 @dataclass(frozen=True, eq=False)
@@ -874,7 +861,7 @@ def write_markups(path: str | Path, markups: Markup | Sequence[Markup]) -> Path:
         raise ValueError(f"{path}: no markups to write")
     doc = {"@schema": MARKUPS_SCHEMA, "markups": [_markup_json(m) for m in items]}
     text = json.dumps(doc, indent=4, allow_nan=False) + "\n"
-    return _atomic_write_bytes(Path(path), text.encode("utf-8"))
+    return atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def write_points_markup(

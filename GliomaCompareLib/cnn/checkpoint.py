@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from GliomaCompareLib.fileio import atomic_write_text
+
 __all__ = [
     "MODEL_FORMAT",
     "IncompatibleModelError",
@@ -129,22 +131,6 @@ def library_versions() -> dict[str, str]:
     from GliomaCompareLib import __version__
 
     return {"gliomacompare": __version__, "torch": torch.__version__, "monai": monai.__version__}
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _atomic_target(path: Path):

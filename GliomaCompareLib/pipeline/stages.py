@@ -19,18 +19,17 @@ needs all cases waits until every shard of its upstream stages is done. Whole-co
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from GliomaCompareLib.fileio import atomic_write, atomic_write_json
 
 __all__ = [
     "ConfigChangedError",
@@ -57,32 +56,6 @@ def _canonical(obj: Any) -> str:
 def fingerprint(obj: Any) -> str:
     """sha256 (16 hex digits) of the canonical JSON of ``obj``."""
     return hashlib.sha256(_canonical(obj).encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_write(path) as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False, default=str)
-        handle.write("\n")
-    return Path(path)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from GliomaCompareLib.data.slices import SliceRule, WindowSpec
+from GliomaCompareLib.fileio import atomic_write_text, jsonable
 from GliomaCompareLib.vlm.finetune_data import (
     IGNORE_INDEX,
     POINT_TARGETS,
@@ -370,7 +371,7 @@ class EpochRecord:
     examples: int
 
     def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> EpochRecord:
@@ -450,7 +451,7 @@ class FinetuneResult:
         data["out_dir"] = str(self.out_dir)
         data["adapter_dir"] = str(self.adapter_dir)
         data["history"] = [r.to_dict() for r in self.history]
-        return _jsonable(data)
+        return jsonable(data)
 
 
 # --------------------------------------------------------------------------- collaborators
@@ -505,27 +506,6 @@ class DefaultLoader:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing an older one."""
     old = final.with_name(f".{final.name}.old")
@@ -539,7 +519,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def _hash(obj) -> str:
-    text = json.dumps(_jsonable(obj), sort_keys=True)
+    text = json.dumps(jsonable(obj), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -1055,7 +1035,7 @@ class _Run:
                 tmp / "optimizer.pt",
             )
             state = {"signature": signature, **self.state()}
-            (tmp / "trainer_state.json").write_text(json.dumps(_jsonable(state), indent=2))
+            (tmp / "trainer_state.json").write_text(json.dumps(jsonable(state), indent=2))
         self.dist.barrier()
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -1081,7 +1061,7 @@ class _Run:
             return False
         ckpt = done[-1]
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        if state.get("signature") != _jsonable(signature):
+        if state.get("signature") != jsonable(signature):
             raise ValueError(f"{ckpt}: checkpoint of another run (settings or data differ)")
         weights = load_file(str(ckpt / "adapter.safetensors"))
         result = set_peft_model_state_dict(self.model, weights)
@@ -1122,7 +1102,7 @@ class _Run:
         self.model.save_pretrained(tmp, save_embedding_layers=False)
         from GliomaCompareLib.vlm.hf_backend import ADAPTER_META_FILE
 
-        (tmp / ADAPTER_META_FILE).write_text(json.dumps(_jsonable(meta), indent=2) + "\n")
+        (tmp / ADAPTER_META_FILE).write_text(json.dumps(jsonable(meta), indent=2) + "\n")
         _replace_dir(tmp, final)
 
     def report(self, phase: str, record: EpochRecord | None = None) -> None:
@@ -1177,7 +1157,7 @@ def _write_history(path: Path, history: Sequence[EpochRecord]) -> None:
                 for k in columns
             }
         )
-    _atomic_write(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _result_from_manifest(out: Path, manifest: dict, seconds: float) -> FinetuneResult:
@@ -1351,8 +1331,8 @@ def _finetune(
                 f"{out} already holds a fine-tuning run ({previous.get('status')}); pass "
                 "--resume to continue it, or choose another --out"
             )
-        if previous.get("signature") != _jsonable(signature):
-            old, new = previous.get("signature") or {}, _jsonable(signature)
+        if previous.get("signature") != jsonable(signature):
+            old, new = previous.get("signature") or {}, jsonable(signature)
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if "config" in changed:
                 oc, nc = old.get("config") or {}, new["config"]
@@ -1484,7 +1464,7 @@ def _finetune(
         return out_meta
 
     if dist.main:
-        _atomic_write(manifest_path, json.dumps(_jsonable(manifest("running")), indent=2) + "\n")
+        atomic_write_text(manifest_path, json.dumps(jsonable(manifest("running")), indent=2) + "\n")
     try:
         if not resumed:
             # each process draws its own dropout masks from here on
@@ -1544,8 +1524,8 @@ def _finetune(
             elif validate:
                 run.bad_validations += 1
             if dist.main and rows:
-                lines = [json.dumps(_jsonable({"epoch": record.epoch, **r})) for r in rows]
-                _atomic_write(out / "val_answers.jsonl", "\n".join(lines) + "\n")
+                lines = [json.dumps(jsonable({"epoch": record.epoch, **r})) for r in rows]
+                atomic_write_text(out / "val_answers.jsonl", "\n".join(lines) + "\n")
             if not val_set.examples:
                 stop = "no_validation" if last else None
             elif config.patience is not None and run.bad_validations >= config.patience:
@@ -1560,8 +1540,8 @@ def _finetune(
             run.save_checkpoint(signature, 0.0)
             if dist.main:
                 _write_history(out / "history.csv", run.history)
-                _atomic_write(
-                    manifest_path, json.dumps(_jsonable(manifest("running")), indent=2) + "\n"
+                atomic_write_text(
+                    manifest_path, json.dumps(jsonable(manifest("running")), indent=2) + "\n"
                 )
             run.report("epoch", record)
         if run.stop_reason is None:  # epochs reached on resume of a run stopped at its end
@@ -1569,8 +1549,8 @@ def _finetune(
         if dist.main:
             if not val_set.examples or not (out / ADAPTER_DIR / ADAPTER_META_FILE).is_file():
                 run.save_adapter(adapter_meta(run.history[-1]))
-            _atomic_write(
-                manifest_path, json.dumps(_jsonable(manifest("finished")), indent=2) + "\n"
+            atomic_write_text(
+                manifest_path, json.dumps(jsonable(manifest("finished")), indent=2) + "\n"
             )
         dist.barrier()
         run.report("done")

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from GliomaCompareLib.data.slices import SliceRule, WindowSpec
+from GliomaCompareLib.fileio import atomic_write_text, jsonable
 from GliomaCompareLib.vlm.backend import Answer, DecodingConfig, Query, VLMBackend, image_sha256
 from GliomaCompareLib.vlm.cache import AnswerCache, answer_key
 from GliomaCompareLib.vlm.parsing import STATUSES, ParsedAnswer, parse_answer
@@ -259,7 +260,7 @@ class SliceRecord:
         }
         if self.score is not None:
             out.update({f"score_{k}": v for k, v in self.score.to_dict().items()})
-        return _jsonable(out)
+        return jsonable(out)
 
 
 @dataclass(frozen=True)
@@ -358,25 +359,6 @@ class VLMResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = None) -> Path:
     columns = list(columns or (list(rows[0]) if rows else []))
     buffer = io.StringIO()
@@ -384,7 +366,7 @@ def _write_csv(path: Path, rows: list[dict], columns: Sequence[str] | None = Non
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    _atomic_write(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
     return path
 
 
@@ -1184,9 +1166,9 @@ def run_vlm(
     describe = getattr(backend, "describe", backend.identity)()
     manifest = {
         "model_label": run.model_label,
-        "backend": _jsonable(describe),
-        "identity": _jsonable(run.identity),
-        "config": _jsonable(config.to_dict()),
+        "backend": jsonable(describe),
+        "identity": jsonable(run.identity),
+        "config": jsonable(config.to_dict()),
         "prompt_template_hashes": {t: run.specs[t].template_hash for t in config.tasks},
         "prompts_dir": str(run.specs[config.tasks[0]].template_file.parent),
         "grade_probability_method": (
@@ -1212,7 +1194,7 @@ def run_vlm(
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _atomic_write(out / "vlm.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out / "vlm.json", json.dumps(manifest, indent=2) + "\n")
     paths["manifest"] = out / "vlm.json"
     return VLMResult(
         out_dir=out,
