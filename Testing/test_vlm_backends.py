@@ -10,6 +10,7 @@ import pytest
 
 from GliomaCompareLib.vlm.backend import DecodingConfig, Query, make_backend
 from GliomaCompareLib.vlm.hf_backend import (
+    ADAPTER_META_FILE,
     TransformersBackend,
     check_adapter_base,
     folder_fingerprint,
@@ -214,3 +215,29 @@ def test_adapter_loads_changes_answers_and_wrong_base_is_refused(tmp_path, tiny,
     check_adapter_base(info, ["/models/Llama-3.2-11B-Vision-Instruct"])
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         read_adapter(tmp_path)
+
+
+def test_adapter_fingerprint_ignores_when_and_where_it_was_trained(tmp_path):
+    """Retraining the same adapter gives the same hash (the manifest and the answer cache use
+    it); other weights or other settings give another."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights-1")
+    meta = {
+        "base_model": "gliomacompare/tiny-mllama-seed0",
+        "training": {"rank": 8, "lr": 0.005},
+        "history": [{"epoch": 1, "train_loss": 0.5, "seconds": 9.1}],
+        "created": "2026-11-29T04:00:00+0000",
+        "split_file": "/tmp/run-a/splits.json",
+    }
+    (folder / ADAPTER_META_FILE).write_text(json.dumps(meta))
+    first = folder_fingerprint(folder)
+    again = dict(meta, created="2026-11-30T09:00:00+0000", split_file="/tmp/run-b/splits.json")
+    again["history"] = [dict(meta["history"][0], seconds=10.3)]
+    (folder / ADAPTER_META_FILE).write_text(json.dumps(again))
+    assert folder_fingerprint(folder) == first
+    (folder / ADAPTER_META_FILE).write_text(json.dumps(dict(meta, training={"rank": 16})))
+    assert folder_fingerprint(folder) != first
+    (folder / ADAPTER_META_FILE).write_text(json.dumps(meta))
+    (folder / "adapter_model.safetensors").write_bytes(b"weights-2")
+    assert folder_fingerprint(folder) != first

@@ -59,10 +59,25 @@ ADAPTER_META_FILE = "gliomacompare_adapter.json"
 _HASH_LIMIT = 256 * 1024 * 1024  # hash weight files fully up to this total size
 
 
+#: Keys of an adapter's metadata that record when and where it was trained, not what it is:
+#: left out of its fingerprint, so the same training gives the same adapter hash.
+_VOLATILE_META_KEYS = frozenset({"created", "seconds", "split_file"})
+
+
+def _without_volatile(value):
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if k not in _VOLATILE_META_KEYS}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
+
+
 def folder_fingerprint(folder: str | Path) -> str:
     """A 16-hex fingerprint of a model or adapter folder: its JSON files' contents and, for
     weights, their full contents when the folder holds at most 256 MiB of weights, else their
-    names and sizes."""
+    names and sizes. The adapter metadata (:data:`ADAPTER_META_FILE`) counts without the
+    creation time, durations and split file path, so retraining the same adapter (same
+    weights, settings and split) gives the same fingerprint."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf")]
@@ -70,6 +85,14 @@ def folder_fingerprint(folder: str | Path) -> str:
     digest = hashlib.sha256()
     for path in files:
         rel = path.relative_to(folder).as_posix()
+        if path.name == ADAPTER_META_FILE:
+            try:
+                meta = _without_volatile(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                meta = None
+            if meta is not None:
+                digest.update(f"{rel}\0{json.dumps(meta, sort_keys=True)}".encode())
+                continue
         if path.suffix in (".json", ".jinja", ".txt", ".model") or (path in weights and full):
             digest.update(f"{rel}\0".encode())
             with path.open("rb") as handle:
