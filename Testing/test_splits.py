@@ -57,3 +57,26 @@ def test_bad_input():
     with pytest.raises(ValueError, match="both"):
         Splits(("a",), (), ("a",), {}, 0, (0.5, 0, 0.5))
     assert make_splits({"a": "HGG", "b": "LGG"}, (0.5, 0.0, 0.5)).val == ()
+
+
+def test_load_or_make_splits_writes_once_then_only_reads(tmp_path):
+    from types import SimpleNamespace
+
+    from GliomaCompareLib.data.splits import load_or_make_splits
+
+    def cohort(grades):
+        cases = [SimpleNamespace(case_id=c, grade=g) for c, g in grades.items()]
+        return SimpleNamespace(cases=cases, usable=cases)
+
+    grades = _grades()
+    path = tmp_path / "splits.json"
+    with pytest.raises(FileNotFoundError, match="split file not found"):
+        load_or_make_splits(cohort(grades), path, create=False)
+    made = load_or_make_splits(cohort(grades), path, seed=4)
+    assert path.is_file()
+    # another seed does not re-split an existing file
+    assert load_or_make_splits(cohort(grades), path, seed=9) == made
+    one = next(c for c in made.test if grades[c] == "HGG")
+    flipped = dict(grades, **{one: "LGG"})
+    with pytest.raises(ValueError, match=f"grades differ from the data for {one}"):
+        load_or_make_splits(cohort(flipped), path)

@@ -5,7 +5,7 @@ Public API (imported lazily, so ``import GliomaCompareLib.cnn`` does not import 
 - configuration: :class:`SegConfig`, :class:`ClsConfig`, :class:`TrainSettings`,
   :class:`NetworkSpec`, :class:`CNNConfig`, :func:`load_cnn_config`;
 - training: :func:`train_segmenter`, :func:`train_classifier` -> :class:`TrainResult`,
-  :func:`resolve_splits`, :func:`choose_threshold`;
+  :func:`choose_threshold`;
 - inference: :func:`load_segmenter` / :class:`Segmenter`, :func:`load_classifier` /
   :class:`Classifier`, :func:`predict_cases` -> :class:`PredictionRun`;
 - checkpoints: :class:`ModelInfo`, :func:`load_model_info`, :class:`IncompatibleModelError`;
@@ -29,7 +29,6 @@ _EXPORTS = {
     "TrainResult": "train",
     "TrainingCallback": "train",
     "choose_threshold": "train",
-    "resolve_splits": "train",
     "train_classifier": "train",
     "train_segmenter": "train",
     "CasePrediction": "inference",

@@ -113,8 +113,9 @@ def _train(args) -> int:
 
     from GliomaCompareLib.cli import CommandError
     from GliomaCompareLib.cnn.distributed import init_distributed
-    from GliomaCompareLib.cnn.train import resolve_splits, train_classifier, train_segmenter
+    from GliomaCompareLib.cnn.train import train_classifier, train_segmenter
     from GliomaCompareLib.data.discovery import discover_cases
+    from GliomaCompareLib.data.splits import load_or_make_splits
 
     config, run_weights = _read_config(args.config)
     tasks = ["seg", "cls"] if args.task == "both" else [args.task]
@@ -130,12 +131,12 @@ def _train(args) -> int:
             print(f"warning: {warning}", file=sys.stderr)
     split_path = Path(args.splits) if args.splits else out / "splits.json"
     if ctx.is_main:
-        splits = resolve_splits(
+        splits = load_or_make_splits(
             cohort, split_path, fractions=args.split_fractions, seed=args.split_seed
         )
     ctx.barrier()
     if not ctx.is_main:
-        splits = resolve_splits(cohort, split_path, create=False)
+        splits = load_or_make_splits(cohort, split_path, create=False)
     for task in tasks:
         task_config = getattr(config, task)
         if args.epochs is not None:

@@ -53,7 +53,6 @@ __all__ = [
     "TrainResult",
     "TrainingCallback",
     "choose_threshold",
-    "resolve_splits",
     "train_classifier",
     "train_segmenter",
 ]
@@ -734,58 +733,3 @@ def _epoch_line(task, record: EpochRecord, best: dict | None, epochs: int) -> st
         f"{task.task} epoch {record.epoch}/{epochs}: loss {record.train_loss:.4f}; val {shown or '-'}"
         f"{best_text}{mark}; {record.seconds:.1f} s"
     )
-
-
-def resolve_splits(
-    cohort,
-    path: str | Path,
-    *,
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-    seed: int = 0,
-    create: bool = True,
-):
-    """The split in ``path`` (``splits.json``), made and written once if it does not exist.
-
-    An existing file is only read, never re-split. Its grades must agree with the cohort's.
-
-    Args:
-        cohort: the discovered cohort; a new split covers its usable cases with a grade
-            (cases of unknown grade form their own stratum).
-        path: the ``splits.json`` file.
-        fractions, seed: for a new split (patient-level, stratified by grade).
-        create: False to refuse a missing file.
-
-    Raises:
-        FileNotFoundError: a missing file with ``create=False``.
-        ValueError: a split whose grades contradict the data's.
-    """
-    from GliomaCompareLib.data.splits import Splits, make_splits
-
-    path = Path(path)
-    if path.is_file():
-        splits = Splits.load(path)
-        grades = {c.case_id: c.grade for c in cohort.cases}
-        clash = [
-            f"{c} ({splits.grades.get(c)} in the split, {grades[c]} in the data)"
-            for c in splits.ids("all")
-            if c in grades
-            and splits.grades.get(c)
-            and grades[c]
-            and splits.grades.get(c) != grades[c]
-        ]
-        if clash:
-            raise ValueError(f"{path}: grades differ from the data for {', '.join(clash[:5])}")
-        outside = sorted(set(grades) - set(splits.ids("all")))
-        if outside:
-            log.warning(
-                "%s: %d cases of the data are in no split and are not used (e.g. %s)",
-                path,
-                len(outside),
-                ", ".join(outside[:3]),
-            )
-        return splits
-    if not create:
-        raise FileNotFoundError(f"{path}: split file not found")
-    splits = make_splits({c.case_id: c.grade for c in cohort.usable}, fractions, seed)
-    splits.save(path)
-    return splits

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SPLIT_NAMES", "Splits", "make_splits"]
+__all__ = ["SPLIT_NAMES", "Splits", "load_or_make_splits", "make_splits"]
 
 SPLIT_NAMES = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -182,3 +185,58 @@ def _allocate(n: int, fractions: np.ndarray) -> list[int]:
             counts[donor] -= 1
             counts[i] += 1
     return counts.tolist()
+
+
+def load_or_make_splits(
+    cohort,
+    path: str | Path,
+    *,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+    create: bool = True,
+) -> Splits:
+    """The split in ``path`` (``splits.json``), made and written once if it does not exist.
+
+    An existing file is only read, never re-split; its grades must agree with the cohort's,
+    and cases of the cohort that are in no split are named in a warning (they are not used).
+
+    Args:
+        cohort: the discovered cohort (``.cases`` / ``.usable`` with ``case_id`` and
+            ``grade``); a new split covers its usable cases (unknown grade: its own stratum).
+        path: the ``splits.json`` file.
+        fractions, seed: for a new split (patient-level, stratified by grade).
+        create: False to refuse a missing file.
+
+    Raises:
+        FileNotFoundError: a missing file with ``create=False``.
+        ValueError: an unreadable split, or one whose grades contradict the data's.
+    """
+    path = Path(path)
+    if path.is_file():
+        splits = Splits.load(path)
+        grades = {c.case_id: c.grade for c in cohort.cases}
+        clash = [
+            f"{c} ({splits.grades.get(c)} in the split, {grades[c]} in the data)"
+            for c in splits.ids("all")
+            if c in grades
+            and splits.grades.get(c)
+            and grades[c]
+            and splits.grades.get(c) != grades[c]
+        ]
+        if clash:
+            raise ValueError(f"{path}: grades differ from the data for {', '.join(clash[:5])}")
+        outside = sorted(set(grades) - set(splits.ids("all")))
+        if outside:
+            log.warning(
+                "%s: %d cases of the data are in no split and are not used (e.g. %s)",
+                path,
+                len(outside),
+                ", ".join(outside[:3]),
+            )
+        return splits
+    if not create:
+        raise FileNotFoundError(f"{path}: split file not found")
+    splits = make_splits({c.case_id: c.grade for c in cohort.usable}, fractions, seed)
+    splits.save(path)
+    log.warning("made a new patient split (seed %d) and wrote it to %s", seed, path)
+    return splits

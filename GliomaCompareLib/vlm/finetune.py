@@ -562,20 +562,14 @@ def resolve_splits(
 
     Raises:
         FileNotFoundError: a missing file with ``create=False``.
-        ValueError: an unreadable split file.
+        ValueError: an unreadable split file, or one whose grades contradict the data's.
     """
-    from GliomaCompareLib.data.splits import Splits, make_splits
+    from GliomaCompareLib.data.splits import Splits, load_or_make_splits
 
     if isinstance(splits, Splits):
         return splits, None
     path = Path(splits if splits is not None else default_path)
-    if path.is_file():
-        return Splits.load(path), path
-    if not create:
-        raise FileNotFoundError(f"{path}: split file not found")
-    made = make_splits({c.case_id: c.grade for c in cohort.usable}, fractions, seed)
-    made.save(path)
-    log.warning("made a new patient split (seed %d) and wrote it to %s", seed, path)
+    made = load_or_make_splits(cohort, path, fractions=fractions, seed=seed, create=create)
     return made, path
 
 
