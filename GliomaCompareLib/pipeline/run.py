@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -357,6 +358,8 @@ def _train_cnn(ctx: StageContext, task: str) -> dict:
     baseline = None
     if task == "seg" and not weights.get(task) and config.train.epochs > 0:
         baseline = _package_untrained(ctx, config)
+    elif task == "seg":  # given weights: no random-init baseline; drop one from an earlier run
+        shutil.rmtree(ctx.dir / UNTRAINED_DIR, ignore_errors=True)
     return {
         "model_dir": str(folder),
         "model_id": _model_id(folder),
@@ -375,8 +378,6 @@ def _package_untrained(ctx: StageContext, config) -> str | None:
     """The segmentation network as it was before training (same seed, so the same random
     initialisation), packaged as a model folder: the baseline that shows what training bought.
     Returns its model id."""
-    from dataclasses import replace
-
     from GliomaCompareLib.cnn.train import train_segmenter
 
     folder = ctx.dir / UNTRAINED_DIR
@@ -449,6 +450,8 @@ def _stage_cnn_predict(ctx: StageContext) -> dict:
         baseline = load_segmenter(untrained, convention=cohort.convention, device=device)
         predict("pred_untrained", " (untrained baseline)", segmenter=baseline)
         summary["untrained_seg_model_id"] = baseline.model_id
+    else:  # no baseline (weights were given): none from an earlier run may be scored
+        shutil.rmtree(_shard_dir(ctx, "pred_untrained"), ignore_errors=True)
     return summary
 
 
