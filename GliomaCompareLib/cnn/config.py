@@ -223,6 +223,7 @@ class SegConfig:
             "channels": list(self.channels),
             "crop": f"brain bounding box (any channel != 0) + {self.crop_margin} voxels",
             "crop_margin": self.crop_margin,
+            "inference_input": "the brain crop" if self.crop else "the whole volume (no crop)",
             "normalisation": "z-score per channel over non-zero voxels "
             "(MONAI NormalizeIntensity nonzero=True, channel_wise=True)",
             "spacing": "as stored (no resampling)",
