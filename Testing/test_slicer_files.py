@@ -299,3 +299,21 @@ def test_files_slicer_writes_are_read_back(tmp_path, scene):  # noqa: F811
     saved = mrml.save_node(mrml.markup_node(curve), tmp_path / "slicer.mrk.json")
     (back,) = sf.read_markups(saved)
     np.testing.assert_allclose(back.points_ras, curve.points_ras, atol=1e-9)
+
+
+def test_read_image_gives_the_label_map_of_a_regions_file(tmp_path):
+    """A regions file stores overlapping WT / TC / ET layers; read_image (what evaluate and
+    the run's metrics use) rebuilds the exact label map from its tagged segments instead of
+    refusing the overlap."""
+    from GliomaCompareLib.metrics.evaluation import CaseFiles, evaluate_case
+
+    label = brats_labels(seed=4)
+    path = sf.write_seg_nrrd(tmp_path / "pred.seg.nrrd", label, AFFINE, segments="regions")
+    array, meta = read_image(path)
+    np.testing.assert_array_equal(array, label)
+    np.testing.assert_allclose(meta.affine, AFFINE, atol=1e-6)
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(label, AFFINE), str(tmp_path / "ref.nii.gz"))
+    rows = evaluate_case(CaseFiles("c", path, tmp_path / "ref.nii.gz"))
+    assert {r.region: r.dice for r in rows} == {"WT": 1.0, "TC": 1.0, "ET": 1.0}

@@ -119,8 +119,11 @@ def read_header(path: str | Path) -> ImageMeta:
 def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
     """Read a NIfTI / NRRD image as ``(array[i, j, k], meta)``.
 
-    A multi-layer Slicer ``.seg.nrrd`` (4D, one layer per overlapping segment group) is
-    collapsed to one label map when its layers do not overlap.
+    A ``.seg.nrrd`` written by GliomaCompare (its segments carry the BraTS label or region
+    they stand for) is read through :func:`GliomaCompareLib.slicer_files.read_seg_nrrd`, so a
+    regions file (overlapping WT / TC / ET layers) gives back the exact label map. Another
+    multi-layer Slicer ``.seg.nrrd`` (4D, one layer per overlapping segment group) is collapsed
+    to one label map when its layers do not overlap.
 
     Args:
         path: the file.
@@ -132,6 +135,13 @@ def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
+    if path.name.lower().endswith(".seg.nrrd"):
+        tagged = _read_tagged_segmentation(path)
+        if tagged is not None:
+            array, affine = tagged
+            if dtype is not None:
+                array = array.astype(dtype, copy=False)
+            return array, ImageMeta(tuple(int(s) for s in array.shape), affine, str(path))
     try:
         if _is_nifti(path):
             import nibabel as nib
@@ -156,6 +166,20 @@ def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return array, ImageMeta(tuple(int(s) for s in array.shape), affine, str(path))
+
+
+def _read_tagged_segmentation(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(label map, affine) of a ``.seg.nrrd`` whose every segment carries a GliomaCompare
+    label or region tag; None for other files (read as plain images)."""
+    from GliomaCompareLib.slicer_files import read_seg_nrrd
+
+    try:
+        seg = read_seg_nrrd(path)
+    except (ValueError, OSError) as exc:
+        raise ImageReadError(f"{path}: cannot read segmentation ({exc})") from exc
+    if not seg.segments or not all(s.brats_label is not None or s.region for s in seg.segments):
+        return None
+    return seg.label_map, np.asarray(seg.affine, dtype=float)
 
 
 def _collapse_layers(layers: np.ndarray, path: Path) -> np.ndarray:
