@@ -5,23 +5,12 @@ Nothing heavy is imported here at module level (``gliomacompare --help`` stays f
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from GliomaCompareLib.argtypes import split_fractions
+
 __all__ = ["register"]
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected TRAIN,VAL,TEST e.g. 0.6,0.2,0.2"
-        ) from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three fractions")
-    return values  # type: ignore[return-value]
 
 
 def register(sub) -> None:
@@ -42,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--splits", help="splits.json to use (read if it exists, else written there)")
     p.add_argument(
         "--split-fractions",
-        type=_fractions,
+        type=split_fractions,
         default=(0.6, 0.2, 0.2),
         help="train,val,test fractions for a new split (default 0.6,0.2,0.2)",
     )

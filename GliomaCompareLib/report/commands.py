@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from GliomaCompareLib.argtypes import non_negative_int
+
 __all__ = ["register"]
 
 _EPILOG = """\
@@ -15,16 +17,6 @@ Parts of a run that have not run yet are shown as "not run".
 Defaults come from the run config's `report` section (gallery_count, alpha,
 centre_cluster_ratio, figures, dpi); the options below override them.
 """
-
-
-def _positive_or_zero(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def register(sub) -> None:
@@ -47,7 +39,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--gallery-count",
-        type=_positive_or_zero,
+        type=non_negative_int,
         default=None,
         metavar="N",
         help="worst and best cases shown per ranking (default: config, else 3; 0 = no gallery)",

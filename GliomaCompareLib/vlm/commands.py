@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from GliomaCompareLib.argtypes import positive_int
+
 __all__ = ["register"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
 
 
 def register(sub) -> None:
@@ -57,22 +48,22 @@ def register(sub) -> None:
         default=None,
         help="comma-separated: grade,point,box,polygon (default all; with --adapter, its task)",
     )
-    p.add_argument("--runs", type=_positive_int, default=1, help="repeat every query N times")
+    p.add_argument("--runs", type=positive_int, default=1, help="repeat every query N times")
     p.add_argument(
         "--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples"
     )
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling (1.0)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="per answer (256)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="per answer (256)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed and tiny model seed (0)")
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         help="queries per model call; for openai, requests in flight (8)",
     )
     p.add_argument(
         "--slices-per-case",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="at most K slices per case, evenly spaced over the tumour (default: all selected)",
     )
@@ -90,7 +81,7 @@ def register(sub) -> None:
         choices=["pixel", "normalized", "per_mille"],
         help="coordinate system asked for in prompts (default pixel)",
     )
-    p.add_argument("--max-vertices", type=_positive_int, help="polygon K (default 8)")
+    p.add_argument("--max-vertices", type=positive_int, help="polygon K (default 8)")
     p.add_argument(
         "--tie-rule",
         default="probability",

@@ -7,33 +7,12 @@ prints.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from GliomaCompareLib.argtypes import positive_int, split_fractions
+
 __all__ = ["register"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected three numbers, e.g. 0.6,0.2,0.2"
-        ) from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers, e.g. 0.6,0.2,0.2")
-    return values  # type: ignore[return-value]
 
 
 def register(sub) -> None:
@@ -71,14 +50,14 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--split-fractions",
-        type=_fractions,
+        type=split_fractions,
         default=(0.6, 0.2, 0.2),
         help="train,val,test fractions of a new split (0.6,0.2,0.2)",
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of a new split (0)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--rank", type=_positive_int, default=16, help="LoRA rank r (16)")
+    g.add_argument("--rank", type=positive_int, default=16, help="LoRA rank r (16)")
     g.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (32; scale alpha/r)")
     g.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (0.05)")
     g.add_argument(
@@ -110,10 +89,10 @@ def register(sub) -> None:
         "--gradient-checkpointing", action="store_true", help="save activation memory (big models)"
     )
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=_positive_int, default=3, help="epochs (3)")
+    t.add_argument("--epochs", type=positive_int, default=3, help="epochs (3)")
     t.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (2e-4; tiny: ~3e-3)")
-    t.add_argument("--batch-size", type=_positive_int, default=4, help="examples per process (4)")
-    t.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per step (1)")
+    t.add_argument("--batch-size", type=positive_int, default=4, help="examples per process (4)")
+    t.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step (1)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0)")
     t.add_argument("--warmup-ratio", type=float, default=0.03, help="warm-up share (0.03)")
     t.add_argument("--scheduler", default="linear", choices=["linear", "cosine", "constant"])
@@ -129,7 +108,7 @@ def register(sub) -> None:
     )
     t.add_argument(
         "--checkpoint-every",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="also checkpoint every N optimizer steps (default: at epoch ends)",
     )
@@ -140,9 +119,9 @@ def register(sub) -> None:
         help="auto: CUDA when available (under torchrun, one GPU per process)",
     )
     t.add_argument("--tiny-seed", type=int, default=0, help="weight seed of --base tiny (0)")
-    t.add_argument("--jobs", type=_positive_int, default=1, help="processes loading cases (1)")
+    t.add_argument("--jobs", type=positive_int, default=1, help="processes loading cases (1)")
     v = p.add_argument_group("validation")
-    v.add_argument("--eval-every", type=_positive_int, default=1, help="validate every N epochs")
+    v.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
     v.add_argument(
         "--patience",
         type=int,
@@ -163,15 +142,15 @@ def register(sub) -> None:
     )
     v.add_argument(
         "--max-val-slices",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="answer at most N validation slices per task for the task metrics (default all)",
     )
-    v.add_argument("--eval-batch-size", type=_positive_int, default=8, help="answers per call (8)")
+    v.add_argument("--eval-batch-size", type=positive_int, default=8, help="answers per call (8)")
     d = p.add_argument_group("data (as the vlm command asks)")
     d.add_argument(
         "--slices-per-case",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="at most K slices per case, evenly spaced over the tumour (default all selected)",
     )
@@ -184,7 +163,7 @@ def register(sub) -> None:
         choices=["pixel", "normalized", "per_mille"],
         help="coordinate system of prompts and answers (pixel)",
     )
-    d.add_argument("--max-vertices", type=_positive_int, help="polygon K (default 8)")
+    d.add_argument("--max-vertices", type=positive_int, help="polygon K (default 8)")
     d.add_argument(
         "--point-target",
         default="centroid",
