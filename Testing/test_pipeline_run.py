@@ -136,7 +136,7 @@ def test_run_writes_everything_the_contract_names(finished_run):
 
 
 def test_cnn_beats_an_empty_prediction_and_scores_are_bounded(finished_run):
-    from GliomaCompareLib.pipeline.layout import read_table
+    from GliomaCompareLib.runlayout import read_table
 
     rows = read_table(finished_run / "metrics" / "segmentation.csv")
     cnn_wt = [r["dice"] for r in rows if r["method"] == "cnn" and r["region"] == "WT"]
@@ -147,7 +147,7 @@ def test_cnn_beats_an_empty_prediction_and_scores_are_bounded(finished_run):
 def test_the_untrained_network_is_scored_on_the_same_patients_as_a_baseline(finished_run):
     import json
 
-    from GliomaCompareLib.pipeline.layout import read_table
+    from GliomaCompareLib.runlayout import read_table
 
     rows = read_table(finished_run / "metrics" / "segmentation.csv")
     trained = {(r["case_id"], r["region"]) for r in rows if r["method"] == "cnn"}

@@ -1,7 +1,7 @@
 """The comparison report: tables, published figures, banners, figures, gallery, escaping, CLI.
 
 Run folders are built here, in tmp_path, the way the comparison run lays them out
-(``GliomaCompareLib.pipeline.layout``): per-case masks and answers are small synthetic images,
+(``GliomaCompareLib.runlayout``): per-case masks and answers are small synthetic images,
 and every number in the CSVs comes from the real metric functions (Dice, HD95, classification
 report with bootstrap, McNemar, Fleiss' kappa) and the real geometry code.
 """
@@ -34,7 +34,6 @@ from GliomaCompareLib.metrics import (
     hausdorff,
     mcnemar,
 )
-from GliomaCompareLib.pipeline.layout import write_table
 from GliomaCompareLib.report import (
     CaseGallery,
     GalleryAnswer,
@@ -46,6 +45,7 @@ from GliomaCompareLib.report import (
 )
 from GliomaCompareLib.report.rundata import TINY_LABEL, load_run
 from GliomaCompareLib.report.tables import centre_summaries
+from GliomaCompareLib.runlayout import write_table
 
 H = W = 40
 Z = 4
@@ -624,7 +624,7 @@ def test_centre_clustering_is_visible(tiny_report):
 
 def test_centre_summary_without_clustering(tmp_path):
     """Predictions on the tumour: ratio ~1, not clustered; correlation with the truth ~1."""
-    from GliomaCompareLib.pipeline.layout import write_table
+    from GliomaCompareLib.runlayout import write_table
 
     rng = np.random.default_rng(3)
     rows = []

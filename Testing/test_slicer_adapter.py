@@ -46,7 +46,7 @@ def test_metric_tables_long_and_wide_formats(tmp_path):
         "case_id,slice_index,method,model,task,dice_2d\nA,3,vlm_base,tiny,box,0.1\n"
         "A,4,vlm_base,tiny,box,0.3\n"
     )
-    (tmp_path / "grades.csv").write_text(  # the run's layout (GliomaCompareLib.pipeline.layout)
+    (tmp_path / "grades.csv").write_text(  # the run's layout (GliomaCompareLib.runlayout)
         "case_id,method,model,grade_true,grade_pred,p_hgg\n"
         "A,cnn,SegResNet-1,HGG,LGG,0.3\nA,vlm_base,tiny random-weight model,HGG,HGG,\n"
     )

@@ -1,7 +1,7 @@
 """Rebuilding the report of a full-size run: 369 BraTS 2020 cases, 240x240 slices.
 
 A run folder is filled with random but well-formed tables (the layout of
-``GliomaCompareLib.pipeline.layout``: 369 cases, CNN WT/TC/ET, base and fine-tuned VLM with
+``GliomaCompareLib.runlayout``: 369 cases, CNN WT/TC/ET, base and fine-tuned VLM with
 point / box / polygon on ``--slices`` slices per case, consistency repeats) and one
 ``gallery.npz`` per case. The numbers mean nothing; only the time and size of the report do.
 
@@ -27,8 +27,8 @@ import numpy as np
 
 def make_run(root: Path, cases: int, slices: int, seed: int = 0) -> Path:
     from GliomaCompareLib.geometry import Box, Point, Polygon
-    from GliomaCompareLib.pipeline.layout import write_table
     from GliomaCompareLib.report import CaseGallery, GalleryAnswer, GradePrediction, write_gallery
+    from GliomaCompareLib.runlayout import write_table
 
     rng = np.random.default_rng(seed)
     run = root / "run"

@@ -2,7 +2,7 @@
 
 Reads what the arms wrote (CNN label maps and grade records, the VLM's ``answers.jsonl`` and
 per-patient tables of every shard), scores the CNN against the references with the evaluation
-core, and writes the tables of :mod:`GliomaCompareLib.pipeline.layout` plus, per test patient,
+core, and writes the tables of :mod:`GliomaCompareLib.runlayout` plus, per test patient,
 ``cases/<case_id>/``: the ground truth and the CNN segmentation as ``.seg.nrrd`` (BraTS labels
 kept), the VLM answers as markups placed in RAS on their slices (base and fine-tuned),
 ``metrics.json`` and the report's ``gallery.npz``.
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from GliomaCompareLib.pipeline.layout import METHODS, SPLITS_FILE, write_table
 from GliomaCompareLib.pipeline.stages import atomic_write_json
+from GliomaCompareLib.runlayout import METHODS, SPLITS_FILE, write_table
 
 __all__ = ["MethodOutputs", "aggregate_run", "collect_vlm"]
 

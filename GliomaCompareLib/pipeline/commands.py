@@ -85,7 +85,7 @@ def _run(args) -> int:
 
 def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None) -> None:
     """One screen: what was compared, the headline numbers, and where everything is."""
-    from GliomaCompareLib.pipeline.layout import METHOD_LABELS, read_table
+    from GliomaCompareLib.runlayout import METHOD_LABELS, read_table
 
     stream = stream or sys.stdout
     run_dir = Path(run_dir)

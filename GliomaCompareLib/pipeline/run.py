@@ -17,7 +17,7 @@ Stages (each in ``RUN/stages/<name>/``, see :mod:`GliomaCompareLib.pipeline.stag
 - ``vlm-finetune``: a LoRA adapter trained on the training patients (all fine-tuned tasks).
 - ``vlm-finetuned`` (per case): the same queries with the adapter.
 - ``consistency`` (per case): repeated identical queries at a set temperature.
-- ``metrics``: every table of :mod:`GliomaCompareLib.pipeline.layout`, and ``cases/<id>/``.
+- ``metrics``: every table of :mod:`GliomaCompareLib.runlayout`, and ``cases/<id>/``.
 - ``report``: ``report.html``.
 """
 
@@ -33,7 +33,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from GliomaCompareLib.pipeline.layout import LOG_FILE, SPLITS_FILE
 from GliomaCompareLib.pipeline.stages import (
     Shard,
     Stage,
@@ -41,6 +40,7 @@ from GliomaCompareLib.pipeline.stages import (
     StageRunner,
     atomic_write_json,
 )
+from GliomaCompareLib.runlayout import LOG_FILE, SPLITS_FILE
 
 __all__ = [
     "STAGE_NAMES",

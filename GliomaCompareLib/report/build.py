@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from GliomaCompareLib import __version__
-from GliomaCompareLib.pipeline.layout import METHOD_LABELS, REPORT_FILE
-from GliomaCompareLib.pipeline.stages import atomic_write
+from GliomaCompareLib.fileio import atomic_write
 from GliomaCompareLib.report.gallery import CaseGallery, read_gallery, select_gallery_cases
 from GliomaCompareLib.report.html import GalleryItem, GallerySection, render_page
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Citation, Published, load_published
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny, load_run
 from GliomaCompareLib.report.tables import Table, build_tables, headline, render_markdown
+from GliomaCompareLib.runlayout import METHOD_LABELS, REPORT_FILE
 
 __all__ = ["GALLERY_RANKINGS", "SUMMARY_MARKDOWN", "build_report", "write_markdown_tables"]
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from GliomaCompareLib.geometry import Box, Point, Polygon
-from GliomaCompareLib.pipeline.layout import METHOD_LABELS, METHODS
 from GliomaCompareLib.report.gallery import GALLERY_TASKS, CaseGallery
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Published
@@ -35,6 +34,7 @@ from GliomaCompareLib.report.tables import (
     first_run_rows,
     normalised_centres,
 )
+from GliomaCompareLib.runlayout import METHOD_LABELS, METHODS
 
 __all__ = [
     "METHOD_COLOURS",

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from GliomaCompareLib.fileio import atomic_write
 from GliomaCompareLib.geometry import Box, Geometry, Point, Polygon
-from GliomaCompareLib.pipeline.stages import atomic_write
 
 __all__ = [
     "GALLERY_FORMAT",

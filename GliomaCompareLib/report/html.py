@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from GliomaCompareLib.pipeline.layout import METHOD_LABELS
 from GliomaCompareLib.report.figures import ReportFigure
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData
 from GliomaCompareLib.report.tables import Table, render_html_table
+from GliomaCompareLib.runlayout import METHOD_LABELS
 
 __all__ = [
     "OPEN_CHOICES",

@@ -1,7 +1,7 @@
 """Reading a finished (or partly finished) run folder for the report, without recomputing.
 
 Only files of the run folder are read: ``manifest.json``, ``metrics/<table>.csv`` (columns from
-:data:`GliomaCompareLib.pipeline.layout.TABLES`), ``cases/<case_id>/gallery.npz`` and, for
+:data:`GliomaCompareLib.runlayout.TABLES`), ``cases/<case_id>/gallery.npz`` and, for
 stage timings the manifest lacks, ``stages/<stage>/done*.json``. A missing or unreadable file is
 recorded (:attr:`RunData.problems`, :class:`TableData` ``status``), never fatal: the report shows
 it as "not run" or "could not be read".
@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from GliomaCompareLib.pipeline.layout import CASE_GALLERY_FILE, TABLES, read_table
+from GliomaCompareLib.runlayout import CASE_GALLERY_FILE, TABLES, read_table
 
 __all__ = [
     "MANIFEST_FILE",

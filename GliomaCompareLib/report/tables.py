@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from GliomaCompareLib.pipeline.layout import METHOD_LABELS, METHODS
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Published, PublishedFigure
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny
+from GliomaCompareLib.runlayout import METHOD_LABELS, METHODS
 
 __all__ = [
     "ANSWER_STATUSES",

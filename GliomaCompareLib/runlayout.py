@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from GliomaCompareLib.pipeline.stages import atomic_write
+from GliomaCompareLib.fileio import atomic_write
 
 __all__ = [
     "CASE_GALLERY_FILE",
