@@ -101,10 +101,10 @@ def _train(args) -> int:
     from dataclasses import replace
 
     from GliomaCompareLib.cli import CommandError
-    from GliomaCompareLib.cnn.distributed import init_distributed
     from GliomaCompareLib.cnn.train import train_classifier, train_segmenter
     from GliomaCompareLib.data.discovery import discover_cases
     from GliomaCompareLib.data.splits import load_or_make_splits
+    from GliomaCompareLib.distributed import init_distributed
 
     config, run_weights = _read_config(args.config)
     tasks = ["seg", "cls"] if args.task == "both" else [args.task]

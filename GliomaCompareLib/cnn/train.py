@@ -462,7 +462,6 @@ def _train(
     from tqdm.auto import tqdm
 
     from GliomaCompareLib.cnn.datasets import prepare_data
-    from GliomaCompareLib.cnn.distributed import init_distributed
     from GliomaCompareLib.cnn.networks import (
         build_network,
         channels_last,
@@ -471,6 +470,7 @@ def _train(
         size_divisor,
     )
     from GliomaCompareLib.data.discovery import Cohort, discover_cases
+    from GliomaCompareLib.distributed import init_distributed
 
     started = time.perf_counter()
     config = task.config
