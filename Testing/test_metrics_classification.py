@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 from GliomaCompareLib.metrics.classification import (
+    accuracy,
     auc_score,
+    balanced_accuracy,
     classification_report,
+    drop_missing_scores,
     encode_labels,
+    encode_truth,
     mcnemar,
 )
 
@@ -188,3 +192,59 @@ def test_mcnemar_edge_cases():
     r = mcnemar(big_y, big_y, ["LGG"] * 30 + ["HGG"] * 10)
     assert r.method == "chi2_cc" and r.statistic == pytest.approx(29**2 / 30)
     assert r.p_value < 1e-6
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_accuracy_functions_match_the_report_and_sklearn(seed):
+    from sklearn import metrics as skm
+
+    y, pred, _ = random_grades(seed, n=60)
+    pred = [None if i % 11 == 0 else v for i, v in enumerate(pred)]  # some invalid answers
+    r = classification_report(y, pred, n_bootstrap=0)
+    assert accuracy(y, pred) == pytest.approx(r.accuracy, abs=1e-12)
+    assert balanced_accuracy(y, pred) == pytest.approx(r.balanced_accuracy, abs=1e-12)
+    valid = [p if p is not None else "invalid" for p in pred]
+    assert accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, valid), abs=1e-12)
+    # encoded integer arrays (the fast path) give the same numbers as the labels
+    t = encode_labels(y, allow_invalid=False)
+    p = encode_labels(pred, allow_invalid=True)
+    assert balanced_accuracy(t, p) == pytest.approx(r.balanced_accuracy, abs=1e-12)
+    assert math.isnan(balanced_accuracy(["HGG", "HGG"], ["HGG", "LGG"]))
+    assert math.isnan(accuracy([], []))
+    with pytest.raises(ValueError, match="items"):
+        accuracy(["HGG"], ["HGG", "LGG"])
+
+
+def test_vectorised_encoding_equals_the_item_loop():
+    values = np.array([1, 0, 2, -1, 1, 0, 7], dtype=np.int64)
+    np.testing.assert_array_equal(
+        encode_labels(values, allow_invalid=True),
+        encode_labels(values.tolist(), allow_invalid=True),
+    )
+    np.testing.assert_array_equal(
+        encode_labels(np.array([True, False]), allow_invalid=False), [1, 0]
+    )
+    with pytest.raises(ValueError, match="label #2"):
+        encode_labels(values, allow_invalid=False)
+
+
+def test_encode_truth_accepts_float_targets_only_when_exact():
+    np.testing.assert_array_equal(encode_truth(np.array([1.0, 0.0, 1.0])), [1, 0, 1])
+    np.testing.assert_array_equal(encode_truth([1.0, "lgg", 0, True]), [1, 0, 0, 1])
+    with pytest.raises(ValueError, match="label #1"):
+        encode_truth(np.array([1.0, 0.5]))
+    with pytest.raises(ValueError, match="label #0"):
+        encode_truth([float("nan")])
+
+
+def test_drop_missing_scores_keeps_scored_patients_and_counts_the_rest():
+    t, s, n_missing = drop_missing_scores(
+        ["HGG", "LGG", "HGG", "LGG"], [0.9, None, float("nan"), 0.2]
+    )
+    np.testing.assert_array_equal(t, [1, 0])
+    np.testing.assert_allclose(s, [0.9, 0.2], atol=0)
+    assert n_missing == 2
+    with pytest.raises(ValueError, match="finite"):
+        drop_missing_scores([1, 0], [0.1, float("inf")])
+    with pytest.raises(ValueError, match="items"):
+        drop_missing_scores([1, 0], [0.1])

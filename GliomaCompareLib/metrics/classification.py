@@ -13,6 +13,10 @@
   slices; by default every item is one patient). A resample where a metric is undefined (e.g. no
   LGG drawn, so no specificity) is left out of that metric's interval.
 * :func:`mcnemar`: paired test of two classifiers on the same patients.
+* :func:`accuracy` and :func:`balanced_accuracy` as plain functions of ``(y_true, y_pred)`` (the
+  same definitions as the report's, nan when undefined), e.g. the statistics of a paired
+  bootstrap; :func:`encode_truth` and :func:`drop_missing_scores` prepare true labels and scores
+  for the score-based statistics (AUC, ROC, calibration, thresholds).
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ __all__ = [
     "METRIC_NAMES",
     "ClassificationReport",
     "McNemarResult",
+    "accuracy",
     "auc_score",
+    "balanced_accuracy",
     "classification_report",
+    "drop_missing_scores",
     "encode_labels",
+    "encode_truth",
     "mcnemar",
 ]
 
@@ -69,6 +77,8 @@ def encode_labels(
     Raises:
         ValueError: for an invalid value when ``allow_invalid`` is False, naming its position.
     """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biu":
+        return _encode_integer_array(values.ravel(), allow_invalid)
     pos, neg = positive.strip().lower(), negative.strip().lower()
     out = np.empty(len(values), dtype=np.int8)
     for i, value in enumerate(values):
@@ -86,6 +96,129 @@ def encode_labels(
             )
         out[i] = code
     return out
+
+
+def _encode_integer_array(values: np.ndarray, allow_invalid: bool) -> np.ndarray:
+    """:func:`encode_labels` of an integer / boolean array, vectorised (same result)."""
+    known = (values == 0) | (values == 1)
+    if not allow_invalid and not known.all():
+        i = int(np.flatnonzero(~known)[0])
+        raise ValueError(f"label #{i} is {values[i]!r}; expected 1 / 0")
+    return np.where(known, values, _INVALID).astype(np.int8)
+
+
+def encode_truth(values: Sequence, positive: str = "HGG", negative: str = "LGG") -> np.ndarray:
+    """Encode true labels as 1 (positive) / 0 (negative); every entry must be valid.
+
+    Like :func:`encode_labels` with ``allow_invalid=False``, and float labels that are exactly
+    1.0 / 0.0 are accepted too (a network's targets are often stored as floats).
+
+    Args:
+        values: ``(n,)`` labels: class names, 1 / 0, booleans, or floats 1.0 / 0.0.
+        positive: the positive class name.
+        negative: the negative class name.
+
+    Returns:
+        int8 array ``(n,)`` of 1 / 0.
+
+    Raises:
+        ValueError: for any other value, naming its position.
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        values = np.asarray(values).ravel()
+        known = (values == 0.0) | (values == 1.0)
+        if not known.all():
+            i = int(np.flatnonzero(~known)[0])
+            raise ValueError(f"label #{i} is {values[i]!r}; expected 1 / 0")
+        return values.astype(np.int8)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biu":
+        return encode_labels(values, positive, negative, allow_invalid=False)
+    values = [
+        int(v) if isinstance(v, (float, np.floating)) and v in (0.0, 1.0) else v for v in values
+    ]
+    return encode_labels(values, positive, negative, allow_invalid=False)
+
+
+def drop_missing_scores(
+    y_true: Sequence, scores: Sequence, positive: str = "HGG", negative: str = "LGG"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Keep the patients that have a score: ``None`` and NaN scores are dropped and counted.
+
+    Args:
+        y_true: ``(n,)`` true labels (see :func:`encode_truth`).
+        scores: ``(n,)`` scores, higher = more positive; ``None`` / NaN for "no score".
+        positive: the positive class name.
+        negative: the negative class name.
+
+    Returns:
+        ``(truth, scores, n_missing)``: int8 ``(m,)`` of 1 / 0, float ``(m,)`` and ``n - m``.
+
+    Raises:
+        ValueError: for mismatched lengths, an invalid true label or an infinite score.
+    """
+    t = encode_truth(y_true, positive, negative)
+    s = np.asarray([np.nan if v is None else v for v in scores], dtype=float).ravel()
+    if s.shape != t.shape:
+        raise ValueError(f"scores has {s.size} items but y_true has {t.size}")
+    if np.isinf(s).any():
+        i = int(np.flatnonzero(np.isinf(s))[0])
+        raise ValueError(f"score #{i} is {s[i]}; scores must be finite (or None / NaN if absent)")
+    keep = ~np.isnan(s)
+    return t[keep], s[keep], int(np.count_nonzero(~keep))
+
+
+def accuracy(
+    y_true: Sequence, y_pred: Sequence, *, positive: str = "HGG", negative: str = "LGG"
+) -> float:
+    """Share of correct answers; invalid answers count as wrong.
+
+    Args:
+        y_true: ``(n,)`` true labels (all valid).
+        y_pred: ``(n,)`` predicted labels; anything that is neither class is a wrong answer.
+        positive: the positive class name.
+        negative: the negative class name.
+
+    Returns:
+        Accuracy in [0, 1]; nan for no patients.
+    """
+    return _metric("accuracy", y_true, y_pred, positive, negative)
+
+
+def balanced_accuracy(
+    y_true: Sequence, y_pred: Sequence, *, positive: str = "HGG", negative: str = "LGG"
+) -> float:
+    """Mean of sensitivity (positive recall) and specificity (negative recall).
+
+    Invalid answers count as wrong, as in :func:`classification_report`.
+
+    Args:
+        y_true: ``(n,)`` true labels (all valid).
+        y_pred: ``(n,)`` predicted labels.
+        positive: the positive class name.
+        negative: the negative class name.
+
+    Returns:
+        Balanced accuracy in [0, 1]; nan when either class is absent from ``y_true``.
+    """
+    return _metric("balanced_accuracy", y_true, y_pred, positive, negative)
+
+
+def _metric(name: str, y_true, y_pred, positive: str, negative: str) -> float:
+    """Accuracy or balanced accuracy from per-item correctness (the definitions of
+    :func:`_metrics_from_counts`: an invalid answer is never correct), kept lean because a
+    bootstrap calls it thousands of times."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
+    t = encode_truth(y_true, positive, negative)
+    correct = encode_labels(y_pred, positive, negative, allow_invalid=True) == t
+    if name == "accuracy":
+        return float(correct.mean()) if t.size else math.nan
+    n_pos = int(np.count_nonzero(t))
+    if n_pos == 0 or n_pos == t.size:
+        return math.nan
+    recall = np.count_nonzero(correct & (t == 1)) / n_pos
+    specificity = np.count_nonzero(correct & (t == 0)) / (t.size - n_pos)
+    return float((recall + specificity) / 2.0)
 
 
 def auc_score(y_true: np.ndarray, scores: np.ndarray) -> float | None:
