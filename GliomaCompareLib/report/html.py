@@ -17,8 +17,9 @@ from typing import Any
 
 from GliomaCompareLib.report.figures import ReportFigure
 from GliomaCompareLib.report.published import Published
+from GliomaCompareLib.report.render import render_html_table
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData
-from GliomaCompareLib.report.tables import Table, render_html_table
+from GliomaCompareLib.report.table import Table
 from GliomaCompareLib.runlayout import METHOD_LABELS
 
 __all__ = [
