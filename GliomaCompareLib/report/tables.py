@@ -456,7 +456,9 @@ def _group_order(method: str | None, task: str | None, region: str | None) -> tu
     return (1, t.get(task, 9), m.get(method, 9), r.get(region, 9), region or "")
 
 
-def _task_figures(published: Published, table: str, method: str, task: str):
+def _task_figures(
+    published: Published, table: str, method: str, task: str
+) -> list[PublishedFigure]:
     return [
         f for f in published.figures_for(table) if f.method == method and f.task in (None, task)
     ]
