@@ -41,9 +41,12 @@ from GliomaCompareLib.report import (
     ReportOptions,
     build_report,
     load_published,
+    tables,
     write_gallery,
 )
+from GliomaCompareLib.report.cells import fmt_int
 from GliomaCompareLib.report.rundata import TINY_LABEL, load_run
+from GliomaCompareLib.report.table import Column
 from GliomaCompareLib.report.tables import centre_summaries
 from GliomaCompareLib.runlayout import write_table
 
@@ -694,6 +697,32 @@ def test_what_was_run(tiny_report):
         assert text in section, text
     assert "Choices the study left open" in section
     assert "config.finetune.lora.r" in section
+
+
+def test_adding_a_column_is_one_place(tmp_path, monkeypatch):
+    """One Column more in the classification spec: Markdown and HTML both show it."""
+    called = Column(
+        "Called HGG",
+        lambda r: fmt_int((r.get("tp") or 0) + (r.get("fp") or 0)),
+        numeric=True,
+    )
+    monkeypatch.setattr(tables, "CLASSIFICATION", tables.CLASSIFICATION.with_columns(called))
+    run, expected = make_run(tmp_path)
+    page = build_report(run, figures=False).read_text(encoding="utf-8")
+    md = (run / "metrics" / "classification.md").read_text(encoding="utf-8")
+    header = next(line for line in md.splitlines() if line.startswith("| Method |"))
+    assert header.endswith("| Majority baseline | Called HGG |")
+    cnn = expected["reports"]["cnn"]
+    cnn_line = next(line for line in md.splitlines() if line.startswith("| 3D CNN | This run"))
+    assert cnn_line.endswith(f"| {cnn.tp + cnn.fp} |")
+    assert md.splitlines()[md.splitlines().index(header) + 1].endswith("| ---: | ---: |")
+    section = page[page.index('id="classification"') :]
+    section = section[: section.index("</section>")]
+    assert '<th class="num">Called HGG</th></tr>' in section
+    assert re.search(rf'<td class="num">{cnn.tp + cnn.fp}</td></tr>', section)
+    # published lines get an empty cell in the new column, not a shifted row
+    published = [line for line in md.splitlines() if "*Published (abstract)*" in line]
+    assert published and all(line.endswith("|   |") for line in published)
 
 
 def test_cli_report(tmp_path, capsys):

@@ -6,9 +6,13 @@ can rebuild it at any time. The study's published figures (``Resources/published
 printed beside ours; every table and figure says what produced it, and outputs of the tiny
 random-weight VLM are labelled as such.
 
-Modules: :mod:`.build` (:func:`build_report`), :mod:`.tables`, :mod:`.figures`, :mod:`.html`,
-:mod:`.gallery` (the per-case gallery file the run writes), :mod:`.published`, :mod:`.rundata`,
-:mod:`.options`, :mod:`.commands` (the CLI). matplotlib is imported only while drawing.
+Modules: :mod:`.build` (:func:`build_report`); :mod:`.table` (a table declared: ``Column``,
+``TableSpec``, the one builder of cells), :mod:`.tables` (the report's table specs and what
+fills them), :mod:`.render` (Markdown and HTML of a built table), :mod:`.cells` (number and
+label formatting), :mod:`.summaries` (what the report computes from CSV rows); :mod:`.figures`,
+:mod:`.html`, :mod:`.gallery` (the per-case gallery file the run writes), :mod:`.published`,
+:mod:`.rundata`, :mod:`.options`, :mod:`.commands` (the CLI). matplotlib is imported only
+while drawing.
 """
 
 from GliomaCompareLib.report.build import build_report, write_markdown_tables

@@ -16,12 +16,20 @@ from typing import Any
 
 from GliomaCompareLib import __version__
 from GliomaCompareLib.fileio import atomic_write
+from GliomaCompareLib.report.figures import (
+    centre_figure,
+    confusion_figure,
+    dice_figure,
+    gallery_png,
+)
 from GliomaCompareLib.report.gallery import CaseGallery, read_gallery, select_gallery_cases
 from GliomaCompareLib.report.html import GalleryItem, GallerySection, render_page
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Citation, Published, load_published
+from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny, load_run
-from GliomaCompareLib.report.tables import Table, build_tables, headline, render_markdown
+from GliomaCompareLib.report.table import Table
+from GliomaCompareLib.report.tables import build_tables, headline
 from GliomaCompareLib.runlayout import METHOD_LABELS, REPORT_FILE
 
 __all__ = ["GALLERY_RANKINGS", "SUMMARY_MARKDOWN", "build_report", "write_markdown_tables"]
@@ -148,73 +156,76 @@ def _case_dice(run: RunData, case_id: str) -> list[str]:
     return out
 
 
+class _Panels:
+    """Gallery panels by case id, each read and drawn once however many rankings show it."""
+
+    def __init__(self, run: RunData, options: ReportOptions, problems: list[str]):
+        self.run, self.options, self.problems = run, options, problems
+        self._cache: dict[str, tuple[CaseGallery | None, bytes | None, str]] = {}
+
+    def __call__(self, case_id: str) -> tuple[CaseGallery | None, bytes | None, str]:
+        """``(gallery, png, why missing)`` of ``case_id``."""
+        if case_id not in self._cache:
+            self._cache[case_id] = self._draw(case_id)
+        return self._cache[case_id]
+
+    def _draw(self, case_id: str) -> tuple[CaseGallery | None, bytes | None, str]:
+        try:
+            gallery = read_gallery(self.run.gallery_path(case_id))
+            title = f"{case_id} ({gallery.grade or 'grade unknown'})"
+            png = gallery_png(gallery, title, self.options, _gallery_tiny(gallery))
+        except FileNotFoundError:
+            return None, None, f"cases/{case_id}/gallery.npz not found"
+        except (ValueError, OSError) as exc:
+            self.problems.append(str(exc))
+            return None, None, f"cases/{case_id}/gallery.npz could not be read"
+        return gallery, png, ""
+
+
+def _gallery_tiny(gallery: CaseGallery) -> bool:
+    return any(is_tiny(v) for v in gallery.models.values()) or any(
+        is_tiny(p.model) for p in gallery.predictions.values()
+    )
+
+
 def _gallery_sections(run: RunData, options: ReportOptions, problems: list[str]):
-    from GliomaCompareLib.report.figures import gallery_png
-
-    sections = []
+    """The worst and best cases of each of :data:`GALLERY_RANKINGS`."""
     if options.gallery_count == 0:
-        return sections
-    cache: dict[str, tuple[CaseGallery | None, bytes | None, str]] = {}
+        return []
+    panels = _Panels(run, options, problems)
     seg_rows = run.rows("segmentation")
-
-    def panel(case_id: str) -> tuple[CaseGallery | None, bytes | None, str]:
-        if case_id not in cache:
-            path = run.gallery_path(case_id)
-            try:
-                gallery = read_gallery(path)
-                tiny = any(is_tiny(v) for v in gallery.models.values()) or any(
-                    is_tiny(p.model) for p in gallery.predictions.values()
-                )
-                png = gallery_png(
-                    gallery, f"{case_id} ({gallery.grade or 'grade unknown'})", options, tiny
-                )
-                cache[case_id] = (gallery, png, "")
-            except FileNotFoundError:
-                cache[case_id] = (None, None, f"cases/{case_id}/gallery.npz not found")
-            except (ValueError, OSError) as exc:
-                problems.append(str(exc))
-                cache[case_id] = (None, None, f"cases/{case_id}/gallery.npz could not be read")
-        return cache[case_id]
-
+    sections = []
     for title, method, task, region in GALLERY_RANKINGS:
         worst, best = select_gallery_cases(
             seg_rows, method=method, task=task, region=region, count=options.gallery_count
         )
-        models = run.model_labels().get(method, [])
-        tiny = any(is_tiny(m) for m in models)
+        tiny = any(is_tiny(m) for m in run.model_labels().get(method, []))
         if not worst and not best:
             what = f"{method} {task}" + (f" {region}" if region else "")
-            sections.append(
-                GallerySection(
-                    f"Cases {title}",
-                    (),
-                    (),
-                    f"no per-case Dice for {what} in metrics/segmentation.csv",
-                    tiny,
-                )
-            )
+            detail = f"no per-case Dice for {what} in metrics/segmentation.csv"
+            sections.append(GallerySection(f"Cases {title}", (), (), detail, tiny))
             continue
-        lists = []
-        for picks in (worst, best):
-            items = []
-            for pick in picks:
-                gallery, png, missing = panel(pick.case_id)
-                line = f"{pick.position} #{pick.rank} {title}: {pick.dice:.3f}"
-                caption = _caption(gallery, [line], run) if gallery else (pick.case_id, line)
-                items.append(GalleryItem(pick.case_id, png, caption, missing))
-            lists.append(tuple(items))
+        lists = [_gallery_items(picks, title, panels, run) for picks in (worst, best)]
         sections.append(GallerySection(f"Cases {title}", lists[0], lists[1], "", tiny))
     return sections
 
 
-def _figures(run: RunData, published: Published, options: ReportOptions, problems: list[str]):
-    from GliomaCompareLib.report import figures as F
+def _gallery_items(picks, title: str, panels: _Panels, run: RunData) -> tuple[GalleryItem, ...]:
+    items = []
+    for pick in picks:
+        gallery, png, missing = panels(pick.case_id)
+        line = f"{pick.position} #{pick.rank} {title}: {pick.dice:.3f}"
+        caption = _caption(gallery, [line], run) if gallery else (pick.case_id, line)
+        items.append(GalleryItem(pick.case_id, png, caption, missing))
+    return tuple(items)
 
+
+def _figures(run: RunData, published: Published, options: ReportOptions, problems: list[str]):
     out = {}
     plan = (
-        ("classification", lambda: F.confusion_figure(run, options)),
-        ("segmentation", lambda: F.dice_figure(run, published, options)),
-        ("centres", lambda: F.centre_figure(run, options)),
+        ("classification", lambda: confusion_figure(run, options)),
+        ("segmentation", lambda: dice_figure(run, published, options)),
+        ("centres", lambda: centre_figure(run, options)),
     )
     for after, draw in plan:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from GliomaCompareLib.argtypes import non_negative_int
+from GliomaCompareLib.report.build import build_report
 
 __all__ = ["register"]
 
@@ -56,8 +57,6 @@ def register(sub) -> None:
 
 
 def _report(args) -> int:
-    from GliomaCompareLib.report.build import build_report
-
     path = build_report(
         args.run,
         gallery_count=args.gallery_count,

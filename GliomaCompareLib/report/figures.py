@@ -13,20 +13,19 @@ polygon). Every figure drawn from a tiny random-weight model says so in its own 
 from __future__ import annotations
 
 import io
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from GliomaCompareLib.geometry import Box, Point, Polygon
+from GliomaCompareLib.report.cells import num
 from GliomaCompareLib.report.gallery import GALLERY_TASKS, CaseGallery
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny
-from GliomaCompareLib.report.tables import (
+from GliomaCompareLib.report.summaries import (
     VLM_METHODS,
     VLM_TASKS,
     CentreSummary,
@@ -114,14 +113,6 @@ def _suptitle(fig, title: str, tiny: bool) -> None:
     fig.suptitle(title, fontsize=10, color="#b00020" if tiny else "black")
 
 
-def _num(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 # --------------------------------------------------------------------------- confusion matrices
 
 
@@ -146,8 +137,8 @@ def confusion_figure(run: RunData, options: ReportOptions) -> ReportFigure:
     axes = fig.subplots(1, len(methods), squeeze=False)[0]
     for ax, method in zip(axes, methods, strict=True):
         r = rows[method]
-        counts = [[_num(r.get(k)) or 0 for k in pair] for pair in (("tn", "fp"), ("fn", "tp"))]
-        n_invalid = int(_num(r.get("n_invalid")) or 0)
+        counts = [[num(r.get(k)) or 0 for k in pair] for pair in (("tn", "fp"), ("fn", "tp"))]
+        n_invalid = int(num(r.get("n_invalid")) or 0)
         cols = ["LGG", "HGG"]
         if n_invalid and method in invalid_split:
             counts[0].append(invalid_split[method][0])
@@ -251,12 +242,12 @@ def dice_figure(run: RunData, published: Published, options: ReportOptions) -> R
     key, title = "fig-dice", "Dice distributions per method"
     seg: dict[tuple, list[float]] = defaultdict(list)
     for r in run.rows("segmentation"):
-        d = _num(r.get("dice"))
+        d = num(r.get("dice"))
         if d is not None and r.get("method") and r.get("task"):
             seg[(r["method"], r["task"], r.get("region"))].append(d)
     slices: dict[tuple, list[float]] = defaultdict(list)
     for r in first_run_rows(run.rows("slices")):
-        d = _num(r.get("dice_2d"))
+        d = num(r.get("dice_2d"))
         if d is not None and r.get("method") and r.get("task") not in (None, "grade"):
             slices[(r["method"], r["task"], None)].append(d)
     panels = [(name, g) for name, g in (("3D, per case", seg), ("2D, per slice", slices)) if g]

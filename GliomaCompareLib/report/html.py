@@ -17,8 +17,9 @@ from typing import Any
 
 from GliomaCompareLib.report.figures import ReportFigure
 from GliomaCompareLib.report.published import Published
+from GliomaCompareLib.report.render import render_html_table
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData
-from GliomaCompareLib.report.tables import Table, render_html_table
+from GliomaCompareLib.report.table import Table
 from GliomaCompareLib.runlayout import METHOD_LABELS
 
 __all__ = [
@@ -322,6 +323,29 @@ def render_page(
         problems: problems met while reading the run.
         generated: a line saying what generated the page and when.
     """
+    parts = [
+        *_page_header(run, tables, problems, generated),
+        *_summary_section(headline, published),
+    ]
+    for table in tables:
+        parts.append(render_html_table(table))
+        if table.key in figures:
+            parts.append(render_figure(figures[table.key]))
+    parts.append(_render_gallery(gallery, gallery_count))
+    parts.append(_render_what_was_run(run))
+    parts.append(_render_published(published))
+    parts.append(
+        f"</main><footer>{e(generated)}. Rebuild with <code>gliomacompare report "
+        f"{e(str(run.run_dir))}</code> (reads the run folder; recomputes nothing).</footer>"
+        "</body></html>"
+    )
+    return "\n".join(parts) + "\n"
+
+
+def _page_header(
+    run: RunData, tables: Sequence[Table], problems: Sequence[str], generated: str
+) -> list[str]:
+    """The page's head, title, banners (tiny model, synthetic cohort, problems) and contents."""
     name = run.config.get("name") or run.run_dir.name
     title = f"GliomaCompare report — {name}"
     parts = [
@@ -361,7 +385,11 @@ def render_page(
         + "".join(f'<li><a href="#{e(k)}">{e(t)}</a></li>' for k, t in nav)
         + "</ul></nav></header><main>"
     )
-    parts.append('<section id="summary"><h2>Summary</h2>')
+    return parts
+
+
+def _summary_section(headline: Sequence[str], published: Published) -> list[str]:
+    parts = ['<section id="summary"><h2>Summary</h2>']
     if headline:
         parts.append("<ul>" + "".join(f"<li>{e(s)}</li>" for s in headline) + "</ul>")
     else:
@@ -372,16 +400,4 @@ def render_page(
         f'<a href="{e(c.url)}">{e(c.url)}</a>. Published figures are printed in italics beside '
         "ours; their sources are listed at the end.</p></section>"
     )
-    for table in tables:
-        parts.append(render_html_table(table))
-        if table.key in figures:
-            parts.append(render_figure(figures[table.key]))
-    parts.append(_render_gallery(gallery, gallery_count))
-    parts.append(_render_what_was_run(run))
-    parts.append(_render_published(published))
-    parts.append(
-        f"</main><footer>{e(generated)}. Rebuild with <code>gliomacompare report "
-        f"{e(str(run.run_dir))}</code> (reads the run folder; recomputes nothing).</footer>"
-        "</body></html>"
-    )
-    return "\n".join(parts) + "\n"
+    return parts

@@ -151,9 +151,32 @@ def load_published(path: str | Path | None = None) -> Published:
         ValueError: naming the file and entry, for a malformed entry (unknown source, method or
             table, a value that is not a number in [0, 1], a duplicate id).
     """
+    path = Path(path) if path is not None else resource_path(PUBLISHED_FILE)
+    data = _read_yaml(path)
+    citation = _citation(data.get("citation") or {}, path)
+    figures, seen = [], set()
+    for i, entry in enumerate(data.get("figures") or []):
+        fig = _figure(entry, f"{path}: figures[{i}]")
+        where = f"{path}: figure {fig.id!r}"
+        if fig.id in seen:
+            raise ValueError(f"{where}: duplicate id")
+        seen.add(fig.id)
+        _check_figure(fig, where)
+        figures.append(fig)
+    findings = [
+        _finding(entry, f"{path}: findings[{i}]")
+        for i, entry in enumerate(data.get("findings") or [])
+    ]
+    models = data.get("models") or {}
+    if not isinstance(models, dict):
+        raise ValueError(f"{path}: models must be a mapping method -> text")
+    models = {str(k): " ".join(str(v).split()) for k, v in models.items()}
+    return Published(citation, tuple(figures), tuple(findings), models, path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
-    path = Path(path) if path is not None else resource_path(PUBLISHED_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the published-figures file is missing")
     try:
@@ -162,65 +185,62 @@ def load_published(path: str | Path | None = None) -> Published:
         raise ValueError(f"{path}: not readable YAML ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with citation, figures, findings")
-    cite = data.get("citation") or {}
-    citation = Citation(
+    return data
+
+
+def _citation(cite: Mapping[str, Any], path: Path) -> Citation:
+    return Citation(
         **{
             k: _text(cite, k, f"{path}: citation", required=k in ("authors", "title", "url"))
             for k in ("authors", "title", "arxiv", "url", "short", "version", "data")
         }
     )
-    figures, seen = [], set()
-    for i, entry in enumerate(data.get("figures") or []):
-        where = f"{path}: figures[{i}]"
-        fig = PublishedFigure(
-            id=_text(entry, "id", where),
-            table=_text(entry, "table", where),
-            method=_text(entry, "method", where),
-            row=_text(entry, "row", where),
-            metric=_text(entry, "metric", where),
-            value=_text(entry, "value", where),
-            qualifier=_text(entry, "qualifier", where, required=False),
-            task=_text(entry, "task", where, required=False) or None,
-            source=_text(entry, "source", where),
-            quote=_text(entry, "quote", where, required=False),
-            note=_text(entry, "note", where, required=False),
-        )
-        where = f"{path}: figure {fig.id!r}"
-        if fig.id in seen:
-            raise ValueError(f"{where}: duplicate id")
-        seen.add(fig.id)
-        if fig.source not in SOURCES:
-            raise ValueError(f"{where}: source {fig.source!r} is not one of {sorted(SOURCES)}")
-        if fig.method not in _METHODS:
-            raise ValueError(f"{where}: method {fig.method!r} is not one of {_METHODS}")
-        if fig.table not in _TABLES:
-            raise ValueError(f"{where}: table {fig.table!r} is not one of {_TABLES}")
-        if fig.source == "abstract" and not fig.quote:
-            raise ValueError(f"{where}: a figure from the abstract needs its sentence (quote)")
-        try:
-            number = fig.number
-        except ValueError:
-            raise ValueError(f"{where}: value {fig.value!r} is not a number") from None
-        if not 0.0 <= number <= 1.0:
-            raise ValueError(f"{where}: value {fig.value} is outside [0, 1]")
-        figures.append(fig)
-    findings = []
-    for i, entry in enumerate(data.get("findings") or []):
-        where = f"{path}: findings[{i}]"
-        finding = PublishedFinding(
-            id=_text(entry, "id", where),
-            topic=_text(entry, "topic", where),
-            source=_text(entry, "source", where),
-            quote=_text(entry, "quote", where, required=False),
-            text=_text(entry, "text", where, required=False),
-        )
-        if not finding.sentence:
-            raise ValueError(f"{where}: needs a quote or a text")
-        if finding.source not in SOURCES:
-            raise ValueError(f"{where}: source {finding.source!r} is not one of {sorted(SOURCES)}")
-        findings.append(finding)
-    models = data.get("models") or {}
-    if not isinstance(models, dict):
-        raise ValueError(f"{path}: models must be a mapping method -> text")
-    models = {str(k): " ".join(str(v).split()) for k, v in models.items()}
-    return Published(citation, tuple(figures), tuple(findings), models, path)
+
+
+def _figure(entry: Mapping[str, Any], where: str) -> PublishedFigure:
+    return PublishedFigure(
+        id=_text(entry, "id", where),
+        table=_text(entry, "table", where),
+        method=_text(entry, "method", where),
+        row=_text(entry, "row", where),
+        metric=_text(entry, "metric", where),
+        value=_text(entry, "value", where),
+        qualifier=_text(entry, "qualifier", where, required=False),
+        task=_text(entry, "task", where, required=False) or None,
+        source=_text(entry, "source", where),
+        quote=_text(entry, "quote", where, required=False),
+        note=_text(entry, "note", where, required=False),
+    )
+
+
+def _check_figure(fig: PublishedFigure, where: str) -> None:
+    """Refuse a figure with an unknown source, method or table, or a value outside [0, 1]."""
+    if fig.source not in SOURCES:
+        raise ValueError(f"{where}: source {fig.source!r} is not one of {sorted(SOURCES)}")
+    if fig.method not in _METHODS:
+        raise ValueError(f"{where}: method {fig.method!r} is not one of {_METHODS}")
+    if fig.table not in _TABLES:
+        raise ValueError(f"{where}: table {fig.table!r} is not one of {_TABLES}")
+    if fig.source == "abstract" and not fig.quote:
+        raise ValueError(f"{where}: a figure from the abstract needs its sentence (quote)")
+    try:
+        number = fig.number
+    except ValueError:
+        raise ValueError(f"{where}: value {fig.value!r} is not a number") from None
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{where}: value {fig.value} is outside [0, 1]")
+
+
+def _finding(entry: Mapping[str, Any], where: str) -> PublishedFinding:
+    finding = PublishedFinding(
+        id=_text(entry, "id", where),
+        topic=_text(entry, "topic", where),
+        source=_text(entry, "source", where),
+        quote=_text(entry, "quote", where, required=False),
+        text=_text(entry, "text", where, required=False),
+    )
+    if not finding.sentence:
+        raise ValueError(f"{where}: needs a quote or a text")
+    if finding.source not in SOURCES:
+        raise ValueError(f"{where}: source {finding.source!r} is not one of {sorted(SOURCES)}")
+    return finding
