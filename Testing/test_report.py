@@ -48,6 +48,7 @@ from GliomaCompareLib.report.cells import fmt_int
 from GliomaCompareLib.report.rundata import TINY_LABEL, load_run
 from GliomaCompareLib.report.table import Column
 from GliomaCompareLib.report.tables import centre_summaries
+from GliomaCompareLib.resources import resource_path
 from GliomaCompareLib.runlayout import write_table
 
 H = W = 40
@@ -477,6 +478,15 @@ def test_published_yaml_is_consistent():
             assert f"{round(fig.number * 100)}%" in fig.quote, fig.id
     majority = next(f for f in published.figures if f.method == "majority")
     assert majority.number == pytest.approx(293 / 369, abs=5e-4)
+    # the localisation Dice belong to the general (base) LLM; figures not from the abstract say
+    # they come from a secondary summary; nothing cites a file outside the repository
+    by_id = {f.id: f for f in published.figures}
+    assert by_id["vlm_dice_box"].method == by_id["vlm_dice_polygon"].method == "vlm_base"
+    secondary = [f for f in published.figures if f.source == "results"]
+    assert secondary and all(
+        "secondary summary" in published.source_text(f.source) for f in secondary
+    )
+    assert "DESIGN.md" not in resource_path("published.yaml").read_text(encoding="utf-8")
 
 
 def test_published_yaml_errors_name_the_entry(tmp_path):

@@ -1,7 +1,8 @@
 """The study's published figures (``Resources/published.yaml``), as typed data.
 
 The report prints them beside our numbers; every figure keeps where it comes from (the abstract,
-with the sentence quoted; the paper's results as recorded in DESIGN.md; or derived from public
+with the sentence quoted; a secondary summary of the paper's results, not checked against the
+paper's tables; or derived from public
 counts) so that a reader can tell a quoted figure from a summary.
 """
 
@@ -29,7 +30,7 @@ PUBLISHED_FILE = "published.yaml"
 #: Where a figure may come from, and how the report says so.
 SOURCES = {
     "abstract": "quoted from the abstract",
-    "results": "from the paper's results, as recorded in DESIGN.md",
+    "results": "from a secondary summary of the paper, not checked against its tables",
     "derived": "not published: derived from public counts",
 }
 _METHODS = ("cnn", "vlm_base", "vlm_finetuned", "vlm", "majority")

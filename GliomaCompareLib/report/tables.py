@@ -481,11 +481,13 @@ def _dice_lines(
         used += figures
         lines += _published_lines(figures, published)
     for task in VLM_TASKS:
+        figures = []
         for method in VLM_METHODS:
             lines += [Line(row=r) for r in ordered if r["method"] == method and r["task"] == task]
             if (method, task) not in have:
                 lines.append(_not_run(method, task))
-        figures = _task_figures(published, table, "vlm", task)
+            figures += _task_figures(published, table, method, task)
+        figures += _task_figures(published, table, "vlm", task)
         used += figures
         lines += _published_lines(figures, published)
     lines += [
