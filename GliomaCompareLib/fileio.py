@@ -20,7 +20,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,34 +44,13 @@ CSV_DIGITS = 6
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = True) -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
-
-    ``fsync``: flush to disk before the rename, so the file also survives a power cut (an
-    interrupted process is covered either way; small per-query files skip it for speed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
-    """A temporary path beside ``path`` (not yet created), renamed onto ``path`` when the block
-    succeeds and removed when it fails.
+    """A temporary path beside ``path`` (unique, not yet created), renamed onto ``path`` when the
+    block succeeds and removed when it fails.
 
     For writers that take a file name rather than a handle. ``suffix`` ends the temporary name,
-    for writers that choose the format from it (``".nii.gz"`` for nibabel)."""
+    for writers that choose the format from it (``".nii.gz"`` for nibabel). The writer creates
+    the file, so it gets the usual permissions (``0o666`` less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
@@ -83,6 +61,21 @@ def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = True) -> Iterator[Any]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success.
+
+    ``mode``: ``"w"`` (text, UTF-8) or ``"wb"``. ``fsync``: flush to disk before the rename, so
+    the file also survives a power cut (an interrupted process is covered either way; small
+    per-query files skip it for speed)."""
+    encoding = {} if "b" in mode else {"encoding": "utf-8"}
+    with atomic_path(path) as tmp, open(tmp, mode.replace("w", "x"), **encoding) as handle:
+        yield handle
+        if fsync:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -92,3 +94,18 @@ def test_atomic_path_keeps_the_suffix_and_cleans_up(tmp_path):
         raise RuntimeError("interrupted")
     assert path.read_bytes() == b"new"
     assert [p.name for p in path.parent.iterdir()] == ["image.nii.gz"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    written = [
+        fileio.atomic_write_text(tmp_path / "a.txt", "x"),
+        fileio.atomic_write_bytes(tmp_path / "b.bin", b"x"),
+        fileio.atomic_write_json(tmp_path / "c.json", {"a": 1}),
+        fileio.write_csv(tmp_path / "d.csv", ["a"], [{"a": 1}]),
+    ]
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path.name
