@@ -58,9 +58,7 @@ resumed by running the same command again: finished cases are kept, the rest are
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -75,7 +73,11 @@ from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareLib import __version__
+from GliomaCompareLib.data.case import Case
 from GliomaCompareLib.data.conventions import Convention, load_convention
+from GliomaCompareLib.data.io import write_nifti
+from GliomaCompareLib.fileio import atomic_write, atomic_write_text, write_csv
 
 __all__ = [
     "DATA_DIR_NAME",
@@ -256,8 +258,6 @@ class SyntheticCase:
     def as_case(self, convention: str | Convention = "brats2020"):
         """This case as a :class:`~GliomaCompareLib.data.case.Case` (float32 channels in the
         convention's order), for in-memory pipelines and tests."""
-        from GliomaCompareLib.data.case import Case
-
         conv = load_convention(convention)
         image = np.stack([self.volumes[c].astype(np.float32) for c in conv.channels])
         return Case(
@@ -461,11 +461,8 @@ def _disk_cached(name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dic
     arrays = compute()
     if path is not None:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as handle:
+            with atomic_write(path, "wb", fsync=False) as handle:
                 np.savez(handle, **arrays)
-            tmp.replace(path)
         except OSError as exc:
             log.info("cannot write cache file %s (%s); continuing without", path, exc)
     return arrays
@@ -964,8 +961,6 @@ def write_case(case: SyntheticCase, data_dir: str | Path, ext: str = ".nii.gz") 
     Returns:
         channel / ``"label"`` -> path written.
     """
-    from GliomaCompareLib.data.io import write_nifti
-
     conv = load_convention("brats2020")
     files = _case_files(Path(data_dir), case.case_id, ext, conv)
     for ch in conv.channels:
@@ -982,15 +977,7 @@ def _make_one(index: int, config: SynthConfig, data_dir: Path) -> tuple[int, dic
     return index, case.truth, made - start, time.perf_counter() - made
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _manifest(config: SynthConfig, truths: dict[int, dict], complete: bool) -> dict:
-    from GliomaCompareLib import __version__
-
     conv = load_convention("brats2020")
     _, _, t, bbox = _source_maps()
     values = _label_values(conv)
@@ -1026,12 +1013,13 @@ def _manifest(config: SynthConfig, truths: dict[int, dict], complete: bool) -> d
 
 
 def _write_name_mapping(data_dir: Path, grades: tuple[str, ...]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(NAME_MAPPING_COLUMNS)
-    for index, grade in enumerate(grades):
-        writer.writerow([grade, "NA", "NA", "NA", "NA", case_id_for(index)])
-    _atomic_text(data_dir / "name_mapping.csv", buffer.getvalue())
+    rows = [
+        dict(
+            zip(NAME_MAPPING_COLUMNS, (grade, "NA", "NA", "NA", "NA", case_id_for(i)), strict=True)
+        )
+        for i, grade in enumerate(grades)
+    ]
+    write_csv(data_dir / "name_mapping.csv", NAME_MAPPING_COLUMNS, rows)
 
 
 def _resumable(data_dir: Path, config: SynthConfig) -> dict[int, dict]:
@@ -1092,7 +1080,7 @@ def write_cohort(
 
     def finished(index: int, truth: dict, t_gen: float, t_write: float) -> None:
         truths[index] = truth
-        _atomic_text(manifest_path, json.dumps(_manifest(config, truths, False)))
+        atomic_write_text(manifest_path, json.dumps(_manifest(config, truths, False)))
         if progress:
             print(
                 f"synth: {len(truths)}/{config.cases} {case_id_for(index)} {grades[index]} "
@@ -1122,5 +1110,5 @@ def write_cohort(
                     future.cancel()
                 raise
     _write_name_mapping(data_dir, grades)
-    _atomic_text(manifest_path, json.dumps(_manifest(config, truths, True), indent=1))
+    atomic_write_text(manifest_path, json.dumps(_manifest(config, truths, True), indent=1))
     return data_dir
