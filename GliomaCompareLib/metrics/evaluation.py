@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareLib import fileio
 from GliomaCompareLib.data.conventions import REGIONS, Convention, load_convention
 from GliomaCompareLib.data.discovery import discover_cases
 from GliomaCompareLib.data.io import image_suffix, read_image, strip_image_suffix
-from GliomaCompareLib.fileio import write_csv as write_table
 from GliomaCompareLib.metrics.segmentation import bounding_box, score_label_maps
 
 __all__ = [
@@ -643,4 +643,4 @@ def write_csv(rows: Sequence[EvaluationRow], path: str | Path) -> Path:
 
     Unscored values are empty cells; ``pred_voxels``/``ref_voxels`` are -1 when not scored.
     """
-    return write_table(path, CSV_COLUMNS, [asdict(row) for row in rows], digits=FLOAT_DIGITS)
+    return fileio.write_csv(path, CSV_COLUMNS, [asdict(row) for row in rows], digits=FLOAT_DIGITS)
