@@ -33,6 +33,8 @@ from typing import Union
 
 import numpy as np
 
+from GliomaCompareLib.masks import dice, mask_surface
+
 __all__ = [
     "COORDINATE_SYSTEMS",
     "STATUSES",
@@ -334,8 +336,6 @@ def mask_polygon(mask, max_vertices: int = 8) -> Polygon:
     """
     from scipy.spatial import ConvexHull
 
-    from GliomaCompareLib.metrics.segmentation import mask_surface
-
     if max_vertices < 4:
         raise ValueError(f"mask_polygon: max_vertices must be >= 4, got {max_vertices}")
     mask = _as_mask(mask)
@@ -544,8 +544,6 @@ def score_point(point: Point, ref_mask, pixel_spacing=None, *, radius_mm: float 
     Raises:
         ValueError: for an empty reference mask (there is no centre to compare with).
     """
-    from GliomaCompareLib.metrics.segmentation import dice
-
     ref = _as_mask(ref_mask, "ref_mask")
     if not ref.any():
         raise _empty_error("score_point (reference)")

@@ -111,6 +111,7 @@ def test_evaluate_scores_every_case_and_reports_problems(folders, tmp_path, caps
     out = tmp_path / "scores" / "evaluate.csv"
     code = main(["evaluate", "--pred", str(pred), "--ref", str(tmp_path), "--out", str(out)])
     assert code == 1  # written, but some cases had problems
+    assert b"\r" not in out.read_bytes()  # the package's one CSV writer: lines end with \n
     rows = by_case(read_rows(out))
     status = {case: r["WT"]["status"] for case, r in rows.items()}
     assert status == {

@@ -32,6 +32,7 @@ LAYERS = {
     "distributed": 0,
     "data": 1,
     "geometry": 2,
+    "masks": 2,
     "metrics": 3,
     "cnn": 4,
     "vlm": 4,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from GliomaCompareLib.data.conventions import REGIONS, Convention, load_convention
-from GliomaCompareLib.data.discovery import CaseRecord
 from GliomaCompareLib.data.io import read_image
+from GliomaCompareLib.data.records import CaseRecord
 from GliomaCompareLib.data.regions import region_masks
 
 __all__ = ["Case", "CaseLoadError", "load_case"]

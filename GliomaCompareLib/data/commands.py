@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from GliomaCompareLib.data.discovery import discover_cases
+from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
+
 __all__ = ["register"]
 
 
@@ -57,8 +60,6 @@ def register(sub) -> None:
 
 
 def _synth(args) -> int:
-    from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
-
     config = SynthConfig(
         cases=args.cases,
         seed=args.seed,
@@ -72,8 +73,6 @@ def _synth(args) -> int:
 
 
 def _inspect(args) -> int:
-    from GliomaCompareLib.data.discovery import discover_cases
-
     cohort = discover_cases(
         args.data, args.convention, validate=True, full=not args.quick, jobs=args.jobs
     )

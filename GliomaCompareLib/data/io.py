@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareLib.data.nrrd import read_seg_nrrd
+from GliomaCompareLib.fileio import atomic_path
+
 __all__ = [
     "ImageMeta",
     "ImageReadError",
@@ -120,7 +123,7 @@ def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
     """Read a NIfTI / NRRD image as ``(array[i, j, k], meta)``.
 
     A ``.seg.nrrd`` written by GliomaCompare (its segments carry the BraTS label or region
-    they stand for) is read through :func:`GliomaCompareLib.slicer_files.read_seg_nrrd`, so a
+    they stand for) is read through :func:`GliomaCompareLib.data.nrrd.read_seg_nrrd`, so a
     regions file (overlapping WT / TC / ET layers) gives back the exact label map. Another
     multi-layer Slicer ``.seg.nrrd`` (4D, one layer per overlapping segment group) is collapsed
     to one label map when its layers do not overlap.
@@ -171,8 +174,6 @@ def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
 def _read_tagged_segmentation(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(label map, affine) of a ``.seg.nrrd`` whose every segment carries a GliomaCompare
     label or region tag; None for other files (read as plain images)."""
-    from GliomaCompareLib.slicer_files import read_seg_nrrd
-
     try:
         seg = read_seg_nrrd(path)
     except (ValueError, OSError) as exc:
@@ -201,7 +202,6 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path
     img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm")
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.tmp{suffix}")
-    nib.save(img, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, suffix=suffix) as tmp:  # nibabel picks the format from the suffix
+        nib.save(img, str(tmp))
     return path

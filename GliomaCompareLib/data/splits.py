@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareLib.fileio import atomic_write_text
+
 __all__ = ["SPLIT_NAMES", "Splits", "load_or_make_splits", "make_splits"]
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -89,12 +91,7 @@ class Splits:
 
     def save(self, path: str | Path) -> Path:
         """Write ``splits.json`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Splits:

@@ -58,9 +58,7 @@ resumed by running the same command again: finished cases are kept, the rest are
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
@@ -75,7 +73,11 @@ from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareLib import __version__
+from GliomaCompareLib.data.case import Case
 from GliomaCompareLib.data.conventions import Convention, load_convention
+from GliomaCompareLib.data.io import write_nifti
+from GliomaCompareLib.fileio import atomic_write, atomic_write_text, write_csv
 
 __all__ = [
     "DATA_DIR_NAME",
@@ -256,8 +258,6 @@ class SyntheticCase:
     def as_case(self, convention: str | Convention = "brats2020"):
         """This case as a :class:`~GliomaCompareLib.data.case.Case` (float32 channels in the
         convention's order), for in-memory pipelines and tests."""
-        from GliomaCompareLib.data.case import Case
-
         conv = load_convention(convention)
         image = np.stack([self.volumes[c].astype(np.float32) for c in conv.channels])
         return Case(
@@ -461,11 +461,8 @@ def _disk_cached(name: str, compute: Callable[[], dict[str, np.ndarray]]) -> dic
     arrays = compute()
     if path is not None:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as handle:
+            with atomic_write(path, "wb", fsync=False) as handle:
                 np.savez(handle, **arrays)
-            tmp.replace(path)
         except OSError as exc:
             log.info("cannot write cache file %s (%s); continuing without", path, exc)
     return arrays
@@ -643,8 +640,6 @@ def _tumour(params: dict, atlas: _Atlas, rng_lattice: np.random.Generator):
         (box slices, labels uint8 in the box (0 / "ncr" / "ed" / "et" as 1/2/3 codes),
          positions (Nt,) into the atlas' flat arrays, weights dict of (Nt,) float32).
     """
-    from scipy import ndimage
-
     centre = np.asarray(params["centre_ras_mm"], dtype=np.float64)
     axes = np.asarray(params["core_semi_axes_mm"], dtype=np.float64)
     rot = np.asarray(params["rotation"], dtype=np.float64)
@@ -656,39 +651,14 @@ def _tumour(params: dict, atlas: _Atlas, rng_lattice: np.random.Generator):
     # noise lattice (shape-independent): 4 fields = core, edema, rim, texture
     n = math.ceil(2 * (extent + _LATTICE_MM) / _LATTICE_MM) + 1
     origin = centre - (extent + _LATTICE_MM)
-    fields = rng_lattice.standard_normal((4, n, n, n))
-    sigmas = (
-        params["core_correlation_mm"],
-        params["edema_correlation_mm"],
-        8.0,
-        3.0,
-    )
-    for f, sigma in enumerate(sigmas):
-        fields[f] = ndimage.gaussian_filter(fields[f], sigma / _LATTICE_MM / 2.0, mode="wrap")
-        fields[f] /= fields[f].std() or 1.0
-    np.clip(fields, -_NOISE_CLIP, _NOISE_CLIP, out=fields)
+    fields = _noise_fields(params, n, rng_lattice)
 
-    # the voxel box that can hold tumour
-    affine, spacing = atlas.affine, atlas.spacing
-    inv = np.linalg.inv(affine)  # diagonal: the box's corners map to voxel corners
-    ends = np.array([centre - extent, centre + extent]) @ inv[:3, :3].T + inv[:3, 3]
-    lo = np.clip(np.floor(ends.min(0)).astype(int), 0, np.array(atlas.shape) - 1)
-    hi = np.clip(np.ceil(ends.max(0)).astype(int) + 1, 1, np.array(atlas.shape))
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    coords = [affine[a, a] * np.arange(lo[a], hi[a]) + affine[a, 3] for a in range(3)]  # RAS mm
+    # the voxel box that can hold tumour, and the noise sampled on its voxels
+    box, coords = _tumour_box(atlas, centre, extent)
     mats = tuple(_tent_matrix((coords[a] - origin[a]) / _LATTICE_MM, n) for a in range(3))
     n_core, n_edema, n_rim, n_tex = _separable(fields.astype(np.float32), mats)
-
     d = [(coords[a] - centre[a]).astype(np.float32) for a in range(3)]
-    q2 = np.zeros(n_core.shape, dtype=np.float32)
-    for k in range(3):
-        u = (
-            rot[0, k] * d[0][:, None, None]
-            + rot[1, k] * d[1][None, :, None]
-            + rot[2, k] * d[2][None, None, :]
-        ) / axes[k]
-        q2 += u * u
-    q = np.sqrt(q2)
+    q = _ellipsoid_radius(d, rot, axes, n_core.shape)
 
     pos = atlas.index[box]
     inside = pos >= 0
@@ -697,7 +667,7 @@ def _tumour(params: dict, atlas: _Atlas, rng_lattice: np.random.Generator):
     wm[inside] = atlas.wm[pos[inside]]
     csf[inside] = atlas.csf[pos[inside]]
 
-    step = float(spacing.max())
+    step = float(atlas.spacing.max())
     core_level = q * np.exp(-params["core_irregularity"] * n_core)
     edema_level = q * np.exp(-params["edema_irregularity"] * n_edema) / params["edema_extent"]
     # oedema spreads along white matter and stays out of CSF
@@ -710,9 +680,86 @@ def _tumour(params: dict, atlas: _Atlas, rng_lattice: np.random.Generator):
     edema = ((edema_level < edema_room) & inside) | core
     s_core = _soft(core_level, 1.0, core_width)
     s_edema = np.maximum(_soft(edema_level, edema_room, edema_width), s_core)
+    enh, s_inner, patch_level = _enhancement(
+        params, core, core_level, core_width, s_core, n_rim, d, step
+    )
+
+    # guarantees on any grid: a non-empty core, and the planned enhancement present
+    if not core.any():
+        nearest = np.unravel_index(np.argmin(np.where(inside, q, np.inf)), q.shape)
+        core[nearest] = edema[nearest] = True
+        s_core[nearest] = s_edema[nearest] = 1.0
+    kind = params["enhancement"]
+    if kind != "none" and not enh.any():
+        target = core_level if kind == "rim" else -patch_level  # rim: outermost core voxel
+        site = np.unravel_index(np.argmax(np.where(core, target, -np.inf)), q.shape)
+        enh[site] = True
+        s_inner[site] = 0.0 if kind == "rim" else s_core[site]
+    if kind == "rim":
+        s_inner[enh] = np.minimum(s_inner[enh], 0.4)
+
+    codes = np.zeros(core.shape, dtype=np.uint8)  # 1 ncr/net, 2 oedema, 3 enhancing
+    codes[edema] = 2
+    codes[core] = 1
+    codes[enh] = 3
+
+    sel = inside & (s_edema > 0)
+    weights = _tumour_weights(params, edema_level, s_edema, s_core, s_inner, n_tex, sel)
+    return box, codes, pos[sel], weights
+
+
+def _noise_fields(params: dict, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Four smooth unit-variance noise fields ``(4, n, n, n)`` on the lattice (core, edema, rim,
+    texture), clipped to +-:data:`_NOISE_CLIP`."""
+    from scipy import ndimage
+
+    fields = rng.standard_normal((4, n, n, n))
+    sigmas = (
+        params["core_correlation_mm"],
+        params["edema_correlation_mm"],
+        8.0,
+        3.0,
+    )
+    for f, sigma in enumerate(sigmas):
+        fields[f] = ndimage.gaussian_filter(fields[f], sigma / _LATTICE_MM / 2.0, mode="wrap")
+        fields[f] /= fields[f].std() or 1.0
+    np.clip(fields, -_NOISE_CLIP, _NOISE_CLIP, out=fields)
+    return fields
+
+
+def _tumour_box(atlas: _Atlas, centre: np.ndarray, extent: float):
+    """(voxel box slices, RAS mm coordinates of the box's voxels along each axis)."""
+    affine = atlas.affine
+    inv = np.linalg.inv(affine)  # diagonal: the box's corners map to voxel corners
+    ends = np.array([centre - extent, centre + extent]) @ inv[:3, :3].T + inv[:3, 3]
+    lo = np.clip(np.floor(ends.min(0)).astype(int), 0, np.array(atlas.shape) - 1)
+    hi = np.clip(np.ceil(ends.max(0)).astype(int) + 1, 1, np.array(atlas.shape))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    coords = [affine[a, a] * np.arange(lo[a], hi[a]) + affine[a, 3] for a in range(3)]  # RAS mm
+    return box, coords
+
+
+def _ellipsoid_radius(d, rot: np.ndarray, axes: np.ndarray, shape) -> np.ndarray:
+    """Ellipsoidal radius (1 on the core ellipsoid's surface) at each box voxel, float32."""
+    q2 = np.zeros(shape, dtype=np.float32)
+    for k in range(3):
+        u = (
+            rot[0, k] * d[0][:, None, None]
+            + rot[1, k] * d[1][None, :, None]
+            + rot[2, k] * d[2][None, None, :]
+        ) / axes[k]
+        q2 += u * u
+    return np.sqrt(q2)
+
+
+def _enhancement(params: dict, core, core_level, core_width: float, s_core, n_rim, d, step: float):
+    """(enhancing voxels, soft weight of the core's inner part (necrosis or faint patch), the
+    faint patch's level or None) for the tumour's enhancement kind (rim, faint or none)."""
     s_inner = np.zeros_like(s_core)  # necrosis (rim) or faint patch, within the core
     enh = np.zeros(core.shape, dtype=bool)
+    patch_level = None
     kind = params["enhancement"]
+    radius = params["core_mean_radius_mm"]
     if kind == "rim":
         thick = max(params["rim_thickness_mm"], 1.5 * step)
         inner = 1.0 - thick / radius * np.exp(0.35 * n_rim)
@@ -731,29 +778,14 @@ def _tumour(params: dict, atlas: _Atlas, rng_lattice: np.random.Generator):
         patch_level = np.sqrt(pd2) / r_patch
         enh = core & (patch_level < 1.0)
         s_inner = np.minimum(_soft(patch_level, 1.0, max(step, 1.5) / r_patch), s_core)
+    return enh, s_inner, patch_level
 
-    # guarantees on any grid: a non-empty core, and the planned enhancement present
-    if not core.any():
-        nearest = np.unravel_index(np.argmin(np.where(inside, q, np.inf)), q.shape)
-        core[nearest] = edema[nearest] = True
-        s_core[nearest] = s_edema[nearest] = 1.0
-    if kind != "none" and not enh.any():
-        target = core_level if kind == "rim" else -patch_level  # rim: outermost core voxel
-        site = np.unravel_index(np.argmax(np.where(core, target, -np.inf)), q.shape)
-        enh[site] = True
-        s_inner[site] = 0.0 if kind == "rim" else s_core[site]
-    if kind == "rim":
-        s_inner[enh] = np.minimum(s_inner[enh], 0.4)
 
-    codes = np.zeros(core.shape, dtype=np.uint8)  # 1 ncr/net, 2 oedema, 3 enhancing
-    codes[edema] = 2
-    codes[core] = 1
-    codes[enh] = 3
-
+def _tumour_weights(params: dict, edema_level, s_edema, s_core, s_inner, n_tex, sel) -> dict:
+    """Compartment weights ``(Nt,)`` float32 of the selected voxels."""
     # oedema is stronger near the core
     ext = params["edema_extent"]
     near = np.clip(1.0 - (edema_level * ext - 1.0) / (ext - 1.0 + 1e-6), 0.0, 1.0)
-    sel = inside & (s_edema > 0)
     weights = {
         "edema": (s_edema - s_core)[sel],
         "core": s_core[sel],
@@ -762,7 +794,7 @@ def _tumour(params: dict, atlas: _Atlas, rng_lattice: np.random.Generator):
         "texture": 1.0 + params["texture_amplitude"] * n_tex[sel],
         "edema_texture": 1.0 + 0.5 * params["texture_amplitude"] * n_tex[sel],
     }
-    return box, codes, pos[sel], {k: v.astype(np.float32) for k, v in weights.items()}
+    return {k: v.astype(np.float32) for k, v in weights.items()}
 
 
 def _bias(atlas: _Atlas, coeffs: np.ndarray) -> np.ndarray:
@@ -964,8 +996,6 @@ def write_case(case: SyntheticCase, data_dir: str | Path, ext: str = ".nii.gz") 
     Returns:
         channel / ``"label"`` -> path written.
     """
-    from GliomaCompareLib.data.io import write_nifti
-
     conv = load_convention("brats2020")
     files = _case_files(Path(data_dir), case.case_id, ext, conv)
     for ch in conv.channels:
@@ -982,15 +1012,7 @@ def _make_one(index: int, config: SynthConfig, data_dir: Path) -> tuple[int, dic
     return index, case.truth, made - start, time.perf_counter() - made
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _manifest(config: SynthConfig, truths: dict[int, dict], complete: bool) -> dict:
-    from GliomaCompareLib import __version__
-
     conv = load_convention("brats2020")
     _, _, t, bbox = _source_maps()
     values = _label_values(conv)
@@ -1026,12 +1048,13 @@ def _manifest(config: SynthConfig, truths: dict[int, dict], complete: bool) -> d
 
 
 def _write_name_mapping(data_dir: Path, grades: tuple[str, ...]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(NAME_MAPPING_COLUMNS)
-    for index, grade in enumerate(grades):
-        writer.writerow([grade, "NA", "NA", "NA", "NA", case_id_for(index)])
-    _atomic_text(data_dir / "name_mapping.csv", buffer.getvalue())
+    rows = [
+        dict(
+            zip(NAME_MAPPING_COLUMNS, (grade, "NA", "NA", "NA", "NA", case_id_for(i)), strict=True)
+        )
+        for i, grade in enumerate(grades)
+    ]
+    write_csv(data_dir / "name_mapping.csv", NAME_MAPPING_COLUMNS, rows)
 
 
 def _resumable(data_dir: Path, config: SynthConfig) -> dict[int, dict]:
@@ -1092,7 +1115,7 @@ def write_cohort(
 
     def finished(index: int, truth: dict, t_gen: float, t_write: float) -> None:
         truths[index] = truth
-        _atomic_text(manifest_path, json.dumps(_manifest(config, truths, False)))
+        atomic_write_text(manifest_path, json.dumps(_manifest(config, truths, False)))
         if progress:
             print(
                 f"synth: {len(truths)}/{config.cases} {case_id_for(index)} {grades[index]} "
@@ -1122,5 +1145,5 @@ def write_cohort(
                     future.cancel()
                 raise
     _write_name_mapping(data_dir, grades)
-    _atomic_text(manifest_path, json.dumps(_manifest(config, truths, True), indent=1))
+    atomic_write_text(manifest_path, json.dumps(_manifest(config, truths, True), indent=1))
     return data_dir

@@ -13,8 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from GliomaCompareLib.data.conventions import Convention
-from GliomaCompareLib.data.discovery import CaseRecord
 from GliomaCompareLib.data.io import ImageMeta, ImageReadError, read_header, read_image
+from GliomaCompareLib.data.records import CaseRecord
 
 __all__ = ["AFFINE_ATOL_MM", "validate_record", "validate_records"]
 

@@ -6,6 +6,10 @@ import argparse
 import math
 import sys
 
+from GliomaCompareLib.cli import CommandError
+from GliomaCompareLib.data.conventions import REGIONS, load_convention
+from GliomaCompareLib.metrics.evaluation import evaluate_folders, summarise, write_csv
+
 __all__ = ["register"]
 
 _EPILOG = """\
@@ -100,10 +104,6 @@ def summary_table(summary: dict) -> str:
 
 
 def _evaluate(args) -> int:
-    from GliomaCompareLib.cli import CommandError
-    from GliomaCompareLib.data.conventions import REGIONS, load_convention
-    from GliomaCompareLib.metrics.evaluation import evaluate_folders, summarise, write_csv
-
     if args.jobs < 1:
         raise CommandError(f"--jobs must be >= 1, got {args.jobs}")
     conv = load_convention(args.convention)

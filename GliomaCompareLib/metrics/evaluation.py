@@ -36,18 +36,21 @@ prediction is placed exactly onto the reference grid and scored (status ``ok``, 
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareLib import fileio
 from GliomaCompareLib.data.conventions import REGIONS, Convention, load_convention
-from GliomaCompareLib.data.io import image_suffix, strip_image_suffix
+from GliomaCompareLib.data.discovery import discover_cases
+from GliomaCompareLib.data.io import image_suffix, read_image, strip_image_suffix
+from GliomaCompareLib.metrics.segmentation import bounding_box, score_label_maps
 
 __all__ = [
     "CSV_COLUMNS",
@@ -181,8 +184,6 @@ def find_references(
     Raises:
         FileNotFoundError: when ``ref_dir`` does not exist.
     """
-    from GliomaCompareLib.data.discovery import discover_cases
-
     conv = load_convention(convention)
     ref_dir = Path(ref_dir)
     if not ref_dir.is_dir():
@@ -316,8 +317,6 @@ def _as_labels(array: np.ndarray) -> tuple[np.ndarray | None, str]:
 
 
 def _unexpected_labels(label: np.ndarray, conv: Convention) -> list[int]:
-    from GliomaCompareLib.metrics.segmentation import bounding_box
-
     box = bounding_box(label)  # every non-zero label lies in it: count only there
     if box is None:
         return [] if 0 in conv.labels else [0]
@@ -429,9 +428,6 @@ def evaluate_case(
     Returns:
         One :class:`EvaluationRow` per region.
     """
-    from GliomaCompareLib.data.io import read_image
-    from GliomaCompareLib.metrics.segmentation import score_label_maps
-
     conv = load_convention(convention)
     notes = list(case.notes)
     try:
@@ -575,9 +571,6 @@ def evaluate_folders(
 
 
 def _run_parallel(payloads, jobs, progress) -> list[list[EvaluationRow]]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
     results: list[list[EvaluationRow] | None] = [None] * len(payloads)
     done = 0
     try:
@@ -640,29 +633,14 @@ def summarise(rows: Sequence[EvaluationRow], regions: Sequence[str] | None = Non
     return out
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else format(value, ".10g")
-    return str(value)
+#: Significant digits of the float cells: enough that Dice and distances read back to 1e-9.
+FLOAT_DIGITS = 10
 
 
 def write_csv(rows: Sequence[EvaluationRow], path: str | Path) -> Path:
-    """Write the rows as CSV (header :data:`CSV_COLUMNS`), atomically (temporary file, rename).
+    """Write the rows as CSV (header :data:`CSV_COLUMNS`), atomically, with the package's one CSV
+    writer (:func:`GliomaCompareLib.fileio.write_csv`) at :data:`FLOAT_DIGITS` significant digits.
 
     Unscored values are empty cells; ``pred_voxels``/``ref_voxels`` are -1 when not scored.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            for row in rows:
-                data = asdict(row)
-                writer.writerow([_cell(data[c]) for c in CSV_COLUMNS])
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return fileio.write_csv(path, CSV_COLUMNS, [asdict(row) for row in rows], digits=FLOAT_DIGITS)

@@ -23,6 +23,9 @@ every foreground voxel lies inside it, and voxels outside it are background in b
 erosion and all distances are unchanged) and finds nearest surface voxels with a k-d tree over the
 surface voxel coordinates in mm (as MONAI does on CPU). The tests check it against MONAI and a
 brute-force all-pairs computation.
+
+:func:`dice` and :func:`mask_surface` live in :mod:`GliomaCompareLib.masks` (the geometry uses
+them too) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from GliomaCompareLib.data.conventions import REGIONS, Convention, load_convention
+from GliomaCompareLib.masks import check_mask_pair, dice, mask_surface
 
 __all__ = [
     "EMPTY_RULES",
@@ -83,23 +87,6 @@ class RegionScore:
         return asdict(self)
 
 
-def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.dtype != bool:
-        mask = mask != 0
-    if mask.ndim not in (2, 3):
-        raise ValueError(f"{name} must be a 2D or 3D mask, got shape {mask.shape}")
-    return mask
-
-
-def _check_pair(pred, ref) -> tuple[np.ndarray, np.ndarray]:
-    pred = _as_bool(pred, "pred")
-    ref = _as_bool(ref, "ref")
-    if pred.shape != ref.shape:
-        raise ValueError(f"pred shape {pred.shape} differs from ref shape {ref.shape}")
-    return pred, ref
-
-
 def _spacing(spacing, ndim: int) -> np.ndarray:
     if spacing is None:
         return np.ones(ndim)
@@ -146,24 +133,6 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
             found = np.flatnonzero(sub.any(axis=other))
             box.append(slice(int(found[0]), int(found[-1]) + 1))
     return tuple(box)
-
-
-def mask_surface(mask: np.ndarray) -> np.ndarray:
-    """Surface voxels of a boolean mask: ``binary_erosion(mask) ^ mask``.
-
-    The structuring element is face-connected (``generate_binary_structure(ndim, 1)``) and voxels
-    outside the array count as background, exactly as in MONAI's ``get_mask_edges``.
-
-    Args:
-        mask: bool array, 2D ``(H, W)`` or 3D ``(X, Y, Z)``.
-
-    Returns:
-        bool array of the same shape.
-    """
-    from scipy.ndimage import binary_erosion
-
-    mask = np.asarray(mask, dtype=bool)
-    return binary_erosion(mask) ^ mask
 
 
 def _directed(from_coords: np.ndarray, to_coords: np.ndarray) -> np.ndarray:
@@ -215,7 +184,7 @@ def surface_distances(pred, ref, spacing=None) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         ValueError: for masks of different shapes, not 2D/3D, or a bad spacing.
     """
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_mask_pair(pred, ref)
     step = _spacing(spacing, pred.ndim)
     box = bounding_box(pred | ref)
     if box is None:
@@ -257,28 +226,6 @@ def _check_percentile(percentile: float | None) -> None:
         raise ValueError(f"percentile must be in [0, 100] or None, got {percentile}")
 
 
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice coefficient of two masks (non-zero = foreground), 2D or 3D.
-
-    Args:
-        pred: predicted mask.
-        ref: reference mask of the same shape.
-
-    Returns:
-        ``2 |P & R| / (|P| + |R|)`` in [0, 1]; 1.0 when both masks are empty (BraTS rule).
-
-    Raises:
-        ValueError: for masks of different shapes or not 2D/3D.
-    """
-    pred, ref = _check_pair(pred, ref)
-    n_pred = int(np.count_nonzero(pred))
-    n_ref = int(np.count_nonzero(ref))
-    if n_pred + n_ref == 0:
-        return 1.0
-    both = int(np.count_nonzero(pred & ref))
-    return 2.0 * both / (n_pred + n_ref)
-
-
 def hausdorff(pred, ref, spacing=None, percentile: float | None = 95) -> float:
     """Hausdorff distance in mm between two masks, with the BraTS-2020 empty-mask rules.
 
@@ -301,7 +248,7 @@ def hausdorff(pred, ref, spacing=None, percentile: float | None = 95) -> float:
         ValueError: for mismatched shapes, a bad spacing or percentile.
     """
     _check_percentile(percentile)
-    pred, ref = _check_pair(pred, ref)
+    pred, ref = check_mask_pair(pred, ref)
     step = _spacing(spacing, pred.ndim)
     has_pred, has_ref = bool(pred.any()), bool(ref.any())
     if not has_pred and not has_ref:
@@ -370,7 +317,7 @@ def score_masks(
         ValueError: for mismatched shapes, a bad spacing or percentile.
     """
     _check_percentile(percentile)
-    pred, ref = _check_pair(pred_mask, ref_mask)
+    pred, ref = check_mask_pair(pred_mask, ref_mask)
     step = _spacing(spacing, pred.ndim)
     box = bounding_box(pred | ref)
     if box is None:
