@@ -7,7 +7,12 @@ import pytest
 
 from GliomaCompareLib.data import Case, SliceGeometry, SliceRule, WindowSpec, case_slices
 from GliomaCompareLib.data.conventions import load_convention
-from GliomaCompareLib.data.slices import render_slice, select_slices, window_volume
+from GliomaCompareLib.data.slices import (
+    label_free_rule,
+    render_slice,
+    select_slices,
+    window_volume,
+)
 
 BRATS = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 RAS = np.diag([0.9, 1.1, 2.5, 1.0])
@@ -162,6 +167,59 @@ def test_case_slices_render_what_the_vlm_sees():
         assert s.area_mm2 == 42.0
         np.testing.assert_array_equal(s.region_mask, s.geometry.extract(label > 0))
     no_label = Case("Y", None, image, None, BRATS, (1.0, 1.0, 1.0), conv.channels, conv)
-    with pytest.raises(ValueError, match="Y: has no label map"):
-        case_slices(no_label)
     assert len(case_slices(no_label, SliceRule(mode="brain"))) == 9
+
+
+def _case_pair():
+    conv = load_convention("brats2020")
+    image = np.zeros((4, *SHAPE), np.float32)
+    image[:, 2:18, 1:15, :] = 150.0
+    label = np.zeros(SHAPE, np.uint8)
+    label[5:12, 4:10, 2:7] = 2
+    labelled = Case("X", "HGG", image, label, BRATS, (1.0, 1.0, 1.0), conv.channels, conv)
+    unlabelled = Case("Y", None, image, None, BRATS, (1.0, 1.0, 1.0), conv.channels, conv)
+    return labelled, unlabelled
+
+
+def test_cnn_rule_reads_the_prediction_not_the_reference():
+    labelled, _ = _case_pair()
+    prediction = np.zeros(SHAPE, np.uint8)
+    prediction[5:9, 4:8, 6] = 2  # the CNN sees most tumour on slice 6, some on 7
+    prediction[5:7, 4:6, 7] = 1
+    slices = case_slices(labelled, SliceRule(mode="cnn", max_slices=2), prediction=prediction)
+    assert [s.index for s in slices] == [6, 7]
+    # scoring still sees the reference region on those slices
+    np.testing.assert_array_equal(
+        slices[0].region_mask, slices[0].geometry.extract(labelled.label > 0)
+    )
+    assert (
+        slices[1].region_mask.sum() == 0
+    )  # slice 7 has no reference tumour: a label-free rule can pick it
+    with pytest.raises(ValueError, match="X: slice rule 'cnn' needs the CNN's predicted label map"):
+        case_slices(labelled, SliceRule(mode="cnn", max_slices=2))
+    with pytest.raises(ValueError, match="X: the CNN prediction's shape"):
+        case_slices(labelled, SliceRule(mode="cnn", max_slices=2), prediction=prediction[:-1])
+
+
+def test_unlabelled_case_is_asked_on_label_free_slices():
+    _, unlabelled = _case_pair()
+    oracle = SliceRule(min_area_mm2=20, max_slices=3)
+    brain = case_slices(unlabelled, oracle)
+    assert len(brain) == 3 and all(s.region_mask is None for s in brain)
+    assert brain[0].meta["rule"]["mode"] == "brain"
+    assert brain[0].meta["fallback"] == "no reference labels: tumour_area replaced by brain"
+    prediction = np.zeros(SHAPE, np.uint8)
+    prediction[5:12, 4:10, 3] = 4
+    cnn = case_slices(unlabelled, oracle, prediction=prediction)
+    assert [s.index for s in cnn] == [3] and cnn[0].meta["rule"]["mode"] == "cnn"
+
+
+def test_rules_say_whether_they_use_the_reference():
+    assert SliceRule().oracle and SliceRule(mode="largest", max_slices=2).oracle
+    assert not SliceRule(mode="brain").oracle and not SliceRule(mode="cnn").oracle
+    assert SliceRule().describe().startswith("oracle slice selection (uses the reference labels)")
+    assert "CNN's own prediction" in SliceRule(mode="cnn", max_slices=10).describe()
+    assert label_free_rule(SliceRule(max_slices=4), True) == SliceRule(mode="cnn", max_slices=4)
+    assert label_free_rule(SliceRule(mode="brain"), True) == SliceRule(mode="brain")
+    with pytest.raises(ValueError, match="use tumour_area, largest, brain, cnn"):
+        SliceRule(mode="random")

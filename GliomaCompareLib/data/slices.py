@@ -13,11 +13,17 @@ Selection rule (:class:`SliceRule`; every field lives in the run config):
   default) is at least ``min_area_mm2``; then, if ``max_slices`` is set, that many slices
   evenly spaced over the selected ones (always including the largest).
 - ``mode="largest"``: the ``max_slices`` slices with the largest region area.
-- ``mode="brain"``: for cases without a label map; every slice whose brain area is at least
-  ``min_brain_fraction`` of the largest brain slice, thinned by ``stride``.
+- ``mode="brain"``: label-free; every slice whose brain area is at least
+  ``min_brain_fraction`` of the largest brain slice, thinned by ``stride`` (and to
+  ``max_slices`` evenly spaced ones when set).
+- ``mode="cnn"``: label-free and automatic; the slices where the CNN's own predicted label map
+  shows the most tumour (``region`` of the prediction): with ``max_slices``, that many slices
+  of largest predicted area; without, every slice of at least ``min_area_mm2``.
 
-The tumour-based modes read the ground truth, as the study's evaluation protocol does (it asks
-the VLM about slices that show tumour); ``brain`` is what applies to a new, unlabelled case.
+``tumour_area`` and ``largest`` read the reference labels: they are *oracle slice selection*
+(the study's protocol asks the VLM about slices known to show tumour), and the report says so.
+``brain`` and ``cnn`` need no reference labels; a case without labels asked with an oracle rule
+is asked on label-free slices instead (:func:`label_free_rule`).
 """
 
 from __future__ import annotations
@@ -28,22 +34,32 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "LABEL_FREE_MODES",
+    "ORACLE_MODES",
+    "SLICE_MODES",
     "SliceGeometry",
     "SliceImage",
     "SliceRule",
     "WindowSpec",
     "case_slices",
+    "label_free_rule",
     "render_slice",
     "select_slices",
     "window_volume",
 ]
 
 
+#: Every slice rule mode; those that read the reference labels; those that need none.
+SLICE_MODES = ("tumour_area", "largest", "brain", "cnn")
+ORACLE_MODES = ("tumour_area", "largest")
+LABEL_FREE_MODES = ("brain", "cnn")
+
+
 @dataclass(frozen=True)
 class SliceRule:
     """Which axial slices the VLM is asked about (see module docstring)."""
 
-    mode: Literal["tumour_area", "largest", "brain"] = "tumour_area"
+    mode: Literal["tumour_area", "largest", "brain", "cnn"] = "tumour_area"
     min_area_mm2: float = 100.0
     max_slices: int | None = None
     region: str = "WT"
@@ -51,8 +67,8 @@ class SliceRule:
     stride: int = 1
 
     def __post_init__(self):
-        if self.mode not in ("tumour_area", "largest", "brain"):
-            raise ValueError(f"Slice rule mode {self.mode!r}: use tumour_area, largest or brain")
+        if self.mode not in SLICE_MODES:
+            raise ValueError(f"Slice rule mode {self.mode!r}: use {', '.join(SLICE_MODES)}")
         if self.mode == "largest" and not self.max_slices:
             raise ValueError("Slice rule mode 'largest' needs max_slices >= 1")
         if self.max_slices is not None and self.max_slices < 1:
@@ -60,8 +76,46 @@ class SliceRule:
         if self.stride < 1:
             raise ValueError(f"Slice rule stride must be >= 1, got {self.stride}")
 
+    @property
+    def oracle(self) -> bool:
+        """Whether the rule reads the reference labels (oracle slice selection)."""
+        return self.mode in ORACLE_MODES
+
+    def describe(self) -> str:
+        """How the report and the methods section name this rule."""
+        k = f"at most {self.max_slices} " if self.max_slices else ""
+        if self.mode == "brain":
+            return f"label-free: {k}brain slices (no reference labels used)"
+        if self.mode == "cnn":
+            return (
+                f"label-free: {k}slices with the largest {self.region} area in the CNN's own "
+                "prediction (no reference labels used)"
+            )
+        what = "largest" if self.mode == "largest" else f"at least {self.min_area_mm2:g} mm2 of"
+        return (
+            f"oracle slice selection (uses the reference labels): {k}slices with {what} "
+            f"reference {self.region}"
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def label_free_rule(rule: SliceRule, have_prediction: bool) -> SliceRule:
+    """The label-free rule used for a case without reference labels: the CNN's tumour slices
+    when a prediction is at hand, else brain slices; ``max_slices`` is kept. A label-free rule
+    is returned unchanged."""
+    if not rule.oracle:
+        return rule
+    mode = "cnn" if have_prediction else "brain"
+    return SliceRule(
+        mode=mode,
+        min_area_mm2=rule.min_area_mm2,
+        max_slices=rule.max_slices,
+        region=rule.region,
+        min_brain_fraction=rule.min_brain_fraction,
+        stride=rule.stride,
+    )
 
 
 @dataclass(frozen=True)
@@ -281,7 +335,8 @@ def select_slices(
 
     Args:
         affine: volume affine (tells the axial axis and the pixel area).
-        region: bool mask of the selection region (WT) or None for an unlabelled case.
+        region: bool mask of the selection region (WT): the reference's for the oracle modes,
+            the CNN prediction's for ``mode="cnn"``; None when there is none.
         brain: bool brain mask (for ``mode="brain"``).
         rule: the selection rule.
 
@@ -300,9 +355,10 @@ def select_slices(
         chosen = np.flatnonzero(areas >= rule.min_brain_fraction * areas.max())[:: rule.stride]
         return _thin(chosen, areas, rule.max_slices)
     if region is None:
-        raise ValueError(f"Slice rule {rule.mode!r} needs a label map (use mode 'brain' without)")
+        what = "the CNN's predicted label map" if rule.mode == "cnn" else "a label map"
+        raise ValueError(f"Slice rule {rule.mode!r} needs {what} (use mode 'brain' without)")
     areas = _areas(region, axis) * pixel_area
-    if rule.mode == "largest":
+    if rule.mode == "largest" or (rule.mode == "cnn" and rule.max_slices):
         candidates = np.flatnonzero(areas > 0)
         order = candidates[np.argsort(-areas[candidates], kind="stable")]
         return sorted(int(i) for i in order[: rule.max_slices])
@@ -350,20 +406,47 @@ def case_slices(
     rule: SliceRule = SliceRule(),
     window: WindowSpec = WindowSpec(),
     modality: str = "flair",
+    prediction: np.ndarray | None = None,
 ) -> list[SliceImage]:
     """Render the slices of ``case`` (a :class:`~GliomaCompareLib.data.case.Case`) that
-    ``rule`` selects, as the VLM will see them."""
+    ``rule`` selects, as the VLM will see them.
+
+    Args:
+        case: the case.
+        rule: the selection rule. An oracle rule on a case without reference labels falls back
+            to :func:`label_free_rule` (recorded in each slice's ``meta["rule"]`` and
+            ``meta["fallback"]``).
+        window: FLAIR windowing.
+        modality: the modality shown.
+        prediction: the CNN's label map of the case (same grid), needed by ``mode="cnn"``.
+
+    Raises:
+        ValueError: naming the case when ``mode="cnn"`` has no prediction, or the prediction's
+            shape differs from the volume's.
+    """
     volume = case.modality(modality)
     brain = volume != 0
     region = None
     if case.label is not None:
         region = np.isin(case.label, case.convention.regions[rule.region])
-    if region is None and rule.mode != "brain":
-        raise ValueError(
-            f"{case.case_id}: has no label map, so slice rule {rule.mode!r} cannot apply; "
-            "use mode 'brain'"
-        )
-    indices = select_slices(case.affine, region, brain, rule)
+    used = rule if region is not None else label_free_rule(rule, prediction is not None)
+    selection = region
+    if used.mode == "cnn":
+        if prediction is None:
+            raise ValueError(
+                f"{case.case_id}: slice rule 'cnn' needs the CNN's predicted label map of the "
+                "case (run predict-cnn first)"
+            )
+        if tuple(prediction.shape) != tuple(volume.shape):
+            raise ValueError(
+                f"{case.case_id}: the CNN prediction's shape {tuple(prediction.shape)} differs "
+                f"from the volume's {tuple(volume.shape)}"
+            )
+        selection = np.isin(prediction, case.convention.regions[used.region])
+    indices = select_slices(case.affine, selection, brain, used)
+    fallback = {}
+    if used is not rule:
+        fallback = {"fallback": f"no reference labels: {rule.mode} replaced by {used.mode}"}
     lo, hi = window_volume(volume, window)
     out = []
     for index in indices:
@@ -384,7 +467,12 @@ def case_slices(
                 geometry=geometry,
                 region_mask=region_2d,
                 area_mm2=area,
-                meta={"modality": modality, "window": [lo, hi], "rule": rule.to_dict()},
+                meta={
+                    "modality": modality,
+                    "window": [lo, hi],
+                    "rule": used.to_dict(),
+                    **fallback,
+                },
             )
         )
     return out
