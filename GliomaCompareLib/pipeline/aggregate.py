@@ -129,6 +129,7 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
 def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunConfig):
     """Score every test patient, writing its ``cases/<case_id>/`` folder on the way."""
     usable = {c.case_id: c for c in cohort.usable}
+    window = config.vlm.inference.window  # the gallery shows FLAIR as the VLM saw it
     scores = CaseScores()
     for case_id in test_ids:
         try:
@@ -146,7 +147,6 @@ def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunC
         for outputs in arms.vlm.values():
             _score_vlm(case, outputs, scores, case_metrics, gallery)
         write_case_files(run_dir, case, cnn_label, arms.vlm, case_metrics)
-        window = config.vlm.inference.window
         write_gallery_file(run_dir, case, cnn_label, arms.vlm, gallery, window)
     return scores
 

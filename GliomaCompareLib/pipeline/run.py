@@ -17,7 +17,8 @@ the runner that skips, resumes and shards them: :mod:`GliomaCompareLib.pipeline.
 - ``vlm-base`` (per case): the VLM's answers for every task on the test patients' slices.
 - ``vlm-finetune``: a LoRA adapter trained on the training patients (all fine-tuned tasks).
 - ``vlm-finetuned`` (per case): the same queries with the adapter.
-- ``consistency`` (per case): repeated identical queries at a set temperature.
+- ``consistency`` (not sharded: a case's repeats form one table): repeated identical queries
+  at a set temperature.
 - ``metrics``: every table of :mod:`GliomaCompareLib.runlayout`, and ``cases/<id>/``.
 - ``report``: ``report.html``.
 """
@@ -57,6 +58,7 @@ __all__ = [
     "STAGES",
     "STAGE_NAMES",
     "RunOutcome",
+    "StageDisplay",
     "build_stages",
     "finetune_config_from_dict",
     "load_cohort",
