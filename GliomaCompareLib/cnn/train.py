@@ -10,8 +10,9 @@ What one call does (:func:`train_segmenter`, :func:`train_classifier`):
 - trains with Adam (+ cosine annealing), AMP and ``cudnn.benchmark`` on CUDA, under DDP when
   started by ``torchrun``;
 - validates after every epoch on the ``val`` patients (segmentation: mean Dice of the regions
-  after sliding-window inference of the whole cropped case; classification: ROC AUC of P(HGG),
-  ties broken by the lower validation loss) and keeps the best weights;
+  after sliding-window inference of the whole cropped case; classification: ROC AUC of P(HGG)
+  by the report's formula, :func:`GliomaCompareLib.metrics.classification.auc_score`, ties
+  broken by the lower validation loss) and keeps the best weights;
 - classification: the decision threshold on P(HGG) is the one maximising Youden's J
   (sensitivity + specificity - 1) on the validation patients at the best epoch — never on test
   patients;
