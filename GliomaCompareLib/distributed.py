@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DistContext", "init_distributed"]
+__all__ = ["DistContext", "init_distributed", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,6 @@ def init_distributed(device: str | None = "auto") -> DistContext:
     """
     import torch
 
-    from GliomaCompareLib.cnn.inference import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -81,3 +79,25 @@ def init_distributed(device: str | None = "auto") -> DistContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistContext(rank, local, world, dev)
+
+
+def resolve_device(device: str | None = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` / ``"cuda:N"`` / ``"cpu"``.
+
+    Raises:
+        ValueError: for CUDA requested on a machine without it, or an unknown name.
+    """
+    import torch
+
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: CUDA is not available on this machine; use cpu or auto"
+            )
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"--device {device!r}: use auto, cuda, cuda:N or cpu")
