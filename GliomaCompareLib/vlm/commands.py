@@ -5,6 +5,11 @@ from __future__ import annotations
 import sys
 
 from GliomaCompareLib.argtypes import positive_int
+from GliomaCompareLib.data.slices import SliceRule
+from GliomaCompareLib.vlm.backends import make_backend
+from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
+from GliomaCompareLib.vlm.tasks import parse_task_list
+from GliomaCompareLib.vlm.types import DecodingConfig
 
 __all__ = ["register"]
 
@@ -110,11 +115,6 @@ def register(sub) -> None:
 
 def _vlm(args) -> int:
     from dataclasses import replace
-
-    from GliomaCompareLib.data.slices import SliceRule
-    from GliomaCompareLib.vlm.backend import DecodingConfig, make_backend
-    from GliomaCompareLib.vlm.pipeline import VLMConfig, run_vlm
-    from GliomaCompareLib.vlm.tasks import parse_task_list
 
     tasks = parse_task_list(args.tasks)
     decoding = DecodingConfig.from_temperature(

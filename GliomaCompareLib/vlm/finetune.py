@@ -69,8 +69,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from GliomaCompareLib.data.discovery import Cohort, discover_cases
 from GliomaCompareLib.data.slices import SliceRule, WindowSpec
+from GliomaCompareLib.data.splits import Splits, load_or_make_splits
 from GliomaCompareLib.fileio import atomic_write_text, jsonable
+from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
 from GliomaCompareLib.vlm.finetune_data import (
     IGNORE_INDEX,
     POINT_TARGETS,
@@ -87,7 +90,10 @@ from GliomaCompareLib.vlm.finetune_eval import (
     score_answer,
     summarize_validation,
 )
-from GliomaCompareLib.vlm.tasks import COORDINATE_SYSTEMS, TASK_NAMES
+from GliomaCompareLib.vlm.hf_backend import ADAPTER_META_FILE, TransformersBackend, load_model
+from GliomaCompareLib.vlm.tasks import TASK_NAMES, load_tasks, parse_task_list
+from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL, build_tiny_model, tiny_model_id
+from GliomaCompareLib.vlm.types import DecodingConfig, Query
 
 __all__ = [
     "BALANCE_MODES",
@@ -477,7 +483,6 @@ class DefaultLoader:
                     "The in-code tiny model is not quantised; for QLoRA save it "
                     "(GliomaCompareLib.vlm.tiny.save_tiny_model) and pass its folder as --base"
                 )
-            from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL, build_tiny_model, tiny_model_id
 
             model, processor = build_tiny_model(tiny_seed)
             model.to(device)
@@ -491,7 +496,6 @@ class DefaultLoader:
                 "quantization": None,
             }
             return model, processor, info
-        from GliomaCompareLib.vlm.hf_backend import load_model
 
         model, processor, info = load_model(
             base, device=device, load_in_4bit=load_in_4bit, for_training=True
@@ -564,7 +568,6 @@ def resolve_splits(
         FileNotFoundError: a missing file with ``create=False``.
         ValueError: an unreadable split file, or one whose grades contradict the data's.
     """
-    from GliomaCompareLib.data.splits import Splits, load_or_make_splits
 
     if isinstance(splits, Splits):
         return splits, None
@@ -748,7 +751,6 @@ class _Run:
     # ------------------------------------------------------------------ data
     def examples(self, cohort, case_ids, name: str, keep_masks: bool) -> ExampleSet:
         settings = self.config.example_settings(keep_masks=keep_masks)
-        from GliomaCompareLib.vlm.tasks import load_tasks
 
         specs = load_tasks(self.config.prompts_dir)
         key = _hash(
@@ -927,9 +929,6 @@ class _Run:
     def validate(self, val: ExampleSet, specs) -> tuple[float | None, dict, list[dict]]:
         import torch
 
-        from GliomaCompareLib.vlm.backend import DecodingConfig, Query
-        from GliomaCompareLib.vlm.hf_backend import TransformersBackend
-
         if not val.examples:
             return None, {}, []
         cfg, dist = self.config, self.dist
@@ -1094,7 +1093,6 @@ class _Run:
             shutil.rmtree(tmp)
         # the vocabulary never changes, so the (huge) embedding and output layers are not saved
         self.model.save_pretrained(tmp, save_embedding_layers=False)
-        from GliomaCompareLib.vlm.hf_backend import ADAPTER_META_FILE
 
         (tmp / ADAPTER_META_FILE).write_text(json.dumps(jsonable(meta), indent=2) + "\n")
         _replace_dir(tmp, final)
@@ -1180,8 +1178,6 @@ def _result_from_manifest(out: Path, manifest: dict, seconds: float) -> Finetune
 
 def _parse_tasks(tasks) -> tuple[str, ...]:
     if isinstance(tasks, str):
-        from GliomaCompareLib.vlm.tasks import parse_task_list
-
         return parse_task_list(tasks)
     names = [str(t).strip().lower() for t in tasks]
     bad = [t for t in names if t not in TASK_NAMES]
@@ -1232,7 +1228,6 @@ def finetune(
             run, no training example, QLoRA without CUDA, LoRA targets matching nothing.
         FileNotFoundError: missing data, split file or base model.
     """
-    from GliomaCompareLib.vlm.tasks import load_tasks
 
     start_time = time.perf_counter()
     config = config or FinetuneConfig()
@@ -1286,9 +1281,6 @@ def _finetune(
 ) -> FinetuneResult:
     """The body of :func:`finetune` once the processes are joined."""
     import torch
-
-    from GliomaCompareLib.data.discovery import Cohort, discover_cases
-    from GliomaCompareLib.vlm.hf_backend import ADAPTER_META_FILE
 
     if config.load_in_4bit and dist.device.type != "cuda":
         raise ValueError(

@@ -11,6 +11,8 @@ import os
 import sys
 
 from GliomaCompareLib.argtypes import positive_int, split_fractions
+from GliomaCompareLib.data.slices import SliceRule
+from GliomaCompareLib.vlm.finetune import DEFAULT_TARGET_MODULES, FinetuneConfig, finetune
 
 __all__ = ["register"]
 
@@ -178,9 +180,6 @@ def register(sub) -> None:
 def _config(args):
     from dataclasses import replace
 
-    from GliomaCompareLib.data.slices import SliceRule
-    from GliomaCompareLib.vlm.finetune import DEFAULT_TARGET_MODULES, FinetuneConfig
-
     rule = SliceRule()
     if args.min_area_mm2 is not None:
         rule = replace(rule, min_area_mm2=args.min_area_mm2)
@@ -230,7 +229,6 @@ def _config(args):
 
 
 def _finetune(args) -> int:
-    from GliomaCompareLib.vlm.finetune import finetune
 
     config = _config(args)
     main = int(os.environ.get("RANK", "0")) == 0

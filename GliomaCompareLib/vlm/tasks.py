@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from GliomaCompareLib import geometry as g
+from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
 from GliomaCompareLib.resources import resource_path
 
 __all__ = [
-    "COORDINATE_SYSTEMS",
     "TASK_NAMES",
     "AnswerSpec",
     "Prompt",
@@ -45,8 +46,6 @@ __all__ = [
 
 #: The four tasks, in report order.
 TASK_NAMES: tuple[str, ...] = ("grade", "point", "box", "polygon")
-#: Coordinate systems the geometry code converts (see ``GliomaCompareLib.geometry``).
-COORDINATE_SYSTEMS: tuple[str, ...] = ("pixel", "normalized", "per_mille")
 _KINDS = {"grade": "label", "point": "point", "box": "box", "polygon": "polygon"}
 _PLACEHOLDERS = (
     "image",
@@ -421,8 +420,6 @@ class TaskSpec:
             ValueError: a missing or empty mask, a mask of the wrong size, or an unknown grade.
         """
         import numpy as np
-
-        from GliomaCompareLib import geometry as g
 
         if self.answer.kind == "label":
             return self.format_answer(grade)
