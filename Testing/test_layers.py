@@ -30,6 +30,7 @@ LAYERS = {
     "resources": 0,
     "argtypes": 0,
     "distributed": 0,
+    "history": 0,
     "data": 1,
     "geometry": 2,
     "metrics": 3,

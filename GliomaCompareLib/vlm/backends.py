@@ -7,11 +7,80 @@ It sits above the implementations (:mod:`~GliomaCompareLib.vlm.hf_backend`,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
 from GliomaCompareLib.vlm.openai_backend import OpenAIBackend
 from GliomaCompareLib.vlm.types import BACKEND_NAMES, DEFAULT_MODEL_ID, VLMBackend
 
-__all__ = ["make_backend"]
+__all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "BackendSettings", "make_backend"]
+
+#: Seconds per request, and retries after the first attempt (openai).
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_RETRIES = 4
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Which backend to build and how (the ``vlm`` command's backend options are generated from
+    these fields; the sampling seed and the batch size come from the run's
+    :class:`~GliomaCompareLib.vlm.inference.VLMConfig`)."""
+
+    backend: str = field(
+        metadata={
+            "help": "tiny: random-weight test model built in code; transformers: a local "
+            "Hugging Face model; openai: an OpenAI-compatible /v1/chat/completions server",
+            "choices": BACKEND_NAMES,
+        }
+    )
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": f"transformers: local folder or cached hub id (default {DEFAULT_MODEL_ID}; "
+            "never downloaded); openai: the server's model name (default: its only model)"
+        },
+    )
+    base_url: str | None = field(
+        default=None, metadata={"help": "openai: server URL, e.g. http://127.0.0.1:8000/v1"}
+    )
+    allow_remote: bool = field(
+        default=False,
+        metadata={
+            "help": "openai: allow a server that is not on this machine (patient images leave it)"
+        },
+    )
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter folder (tiny / transformers)"}
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "cpu, cuda, cuda:N or auto (default: CUDA when available)"},
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "transformers: 4-bit (CUDA only)"})
+    timeout_s: float = field(
+        default=DEFAULT_TIMEOUT_S,
+        metadata={"help": "openai: seconds per request", "flags": ("--timeout",)},
+    )
+    max_retries: int = field(
+        default=DEFAULT_RETRIES,
+        metadata={"help": "openai: retries per request", "flags": ("--retries",)},
+    )
+
+    def build(self, *, seed: int = 0, concurrency: int = 4) -> VLMBackend:
+        """:func:`make_backend` with these settings."""
+        return make_backend(
+            self.backend,
+            model=self.model,
+            base_url=self.base_url,
+            allow_remote=self.allow_remote,
+            adapter=self.adapter,
+            seed=seed,
+            device=self.device,
+            load_in_4bit=self.load_in_4bit,
+            concurrency=concurrency,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
 
 
 def make_backend(
@@ -25,8 +94,8 @@ def make_backend(
     device: str | None = None,
     load_in_4bit: bool = False,
     concurrency: int = 4,
-    timeout_s: float = 120.0,
-    max_retries: int = 4,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_retries: int = DEFAULT_RETRIES,
 ) -> VLMBackend:
     """Build a backend by name (the CLI's ``--backend``).
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from GliomaCompareLib import geometry as g
+from GliomaCompareLib.argtypes import positive_int
 from GliomaCompareLib.data.case import load_case
 from GliomaCompareLib.data.discovery import Cohort, discover_cases
 from GliomaCompareLib.data.io import write_nifti
@@ -58,7 +59,7 @@ from GliomaCompareLib.vlm.cache import AnswerCache, answer_key
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
 from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, ParsedAnswer, parse_answer
 from GliomaCompareLib.vlm.scoring import TIE_RULES, majority_vote, score_slice
-from GliomaCompareLib.vlm.tasks import TASK_NAMES, Prompt, TaskSpec, load_tasks
+from GliomaCompareLib.vlm.tasks import TASK_NAMES, Prompt, TaskSpec, load_tasks, task_list
 from GliomaCompareLib.vlm.types import Answer, DecodingConfig, Query, VLMBackend, image_sha256
 
 __all__ = [
@@ -114,23 +115,96 @@ class VLMConfig:
         n_bootstrap: bootstrap resamples for confidence intervals.
     """
 
-    tasks: tuple[str, ...] = TASK_NAMES
-    runs: int = 1
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    batch_size: int = 8
-    slice_rule: SliceRule = field(default_factory=SliceRule)
-    window: WindowSpec = field(default_factory=WindowSpec)
-    slices_per_case: int | None = None
-    split: str = "test"
-    coordinate_system: str = "pixel"
-    max_vertices: int | None = None
-    tie_rule: str = "probability"
-    point_radius_mm: float = 10.0
-    grade_probabilities: bool = True
-    prompts_dir: str | None = None
-    cache_dir: str | None = None
-    save_masks: bool = True
-    n_bootstrap: int = 1000
+    tasks: tuple[str, ...] = field(
+        default=TASK_NAMES,
+        metadata={
+            "help": "comma-separated: grade,point,box,polygon (default all; with --adapter, "
+            "its task)",
+            "type": task_list,
+            "show_default": False,
+        },
+    )
+    runs: int = field(
+        default=1, metadata={"help": "repeat every query N times", "type": positive_int}
+    )
+    decoding: DecodingConfig = field(
+        default_factory=DecodingConfig,
+        metadata={
+            "help": "decoding parameters",
+            "fields": {"temperature": {}, "top_p": {}, "max_new_tokens": {}, "seed": {}},
+            "build": DecodingConfig.from_temperature,
+        },
+    )
+    batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "queries per model call; for openai, requests in flight",
+            "type": positive_int,
+        },
+    )
+    slice_rule: SliceRule = field(
+        default_factory=SliceRule,
+        metadata={
+            "help": "which slices are asked about",
+            "fields": {"min_area_mm2": {"help": "slice rule: least whole-tumour area on a slice"}},
+        },
+    )
+    window: WindowSpec = field(
+        default_factory=WindowSpec, metadata={"help": "FLAIR windowing", "cli": False}
+    )
+    slices_per_case: int | None = field(
+        default=None,
+        metadata={
+            "help": "at most K slices per case, evenly spaced over the tumour (default: all "
+            "selected)",
+            "type": positive_int,
+        },
+    )
+    split: str = field(
+        default="test", metadata={"help": "which split of --split", "flags": ("--split-name",)}
+    )
+    coordinate_system: str = field(
+        default="pixel",
+        metadata={
+            "help": "coordinate system asked for in prompts",
+            "flags": ("--coords",),
+            "choices": tuple(COORDINATE_SYSTEMS),
+        },
+    )
+    max_vertices: int | None = field(
+        default=None, metadata={"help": "polygon K (default 8)", "type": positive_int}
+    )
+    tie_rule: str = field(
+        default="probability",
+        metadata={
+            "help": "grade vote ties: mean P(HGG) decides, HGG, LGG, or no prediction",
+            "choices": TIE_RULES,
+        },
+    )
+    point_radius_mm: float = field(default=10.0, metadata={"help": "disc radius for point Dice"})
+    grade_probabilities: bool = field(
+        default=True,
+        metadata={
+            "help": "do not record P(HGG) (saves one forward pass per grade answer)",
+            "flags": ("--no-grade-probabilities",),
+        },
+    )
+    prompts_dir: str | None = field(
+        default=None,
+        metadata={"help": "prompts folder (default Resources/prompts)", "flags": ("--prompts",)},
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "answer cache folder (default OUT/cache)", "flags": ("--cache",)},
+    )
+    save_masks: bool = field(
+        default=True,
+        metadata={"help": "do not write OUT/masks/*.nii.gz", "flags": ("--no-masks",)},
+    )
+    n_bootstrap: int = field(
+        default=1000,
+        metadata={"help": "bootstrap resamples for CIs", "flags": ("--bootstrap",)},
+    )
 
     def __post_init__(self):
         bad = [t for t in self.tasks if t not in TASK_NAMES]

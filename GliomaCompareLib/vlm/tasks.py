@@ -22,6 +22,7 @@ image size and options, and is part of the answer-cache key.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -42,6 +43,7 @@ __all__ = [
     "load_tasks",
     "parse_task_list",
     "prompts_dir",
+    "task_list",
 ]
 
 #: The four tasks, in report order.
@@ -534,3 +536,11 @@ def parse_task_list(text: str | None) -> tuple[str, ...]:
     if bad:
         raise ValueError(f"Unknown task(s) {', '.join(bad)}; use {', '.join(TASK_NAMES)}")
     return tuple(t for t in TASK_NAMES if t in names)
+
+
+def task_list(text: str) -> tuple[str, ...]:
+    """:func:`parse_task_list` as an argparse ``type=`` (a usage error naming the option)."""
+    try:
+        return parse_task_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from GliomaCompareLib.argtypes import positive_int
 from GliomaCompareLib.vlm.tasks import Prompt
 
 __all__ = [
@@ -53,11 +54,11 @@ class DecodingConfig:
         seed: base seed; each query's seed is derived from it, the image, prompt and run.
     """
 
-    do_sample: bool = False
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus mass when sampling"})
+    max_new_tokens: int = field(default=256, metadata={"help": "per answer", "type": positive_int})
+    seed: int = field(default=0, metadata={"help": "sampling seed and tiny model seed"})
 
     def __post_init__(self):
         if self.temperature < 0:
