@@ -149,6 +149,8 @@ def _add_option(
     parser, dest: str, name: str, hint: Any, default: Any, meta: Mapping, rename
 ) -> None:
     flags = _flags(name, meta, rename)
+    if any(action.dest == dest for action in parser._actions):
+        raise ValueError(f"option {flags[0]}: another option already stores into {dest!r}")
     kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS}
     base = _base_type(hint)
     help_text = meta.get("help", "")

@@ -27,7 +27,11 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--data", required=True, help="BraTS data folder (or up to two levels above)")
-    p.add_argument("--split", help="splits.json: run its test cases (default: every usable case)")
+    p.add_argument(
+        "--split",
+        dest="splits_file",
+        help="splits.json: run its --split-name cases (default: every usable case)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     # every setting of BackendSettings and VLMConfig, generated from their fields (defaults and
     # help live there)
@@ -46,7 +50,7 @@ def _vlm(args) -> int:
     bar = _progress_bar()
     try:
         result = run_vlm(
-            args.data, backend, config, args.out, splits=args.split, progress=bar.update
+            args.data, backend, config, args.out, splits=args.splits_file, progress=bar.update
         )
     finally:
         bar.close()

@@ -500,7 +500,9 @@ class _CaseWork:
 # --------------------------------------------------------------------------- the run
 
 
-class _Run:
+class _Inference:
+    """State of one :func:`run_vlm` call: the cases, prompts, answers and records."""
+
     def __init__(self, cohort, backend, config, out_dir, splits, case_ids, progress):
         self.cohort = cohort
         self.backend = backend
@@ -953,7 +955,6 @@ class _Run:
     def consistency_rows(self) -> list[dict]:
         """Agreement of repeated answers (``runs >= 2``), one row per task and level, with the
         evaluation core's consistency metrics (see :data:`CONSISTENCY_COLUMNS`)."""
-
         runs = self.config.runs
         if runs < 2:
             return []
@@ -964,87 +965,118 @@ class _Run:
             "temperature": self.config.decoding.temperature,
         }
         for task in self.config.tasks:
-            answers: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
-            geoms: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
-            statuses: dict[tuple[str, int], list] = defaultdict(lambda: [None] * runs)
-            spacing: dict[tuple[str, int], tuple[float, float]] = {}
-            shapes: dict[tuple[str, int], tuple[int, int]] = {}
-            for r in self.records:
-                if r.task != task:
-                    continue
-                item = (r.case_id, r.slice_index)
-                statuses[item][r.run] = r.status
-                spacing[item] = r.pixel_spacing
-                shapes[item] = (r.prompt.height, r.prompt.width)
-                geoms[item][r.run] = r.geometry if r.usable else None
-                if task == "grade":
-                    answers[item][r.run] = r.label
-                elif r.geometry is not None and r.usable:
-                    answers[item][r.run] = json.dumps(r.geometry.to_dict(), sort_keys=True)
-                else:
-                    answers[item][r.run] = None  # no usable answer (one category)
-            items = sorted(answers)
-            if not items:
+            repeats = _Repeats.collect(self.records, task, runs)
+            if not repeats.items:
                 continue
-            table = [answers[i] for i in items]
-            agree = c.agreement(table)
-            row = {
-                **base,
-                "task": task,
-                "level": "slice",
-                "n_items": len(items),
-                "all_identical_rate": agree.rate,
-                "mean_modal_fraction": agree.mean_modal_fraction,
-                "status_agreement": c.agreement([statuses[i] for i in items]).rate,
-            }
+            rows.append({**base, **repeats.slice_agreement(task)})
             if task == "grade":
-                row["fleiss_kappa"] = c.fleiss_kappa(table)
-                row["mean_entropy"] = float(np.mean(c.label_entropy(table)))
-            else:
-                rows_of = [geoms[i] for i in items]
-                spread = None
-                if task == "point":
-                    pts = np.full((len(items), runs, 2), np.nan)
-                    for a, repeats in enumerate(rows_of):
-                        for b, point in enumerate(repeats):
-                            if point is not None:
-                                pts[a, b] = (point.x, point.y)
-                    spread = c.point_dispersion_mm(pts, np.array([spacing[i] for i in items]))
-                    row["point_dispersion_mm_mean"] = spread.mean
-                    row["point_dispersion_mm_median"] = spread.median
-                else:
-                    shape = shapes[items[0]]
-                    if task == "box":
-                        spread = c.box_iou_spread(rows_of, shape)
-                    elif all(shapes[i] == shape for i in items):
-                        spread = c.polygon_iou_spread(rows_of, shape)
-                    if spread is not None:
-                        row["iou_spread_mean"] = spread.mean
-                        row["iou_spread_median"] = spread.median
-                if spread is not None:
-                    row["n_items_spread"] = spread.n_items
-            rows.append(row)
-            if task == "grade":
-                voted: dict[str, list] = defaultdict(lambda: [None] * runs)
-                for p in self.patients:
-                    if p.task == "grade":
-                        voted[p.case_id][p.run] = p.grade_pred
-                patients = [voted[k] for k in sorted(voted)]
+                patients = self._voted_grades(runs)
                 if patients:
-                    agree = c.agreement(patients)
-                    rows.append(
-                        {
-                            **base,
-                            "task": task,
-                            "level": "patient",
-                            "n_items": len(patients),
-                            "all_identical_rate": agree.rate,
-                            "mean_modal_fraction": agree.mean_modal_fraction,
-                            "fleiss_kappa": c.fleiss_kappa(patients),
-                            "mean_entropy": float(np.mean(c.label_entropy(patients))),
-                        }
-                    )
+                    rows.append({**base, **_label_agreement(task, "patient", patients)})
         return rows
+
+    def _voted_grades(self, runs: int) -> list[list]:
+        """Per patient (sorted), the voted grade of each run."""
+        voted: dict[str, list] = defaultdict(lambda: [None] * runs)
+        for p in self.patients:
+            if p.task == "grade":
+                voted[p.case_id][p.run] = p.grade_pred
+        return [voted[k] for k in sorted(voted)]
+
+
+def _label_agreement(task: str, level: str, table: list[list]) -> dict:
+    agree = c.agreement(table)
+    return {
+        "task": task,
+        "level": level,
+        "n_items": len(table),
+        "all_identical_rate": agree.rate,
+        "mean_modal_fraction": agree.mean_modal_fraction,
+        "fleiss_kappa": c.fleiss_kappa(table),
+        "mean_entropy": float(np.mean(c.label_entropy(table))),
+    }
+
+
+@dataclass
+class _Repeats:
+    """One task's repeated answers per slice (``items``: sorted ``(case_id, slice_index)``)."""
+
+    runs: int
+    items: list = field(default_factory=list)
+    answers: dict = field(default_factory=dict)  # item -> per run: label / geometry JSON / None
+    geoms: dict = field(default_factory=dict)  # item -> per run: usable geometry or None
+    statuses: dict = field(default_factory=dict)  # item -> per run: answer status
+    spacing: dict = field(default_factory=dict)  # item -> (mm per column, mm per row)
+    shapes: dict = field(default_factory=dict)  # item -> (height, width)
+
+    @classmethod
+    def collect(cls, records: Sequence[SliceRecord], task: str, runs: int) -> _Repeats:
+        out = cls(runs)
+        for r in records:
+            if r.task != task:
+                continue
+            item = (r.case_id, r.slice_index)
+            for table in (out.answers, out.geoms, out.statuses):
+                table.setdefault(item, [None] * runs)
+            out.statuses[item][r.run] = r.status
+            out.spacing[item] = r.pixel_spacing
+            out.shapes[item] = (r.prompt.height, r.prompt.width)
+            out.geoms[item][r.run] = r.geometry if r.usable else None
+            if task == "grade":
+                out.answers[item][r.run] = r.label
+            elif r.geometry is not None and r.usable:
+                out.answers[item][r.run] = json.dumps(r.geometry.to_dict(), sort_keys=True)
+            # else: no usable answer (one category, None)
+        out.items = sorted(out.answers)
+        return out
+
+    def slice_agreement(self, task: str) -> dict:
+        """The slice-level consistency row of ``task`` (without the shared columns)."""
+        table = [self.answers[i] for i in self.items]
+        agree = c.agreement(table)
+        row = {
+            "task": task,
+            "level": "slice",
+            "n_items": len(self.items),
+            "all_identical_rate": agree.rate,
+            "mean_modal_fraction": agree.mean_modal_fraction,
+            "status_agreement": c.agreement([self.statuses[i] for i in self.items]).rate,
+        }
+        if task == "grade":
+            row["fleiss_kappa"] = c.fleiss_kappa(table)
+            row["mean_entropy"] = float(np.mean(c.label_entropy(table)))
+        else:
+            row.update(self.spread(task))
+        return row
+
+    def spread(self, task: str) -> dict:
+        """Point dispersion (mm) or box / polygon IoU spread of the repeated geometries."""
+        rows_of = [self.geoms[i] for i in self.items]
+        if task == "point":
+            pts = np.full((len(self.items), self.runs, 2), np.nan)
+            for a, repeats in enumerate(rows_of):
+                for b, point in enumerate(repeats):
+                    if point is not None:
+                        pts[a, b] = (point.x, point.y)
+            spacing = np.array([self.spacing[i] for i in self.items])
+            spread = c.point_dispersion_mm(pts, spacing)
+            return {
+                "point_dispersion_mm_mean": spread.mean,
+                "point_dispersion_mm_median": spread.median,
+                "n_items_spread": spread.n_items,
+            }
+        shape = self.shapes[self.items[0]]
+        if task == "box":
+            spread = c.box_iou_spread(rows_of, shape)
+        elif all(self.shapes[i] == shape for i in self.items):
+            spread = c.polygon_iou_spread(rows_of, shape)
+        else:
+            return {}
+        return {
+            "iou_spread_mean": spread.mean,
+            "iou_spread_median": spread.median,
+            "n_items_spread": spread.n_items,
+        }
 
 
 def run_vlm(
@@ -1078,146 +1110,224 @@ def run_vlm(
         ValueError: an adapter that does not fit the tasks, or a bad configuration.
         FileNotFoundError: a data folder or splits file that does not exist.
     """
-
     start = time.perf_counter()
     config = config or VLMConfig()
     if backend is None:
         backend = TransformersBackend.tiny()
+    # cases: the cohort, the split's part of it, the adapter's fit
     cohort = data if isinstance(data, Cohort) else discover_cases(data, validate=True, full=False)
-    split_hash = None
-    split_path = None
-    if splits is not None and not isinstance(splits, Splits):
-        split_path = str(splits)
-        if not Path(splits).is_file():
-            raise FileNotFoundError(f"{splits}: splits file not found")
-        splits = Splits.load(splits)
-    if splits is not None:
-        split_hash = splits.hash
+    splits, split_info = _load_splits(splits, config.split)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = _Run(cohort, backend, config, out, splits, case_ids, progress)
+    run = _Inference(cohort, backend, config, out, splits, case_ids, progress)
     run.check_adapter()
     chosen = run.select_cases()
     for message in run.case_errors.values():
         log.warning(message)
-    cache = AnswerCache(config.cache_dir if config.cache_dir else out / "cache")
-    partial = out / ".answers.jsonl.partial"
-    open_cases: list[_CaseWork] = []
-    pending: list[_Item] = []
-    done_cases = 0
+    # every question, batched across slices and cases, answers cached as they come
+    answers_path = _answer_all(run, chosen, out, progress)
+    # tables
+    tables = _write_tables(run, out / "metrics")
+    # manifest
+    seconds = time.perf_counter() - start
+    manifest = _manifest(run, cohort, chosen, split_info, tables, seconds)
+    atomic_write_text(out / "vlm.json", json.dumps(manifest, indent=2) + "\n")
+    return VLMResult(
+        out_dir=out,
+        model_label=run.model_label,
+        identity=run.identity,
+        config=config,
+        records=tuple(run.records),
+        patients=tuple(run.patients),
+        status_counts=tables.status,
+        failed=manifest["failed"],
+        case_errors=dict(run.case_errors),
+        classification=tables.reports,
+        consistency=tuple(tables.consistency),
+        paths={"answers": answers_path, **tables.paths, "manifest": out / "vlm.json"},
+        seconds=seconds,
+    )
 
-    def report(case_id=""):
-        if progress is not None:
-            progress(
-                ProgressEvent(
-                    cases_done=done_cases,
-                    cases_total=len(chosen),
-                    queries_done=run.counts["asked"] + run.counts["cached"],
-                    queries_cached=run.counts["cached"],
-                    queries_failed=run.counts["failed"],
-                    case_id=case_id,
-                )
+
+def _load_splits(splits, name: str):
+    """``(Splits or None, the manifest's split entry or None)``; a path is read.
+
+    Raises:
+        FileNotFoundError: a splits file that does not exist.
+    """
+    if splits is None:
+        return None, None
+    path = None
+    if not isinstance(splits, Splits):
+        path = str(splits)
+        if not Path(splits).is_file():
+            raise FileNotFoundError(f"{splits}: splits file not found")
+        splits = Splits.load(splits)
+    return splits, {"file": path, "name": name, "hash": splits.hash}
+
+
+class _Queue:
+    """Queries waiting for the backend, batched across slices and cases; a case's answers are
+    written (in case order) as soon as all of its queries are answered."""
+
+    def __init__(self, run: _Inference, cache: AnswerCache, total: int, progress, answers_out):
+        self.run, self.cache, self.total = run, cache, total
+        self.progress, self.answers_out = progress, answers_out
+        self.open_cases: list[_CaseWork] = []
+        self.pending: list[_Item] = []
+        self.done_cases = 0
+
+    def add(self, work: _CaseWork) -> None:
+        """Take cached answers, queue the rest; ask every full batch."""
+        for item in work.items:
+            hit = self.cache.get(item.key)
+            if hit is not None:
+                item.answer, item.cached = hit, True
+                self.run.counts["cached"] += 1
+            else:
+                self.pending.append(item)
+        self.open_cases.append(work)
+        while len(self.pending) >= self.run.config.batch_size:
+            self.ask_batch()
+        self.flush()
+
+    def drain(self) -> None:
+        while self.pending:
+            self.ask_batch()
+        self.flush()
+
+    def ask_batch(self) -> None:
+        size = self.run.config.batch_size
+        batch, self.pending = self.pending[:size], self.pending[size:]
+        self.run.ask(batch, self.cache)
+        self.report()
+
+    def flush(self) -> None:
+        while self.open_cases and self.open_cases[0].done:
+            work = self.open_cases.pop(0)
+            self.run.finish_case(work, self.answers_out)
+            self.done_cases += 1
+            self.report(work.record.case_id)
+
+    def report(self, case_id: str = "") -> None:
+        if self.progress is None:
+            return
+        counts = self.run.counts
+        self.progress(
+            ProgressEvent(
+                cases_done=self.done_cases,
+                cases_total=self.total,
+                queries_done=counts["asked"] + counts["cached"],
+                queries_cached=counts["cached"],
+                queries_failed=counts["failed"],
+                case_id=case_id,
             )
+        )
 
-    def flush_finished(answers_out):
-        nonlocal done_cases
-        while open_cases and open_cases[0].done:
-            work = open_cases.pop(0)
-            run.finish_case(work, answers_out)
-            done_cases += 1
-            report(work.record.case_id)
 
+def _answer_all(run: _Inference, chosen: list, out: Path, progress) -> Path:
+    """Ask every query of the ``chosen`` cases; returns ``answers.jsonl`` (replaced only when
+    every case is done)."""
+    cache = AnswerCache(run.config.cache_dir if run.config.cache_dir else out / "cache")
+    partial = out / ".answers.jsonl.partial"
     try:
         with partial.open("w", encoding="utf-8") as answers_out:
+            queue = _Queue(run, cache, len(chosen), progress, answers_out)
             for record in chosen:
                 work = run.prepare(record)
-                if work is None:
-                    continue
-                for item in work.items:
-                    hit = cache.get(item.key)
-                    if hit is not None:
-                        item.answer, item.cached = hit, True
-                        run.counts["cached"] += 1
-                    else:
-                        pending.append(item)
-                open_cases.append(work)
-                while len(pending) >= config.batch_size:
-                    batch, pending = pending[: config.batch_size], pending[config.batch_size :]
-                    run.ask(batch, cache)
-                    report()
-                flush_finished(answers_out)
-            while pending:
-                batch, pending = pending[: config.batch_size], pending[config.batch_size :]
-                run.ask(batch, cache)
-                report()
-            flush_finished(answers_out)
+                if work is not None:
+                    queue.add(work)
+            queue.drain()
     finally:
         cache.close()
     answers_path = out / "answers.jsonl"
     partial.replace(answers_path)
+    return answers_path
 
-    metrics = out / "metrics"
-    paths: dict[str, Path] = {"answers": answers_path}
-    slice_rows = []
-    for r in run.records:
-        row = {
-            "model_label": run.model_label,
-            "case_id": r.case_id,
-            "grade_true": r.grade_true,
-            "slice_index": r.slice_index,
-            "task": r.task,
-            "run": r.run,
-            "status": r.status,
-            "stage": r.stage,
-            "label": r.label,
-            "p_hgg": r.p_hgg,
-            "width": r.prompt.width,
-            "height": r.prompt.height,
-            "cached": r.cached,
-            "latency_s": r.latency_s,
-            "note": r.note,
-        }
-        if r.score is not None:
-            s = r.score
-            row.update(
-                dice=s.dice,
-                hd95=s.hd95,
-                inside=s.inside,
-                distance_to_centre_mm=s.distance_to_centre_mm,
-                distance_to_tumour_mm=s.distance_to_tumour_mm,
-                pred_x=s.pred_centre[0] if s.pred_centre else None,
-                pred_y=s.pred_centre[1] if s.pred_centre else None,
-                true_x=s.true_centre[0] if s.true_centre else None,
-                true_y=s.true_centre[1] if s.true_centre else None,
-                pred_area_mm2=s.pred_area_mm2,
-                ref_area_mm2=s.ref_area_mm2,
-            )
-        slice_rows.append(row)
-    slice_columns = [
-        "model_label", "case_id", "grade_true", "slice_index", "task", "run", "status", "stage",
-        "label", "p_hgg", "dice", "hd95", "inside", "distance_to_centre_mm",
-        "distance_to_tumour_mm", "pred_x", "pred_y", "true_x", "true_y", "width", "height",
-        "pred_area_mm2", "ref_area_mm2", "cached", "latency_s", "note",
-    ]  # fmt: skip
-    paths["slices"] = _write_csv(metrics / "vlm_slices.csv", slice_rows, slice_columns)
-    patient_rows = [{"model_label": run.model_label, **p.to_dict()} for p in run.patients]
-    patient_columns = ["model_label", *PatientRecord.__dataclass_fields__]
-    paths["patients"] = _write_csv(metrics / "vlm_patients.csv", patient_rows, patient_columns)
-    status = run.status_counts()
-    status_rows = []
+
+#: Columns of ``metrics/vlm_slices.csv``.
+SLICE_COLUMNS: tuple[str, ...] = (
+    "model_label", "case_id", "grade_true", "slice_index", "task", "run", "status", "stage",
+    "label", "p_hgg", "dice", "hd95", "inside", "distance_to_centre_mm",
+    "distance_to_tumour_mm", "pred_x", "pred_y", "true_x", "true_y", "width", "height",
+    "pred_area_mm2", "ref_area_mm2", "cached", "latency_s", "note",
+)  # fmt: skip
+
+
+def _slice_row(model_label: str, r: SliceRecord) -> dict:
+    row = {
+        "model_label": model_label,
+        "case_id": r.case_id,
+        "grade_true": r.grade_true,
+        "slice_index": r.slice_index,
+        "task": r.task,
+        "run": r.run,
+        "status": r.status,
+        "stage": r.stage,
+        "label": r.label,
+        "p_hgg": r.p_hgg,
+        "width": r.prompt.width,
+        "height": r.prompt.height,
+        "cached": r.cached,
+        "latency_s": r.latency_s,
+        "note": r.note,
+    }
+    if r.score is not None:
+        s = r.score
+        row.update(
+            dice=s.dice,
+            hd95=s.hd95,
+            inside=s.inside,
+            distance_to_centre_mm=s.distance_to_centre_mm,
+            distance_to_tumour_mm=s.distance_to_tumour_mm,
+            pred_x=s.pred_centre[0] if s.pred_centre else None,
+            pred_y=s.pred_centre[1] if s.pred_centre else None,
+            true_x=s.true_centre[0] if s.true_centre else None,
+            true_y=s.true_centre[1] if s.true_centre else None,
+            pred_area_mm2=s.pred_area_mm2,
+            ref_area_mm2=s.ref_area_mm2,
+        )
+    return row
+
+
+def _status_rows(model_label: str, status: dict[str, dict[str, int]]) -> list[dict]:
+    rows = []
     for task, counts in status.items():
         total = sum(counts.values())
         for name, count in counts.items():
-            status_rows.append(
+            rows.append(
                 {
-                    "model_label": run.model_label,
+                    "model_label": model_label,
                     "task": task,
                     "status": name,
                     "count": count,
                     "fraction": count / total if total else None,
                 }
             )
-    paths["status"] = _write_csv(metrics / "vlm_status.csv", status_rows)
+    return rows
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """What :func:`_write_tables` wrote and computed."""
+
+    paths: dict[str, Path]
+    status: dict[str, dict[str, int]]
+    reports: dict[int, Any]
+    consistency: list[dict]
+
+
+def _write_tables(run: _Inference, metrics: Path) -> _Tables:
+    """``metrics/vlm_*.csv`` (see module docstring); tables without rows are not written."""
+    label = run.model_label
+    paths: dict[str, Path] = {}
+    slice_rows = [_slice_row(label, r) for r in run.records]
+    paths["slices"] = _write_csv(metrics / "vlm_slices.csv", slice_rows, SLICE_COLUMNS)
+    patient_rows = [{"model_label": label, **p.to_dict()} for p in run.patients]
+    patient_columns = ["model_label", *PatientRecord.__dataclass_fields__]
+    paths["patients"] = _write_csv(metrics / "vlm_patients.csv", patient_rows, patient_columns)
+    status = run.status_counts()
+    paths["status"] = _write_csv(metrics / "vlm_status.csv", _status_rows(label, status))
     reports, class_rows = run.classification()
     if class_rows:
         columns = list(dict.fromkeys(k for row in class_rows for k in row))
@@ -1232,11 +1342,14 @@ def run_vlm(
         paths["consistency"] = _write_csv(
             metrics / "vlm_consistency.csv", consistency, CONSISTENCY_COLUMNS
         )
+    return _Tables(paths, status, reports, consistency)
 
-    failed = sum(r.status == "error" for r in run.records)
-    seconds = time.perf_counter() - start
-    describe = getattr(backend, "describe", backend.identity)()
-    manifest = {
+
+def _manifest(run: _Inference, cohort, chosen, split_info, tables: _Tables, seconds: float) -> dict:
+    """The content of ``vlm.json``."""
+    config = run.config
+    describe = getattr(run.backend, "describe", run.backend.identity)()
+    return {
         "model_label": run.model_label,
         "backend": jsonable(describe),
         "identity": jsonable(run.identity),
@@ -1249,9 +1362,7 @@ def run_vlm(
             if run.identity.get("backend") in ("tiny", "transformers")
             else "first_token_top_logprobs: server top log-probabilities at the label's first token"
         ),
-        "split": {"file": split_path, "name": config.split, "hash": split_hash}
-        if splits is not None
-        else None,
+        "split": split_info,
         "data_dir": str(cohort.data_dir or cohort.root),
         "cases": [r.case_id for r in chosen if r.case_id not in run.case_errors],
         "case_errors": run.case_errors,
@@ -1260,29 +1371,12 @@ def run_vlm(
         "queries": len(run.records),
         "asked": run.counts["asked"],
         "cached": run.counts["cached"],
-        "failed": failed,
-        "status_counts": status,
+        "failed": sum(r.status == "error" for r in run.records),
+        "status_counts": tables.status,
         "seconds": round(seconds, 3),
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_text(out / "vlm.json", json.dumps(manifest, indent=2) + "\n")
-    paths["manifest"] = out / "vlm.json"
-    return VLMResult(
-        out_dir=out,
-        model_label=run.model_label,
-        identity=run.identity,
-        config=config,
-        records=tuple(run.records),
-        patients=tuple(run.patients),
-        status_counts=status,
-        failed=failed,
-        case_errors=dict(run.case_errors),
-        classification=reports,
-        consistency=tuple(consistency),
-        paths=paths,
-        seconds=seconds,
-    )
 
 
 def _versions() -> dict:
