@@ -727,98 +727,97 @@ class _Inference:
         return geom.as_array()
 
     def finish_case(self, work: _CaseWork, answers_out) -> None:
-
+        """Score a case whose queries are all answered: its ``answers.jsonl`` lines, one
+        :class:`PatientRecord` per task and run, and its slice records."""
         records = [self.score_item(item) for item in work.items]
         order = {t: i for i, t in enumerate(TASK_NAMES)}
         records.sort(key=lambda r: (r.slice_index, order[r.task], r.run))
+        backend, model_id = self.identity.get("backend", ""), self.identity.get("model_id", "")
         for record in records:
-            answers_out.write(
-                json.dumps(
-                    record.to_json(
-                        self.model_label,
-                        self.identity.get("backend", ""),
-                        self.identity.get("model_id", ""),
-                    )
-                )
-                + "\n"
-            )
+            answers_out.write(json.dumps(record.to_json(self.model_label, backend, model_id)))
+            answers_out.write("\n")
         answers_out.flush()
-        case_id = work.record.case_id
-        by_slice = {image.index: image for image in work.slices}
         for task in self.config.tasks:
-            kind = self.specs[task].answer.kind
             for run in range(self.config.runs):
                 chosen = [r for r in records if r.task == task and r.run == run]
-                base = {
-                    "case_id": case_id,
-                    "task": task,
-                    "run": run,
-                    "grade_true": work.record.grade,
-                    "n_slices": len(chosen),
-                    "n_usable": sum(r.usable for r in chosen),
-                }
-                if kind == "label":
-                    spec = self.specs[task].answer
-                    vote = majority_vote(
-                        [r.label for r in chosen],
-                        [r.p_hgg for r in chosen],
-                        options=spec.options,
-                        positive=spec.positive,
-                        tie_rule=self.config.tie_rule,
-                    )
-                    negative = next(o for o in spec.options if o != spec.positive)
-                    self.patients.append(
-                        PatientRecord(
-                            **base,
-                            grade_pred=vote.prediction,
-                            votes_hgg=vote.votes.get(spec.positive, 0),
-                            votes_lgg=vote.votes.get(negative, 0),
-                            votes_invalid=vote.n_slices - vote.n_usable,
-                            tie=vote.tie,
-                            p_hgg_mean=vote.p_positive_mean,
-                            grade_score=vote.score,
-                            score_source=vote.score_source,
-                        )
-                    )
-                    continue
-                if work.wt is None:
-                    self.patients.append(PatientRecord(**base))
-                    continue
-                volume = np.zeros(work.wt.shape, dtype=bool)
-                selected = np.zeros(work.wt.shape, dtype=bool)
-                for r in chosen:
-                    geometry = by_slice[r.slice_index].geometry
-                    geometry.insert(r.score.mask, out=volume)
-                    geometry.insert(geometry.extract(work.wt), out=selected)
-                full = score_masks(volume, work.wt, work.spacing)
-                part = score_masks(volume, selected, work.spacing)
-                mask_path = None
-                if self.config.save_masks:
-                    path = self.out / "masks" / case_id / f"vlm_{task}_run{run}.nii.gz"
-                    write_nifti(path, volume.astype(np.uint8), work.affine)
-                    mask_path = str(path.relative_to(self.out))
-                distances = [r.score.distance_to_centre_mm for r in chosen]
-                self.patients.append(
-                    PatientRecord(
-                        **base,
-                        dice_3d=full.dice,
-                        hd95_3d=full.hd95,
-                        hd_max_3d=full.hd_max,
-                        pred_voxels=full.pred_voxels,
-                        ref_voxels=full.ref_voxels,
-                        empty_rule=full.empty,
-                        dice_selected=part.dice,
-                        hd95_selected=part.hd95,
-                        mean_slice_dice=_mean([r.score.dice for r in chosen]),
-                        inside_fraction=_mean([float(r.score.inside) for r in chosen]),
-                        mean_distance_mm=_mean(distances),
-                        mask_path=mask_path,
-                    )
-                )
+                self.patients.append(self.patient_record(work, task, run, chosen))
         # keep the records light: the slice masks live on in the stacked volumes only
         self.records.extend(
             replace(r, score=replace(r.score, mask=None)) if r.score is not None else r
             for r in records
+        )
+
+    def patient_record(self, work: _CaseWork, task: str, run: int, chosen) -> PatientRecord:
+        """One patient's result for ``task`` in ``run`` from its slice records ``chosen``."""
+        base = {
+            "case_id": work.record.case_id,
+            "task": task,
+            "run": run,
+            "grade_true": work.record.grade,
+            "n_slices": len(chosen),
+            "n_usable": sum(r.usable for r in chosen),
+        }
+        if self.specs[task].answer.kind == "label":
+            return self.voted_grade(base, task, chosen)
+        if work.wt is None:
+            return PatientRecord(**base)
+        return self.stacked_masks(base, work, task, run, chosen)
+
+    def voted_grade(self, base: dict, task: str, chosen) -> PatientRecord:
+        """The patient's grade by majority vote over its slices."""
+        spec = self.specs[task].answer
+        vote = majority_vote(
+            [r.label for r in chosen],
+            [r.p_hgg for r in chosen],
+            options=spec.options,
+            positive=spec.positive,
+            tie_rule=self.config.tie_rule,
+        )
+        negative = next(o for o in spec.options if o != spec.positive)
+        return PatientRecord(
+            **base,
+            grade_pred=vote.prediction,
+            votes_hgg=vote.votes.get(spec.positive, 0),
+            votes_lgg=vote.votes.get(negative, 0),
+            votes_invalid=vote.n_slices - vote.n_usable,
+            tie=vote.tie,
+            p_hgg_mean=vote.p_positive_mean,
+            grade_score=vote.score,
+            score_source=vote.score_source,
+        )
+
+    def stacked_masks(self, base: dict, work: _CaseWork, task: str, run: int, chosen):
+        """The slice masks stacked into a 3D mask, scored against WT in 3D (and on the asked
+        slices only); written as NIfTI when ``save_masks``."""
+        by_slice = {image.index: image for image in work.slices}
+        volume = np.zeros(work.wt.shape, dtype=bool)
+        selected = np.zeros(work.wt.shape, dtype=bool)
+        for r in chosen:
+            geometry = by_slice[r.slice_index].geometry
+            geometry.insert(r.score.mask, out=volume)
+            geometry.insert(geometry.extract(work.wt), out=selected)
+        full = score_masks(volume, work.wt, work.spacing)
+        part = score_masks(volume, selected, work.spacing)
+        mask_path = None
+        if self.config.save_masks:
+            path = self.out / "masks" / work.record.case_id / f"vlm_{task}_run{run}.nii.gz"
+            write_nifti(path, volume.astype(np.uint8), work.affine)
+            mask_path = str(path.relative_to(self.out))
+        distances = [r.score.distance_to_centre_mm for r in chosen]
+        return PatientRecord(
+            **base,
+            dice_3d=full.dice,
+            hd95_3d=full.hd95,
+            hd_max_3d=full.hd_max,
+            pred_voxels=full.pred_voxels,
+            ref_voxels=full.ref_voxels,
+            empty_rule=full.empty,
+            dice_selected=part.dice,
+            hd95_selected=part.hd95,
+            mean_slice_dice=_mean([r.score.dice for r in chosen]),
+            inside_fraction=_mean([float(r.score.inside) for r in chosen]),
+            mean_distance_mm=_mean(distances),
+            mask_path=mask_path,
         )
 
     # ---------------------------------------------------------------- tables
