@@ -18,9 +18,15 @@ Modules (heavy libraries are imported only inside the functions that need them):
   QLoRA fine-tuning, :func:`finetune`.
 """
 
-from GliomaCompareLib.vlm.backends import make_backend
+from GliomaCompareLib.vlm.backends import BackendSettings, make_backend
 from GliomaCompareLib.vlm.cache import AnswerCache, answer_key
-from GliomaCompareLib.vlm.finetune import FinetuneConfig, FinetuneResult, finetune
+from GliomaCompareLib.vlm.finetune import (
+    FinetuneConfig,
+    FinetuneEpoch,
+    FinetuneProgress,
+    FinetuneResult,
+    finetune,
+)
 from GliomaCompareLib.vlm.inference import (
     PatientRecord,
     ProgressEvent,
@@ -52,8 +58,11 @@ __all__ = [
     "TINY_MODEL_LABEL",
     "Answer",
     "AnswerCache",
+    "BackendSettings",
     "DecodingConfig",
     "FinetuneConfig",
+    "FinetuneEpoch",
+    "FinetuneProgress",
     "FinetuneResult",
     "GradeVote",
     "ParsedAnswer",
