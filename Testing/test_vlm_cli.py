@@ -200,7 +200,7 @@ def test_unknown_task_names_the_tasks(capsys):
     ],
 )
 def test_finetune_config_converts_itself_to_options(config):
-    argv = to_cli_args(config)
+    argv = config.to_cli_args()
     assert (
         dataclass_from_args(FinetuneConfig, build_parser().parse_args([*FINETUNE, *argv])) == config
     )
@@ -215,7 +215,7 @@ def test_vlm_config_converts_itself_to_options():
         coordinate_system="per_mille",
         slice_rule=SliceRule(min_area_mm2=20.0),
     )
-    argv = to_cli_args(config)
+    argv = config.to_cli_args()
     assert "--no-masks" in argv and "--tasks" in argv
     assert dataclass_from_args(VLMConfig, build_parser().parse_args([*VLM, *argv])) == config
 

@@ -13,7 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from GliomaCompareLib.argtypes import count_or_none, positive_float_or_none, positive_int
+from GliomaCompareLib.argtypes import (
+    count_or_none,
+    positive_float_or_none,
+    positive_int,
+    to_cli_args,
+)
 from GliomaCompareLib.data.slices import SliceRule, WindowSpec
 from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
 from GliomaCompareLib.vlm.finetune_data import POINT_TARGETS, ExampleSettings
@@ -256,6 +261,11 @@ class FinetuneConfig:
             extra = "|".join(sorted(set(self.extra_target_modules)))
             pattern = rf"(?:{pattern})|(?:.*\.)?(?:{extra})"
         return pattern
+
+    def to_cli_args(self) -> list[str]:
+        """The command-line options that rebuild these settings (those that differ from the
+        defaults; see :func:`~GliomaCompareLib.argtypes.to_cli_args`)."""
+        return to_cli_args(self)
 
     def to_dict(self) -> dict:
         data = asdict(self)

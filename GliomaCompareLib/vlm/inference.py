@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from GliomaCompareLib import geometry as g
-from GliomaCompareLib.argtypes import positive_int
+from GliomaCompareLib.argtypes import positive_int, to_cli_args
 from GliomaCompareLib.data.case import load_case
 from GliomaCompareLib.data.discovery import Cohort, discover_cases
 from GliomaCompareLib.data.io import write_nifti
@@ -231,6 +231,11 @@ class VLMConfig:
         if self.slices_per_case is None:
             return self.slice_rule
         return replace(self.slice_rule, max_slices=self.slices_per_case)
+
+    def to_cli_args(self) -> list[str]:
+        """The command-line options that rebuild these settings (those that differ from the
+        defaults; see :func:`~GliomaCompareLib.argtypes.to_cli_args`)."""
+        return to_cli_args(self)
 
     def to_dict(self) -> dict:
         data = asdict(self)
