@@ -30,6 +30,8 @@ LAYERS = {
     "resources": 0,
     "argtypes": 0,
     "distributed": 0,
+    "versions": 0,
+    "history": 0,
     "data": 1,
     "geometry": 2,
     "masks": 2,

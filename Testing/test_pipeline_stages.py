@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
+from dataclasses import dataclass
 
 import pytest
 
-from GliomaCompareLib.pipeline.stages import (
+from GliomaCompareLib.pipeline.runner import (
     ConfigChangedError,
     Shard,
     Stage,
@@ -174,3 +180,85 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_fingerprint_ignores_key_order():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+@dataclass(frozen=True)
+class Typed:
+    scale: int
+
+
+def test_stages_see_the_typed_config_and_fingerprints_come_from_the_raw_mapping(tmp_path):
+    seen = []
+
+    def record(ctx):
+        seen.append(ctx.config)
+        return {"scale": ctx.config.scale}
+
+    stages = [Stage("s", record, config_keys=("model",), enabled=lambda c: c.scale > 0)]
+    out = StageRunner(tmp_path, stages, Typed(2), raw={"model": {"scale": 2}}).run()
+    assert seen == [Typed(2)] and out == {"s": {"scale": 2}}
+    done = json.loads((tmp_path / "stages" / "s" / "done.json").read_text())
+    assert done["inputs"]["config"] == {"model": {"scale": 2}}
+    with pytest.raises(ConfigChangedError, match=r"model\.scale: 2 -> 3"):
+        StageRunner(tmp_path, stages, Typed(3), raw={"model": {"scale": 3}}).run()
+    assert StageRunner(tmp_path, stages, Typed(0), raw={}).run() == {"s": {"disabled": True}}
+
+
+#: Runs one whole-cohort stage as shard i of 2 in its own process (argv: run_dir, i, fcntl?).
+LOCK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+
+    if sys.argv[3] == "no-fcntl":
+        sys.modules["fcntl"] = None  # as on Windows: `import fcntl` fails
+    from GliomaCompareLib.pipeline.runner import Shard, Stage, StageRunner
+
+    run_dir, shard = Path(sys.argv[1]), int(sys.argv[2])
+    log = run_dir / "calls.txt"
+
+    def train(ctx):
+        with log.open("a") as handle:
+            handle.write(f"start {shard}\\n")
+        time.sleep(1.0)
+        with log.open("a") as handle:
+            handle.write(f"end {shard}\\n")
+        return {"trained_by": shard}
+
+    while not (run_dir / "go").exists():  # both processes start the stage together
+        time.sleep(0.01)
+    runner = StageRunner(run_dir, [Stage("train", train)], {}, shard=Shard(shard, 2))
+    print(json.dumps({"summary": runner.run(), "fcntl": "fcntl" in sys.modules
+                      and sys.modules["fcntl"] is not None}))
+    """
+)
+
+
+@pytest.mark.parametrize("fcntl", ["fcntl", "no-fcntl"])
+def test_the_stage_lock_works_across_processes_with_and_without_fcntl(tmp_path, fcntl):
+    script = tmp_path / "shard.py"
+    script.write_text(LOCK_SCRIPT)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(run_dir), str(i), fcntl],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for i in range(2)
+    ]
+    time.sleep(0.5)
+    (run_dir / "go").touch()
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    calls = (run_dir / "calls.txt").read_text().split()
+    assert len(calls) == 4 and calls[0] == "start" and calls[2] == "end"  # ran once, whole
+    winner = int(calls[1])
+    assert all(r["summary"] == {"train": {"trained_by": winner}} for r in results)
+    assert all(r["fcntl"] == (fcntl == "fcntl") for r in results)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from GliomaCompareLib import geometry as g
-from GliomaCompareLib.vlm.parsing import STATUSES, parse_answer, repair_json
+from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, parse_answer, repair_json
 from GliomaCompareLib.vlm.tasks import TASK_NAMES, load_tasks, parse_task_list
 
 W, H = 240, 200
@@ -151,7 +151,7 @@ GRADE_CASES = [
 def test_grade_answers(tasks, prompts, text, status, stage, label):
     parsed = parse(tasks, prompts, "grade", text)
     assert (parsed.status, parsed.stage, parsed.label) == (status, stage, label)
-    assert parsed.status in STATUSES
+    assert parsed.status in PARSE_STATUSES
 
 
 GEOMETRY_CASES = [

@@ -25,7 +25,7 @@ _EXPORTS = {
     "SegConfig": "config",
     "TrainSettings": "config",
     "load_cnn_config": "config",
-    "EpochRecord": "train",
+    "EpochRecord": "history",
     "TrainResult": "train",
     "TrainingCallback": "train",
     "choose_threshold": "train",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from GliomaCompareLib.fileio import atomic_write_text
+from GliomaCompareLib.versions import library_versions
 
 __all__ = [
     "MODEL_FORMAT",
@@ -33,6 +34,7 @@ __all__ = [
     "ModelInfo",
     "atomic_write_text",
     "check_compatible",
+    "describe_architecture",
     "file_sha256",
     "load_model_info",
     "load_training_state",
@@ -68,7 +70,7 @@ class ModelInfo:
         metrics: best epoch, validation metrics, skipped cases, ...
         threshold: decision threshold on P(HGG) (classification), else None.
         weights_sha256: sha256 of ``model.safetensors``.
-        versions: library versions used.
+        versions: library versions used (:func:`GliomaCompareLib.versions.library_versions`).
         created: ISO time.
     """
 
@@ -85,7 +87,7 @@ class ModelInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     threshold: float | None = None
     weights_sha256: str = ""
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
     created: str = ""
     format: str = MODEL_FORMAT
 
@@ -122,15 +124,6 @@ class ModelInfo:
             )
         except (KeyError, TypeError) as exc:
             raise IncompatibleModelError(f"{where}: incomplete model description ({exc})") from exc
-
-
-def library_versions() -> dict[str, str]:
-    import monai
-    import torch
-
-    from GliomaCompareLib import __version__
-
-    return {"gliomacompare": __version__, "torch": torch.__version__, "monai": monai.__version__}
 
 
 def _atomic_target(path: Path):
@@ -226,8 +219,8 @@ def check_compatible(
         problems.append(f"it is a {info.task!r} model, not {task!r}")
     if architecture is not None and info.architecture != architecture:
         problems.append(
-            f"architecture {_arch(info.architecture)} differs from the configured "
-            f"{_arch(architecture)}"
+            f"architecture {describe_architecture(info.architecture)} differs from the "
+            f"configured {describe_architecture(architecture)}"
         )
     if channels is not None and tuple(info.channels) != tuple(channels):
         problems.append(f"input channels {list(info.channels)} differ from {list(channels)}")
@@ -241,7 +234,8 @@ def check_compatible(
         raise IncompatibleModelError(f"{where} ({info.model_id}) refused: " + "; ".join(problems))
 
 
-def _arch(arch: dict[str, Any]) -> str:
+def describe_architecture(arch: dict[str, Any]) -> str:
+    """``SegResNet(init_filters=8, ...; in=4, out=3)``: a network summary in one line."""
     args = ", ".join(f"{k}={v}" for k, v in sorted(arch.get("kwargs", {}).items()))
     return (
         f"{arch.get('name')}({args}; in={arch.get('in_channels')}, out={arch.get('out_channels')})"

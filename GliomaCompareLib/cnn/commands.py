@@ -1,14 +1,26 @@
 """``gliomacompare train-cnn`` and ``gliomacompare predict-cnn``.
 
-Nothing heavy is imported here at module level (``gliomacompare --help`` stays fast).
+Nothing heavy is imported here at module level (``gliomacompare --help`` stays fast): the CNN
+modules import torch and MONAI only when they train or predict.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from GliomaCompareLib.argtypes import split_fractions
+from GliomaCompareLib.cli import CommandError
+from GliomaCompareLib.cnn.config import load_cnn_config
+from GliomaCompareLib.cnn.inference import load_classifier, load_segmenter, predict_cases
+from GliomaCompareLib.cnn.scoring import score_predictions
+from GliomaCompareLib.cnn.train import train_classifier, train_segmenter
+from GliomaCompareLib.data.discovery import discover_cases
+from GliomaCompareLib.data.splits import Splits, load_or_make_splits
+from GliomaCompareLib.distributed import init_distributed
+from GliomaCompareLib.pipeline.config import load_run_config
 
 __all__ = ["register"]
 
@@ -98,14 +110,6 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from dataclasses import replace
-
-    from GliomaCompareLib.cli import CommandError
-    from GliomaCompareLib.cnn.train import train_classifier, train_segmenter
-    from GliomaCompareLib.data.discovery import discover_cases
-    from GliomaCompareLib.data.splits import load_or_make_splits
-    from GliomaCompareLib.distributed import init_distributed
-
     config, run_weights = _read_config(args.config)
     tasks = ["seg", "cls"] if args.task == "both" else [args.task]
     if args.weights and len(tasks) > 1:
@@ -165,8 +169,6 @@ def _train(args) -> int:
 def _read_config(source: str | None):
     """(CNNConfig, {task: weights}) from a YAML with ``cnn:`` (a run config or preset name,
     ``extends`` resolved) or a bare ``seg:`` / ``cls:`` file."""
-    from GliomaCompareLib.cnn.config import load_cnn_config
-
     if source is None:
         return load_cnn_config(None), {}
     path = Path(source)
@@ -179,8 +181,6 @@ def _read_config(source: str | None):
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not readable YAML ({exc})") from exc
     if raw is None or (isinstance(raw, dict) and ("cnn" in raw or "extends" in raw)):
-        from GliomaCompareLib.pipeline.config import load_run_config
-
         raw, _ = load_run_config(source)  # a preset name, or a run config with extends
         weights = (raw.get("cnn") or {}).get("weights") or {}
         return load_cnn_config(raw), {k: v for k, v in weights.items() if v}
@@ -188,43 +188,73 @@ def _read_config(source: str | None):
 
 
 def _predict(args) -> int:
-    from GliomaCompareLib.cnn.inference import load_classifier, load_segmenter, predict_cases
-    from GliomaCompareLib.data.discovery import discover_cases
-    from GliomaCompareLib.data.splits import Splits
+    # models: a bare weights file, one model folder, or a train-cnn output folder
+    segmenter, classifier = _load_models(args)
+    # cases: the data folder's, narrowed by --split / --subset and --case
+    records = _select_records(args)
+    run = predict_cases(
+        records,
+        args.out,
+        segmenter=segmenter,
+        classifier=classifier,
+        convention=args.convention,
+        save_probabilities=args.save_probabilities,
+        skip_existing=not args.redo,
+        progress=not args.quiet,
+    )
+    models = ", ".join(m.model_id for m in (segmenter, classifier) if m is not None)
+    print(f"predicted {len(run.predictions)} cases with {models} into {run.out_dir}")
+    if run.grades_csv:
+        print(f"grades: {run.grades_csv}")
+    # scores against the references, where cases have them
+    if not args.no_score and run.predictions:
+        _score(run, records, args.convention)
+    for case_id, reason in run.failures:
+        print(f"failed {case_id}: {reason}", file=sys.stderr)
+    return 0 if not run.failures else 1
 
+
+def _load_models(args):
+    """(segmenter or None, classifier or None) from ``--model`` (and ``--config``).
+
+    Raises:
+        FileNotFoundError: when ``--model`` is missing or holds no model.
+    """
     model = Path(args.model)
     config = _read_config(args.config)[0] if args.config else None
     # with --config, a model folder must hold that architecture; its inference settings
     # (ROI, windows per batch, overlap, threshold) then come from the config
     seg_config = config.seg if config else None
     cls_config = config.cls if config else None
-    segmenter = classifier = None
-    if model.is_file():
-        segmenter = load_segmenter(
-            model, config=seg_config, convention=args.convention, device=args.device
+
+    def segmenter(folder: Path):
+        return load_segmenter(
+            folder, config=seg_config, convention=args.convention, device=args.device
         )
-    elif (model / "model.json").is_file():
-        import json
 
+    def classifier(folder: Path):
+        return load_classifier(folder, config=cls_config, device=args.device)
+
+    if model.is_file():
+        return segmenter(model), None
+    if (model / "model.json").is_file():
         task = json.loads((model / "model.json").read_text()).get("task")
-        if task == "cls":
-            classifier = load_classifier(model, config=cls_config, device=args.device)
-        else:
-            segmenter = load_segmenter(
-                model, config=seg_config, convention=args.convention, device=args.device
-            )
-    elif model.is_dir():
-        if (model / "seg" / "model.json").is_file():
-            segmenter = load_segmenter(
-                model / "seg", config=seg_config, convention=args.convention, device=args.device
-            )
-        if (model / "cls" / "model.json").is_file():
-            classifier = load_classifier(model / "cls", config=cls_config, device=args.device)
-        if segmenter is None and classifier is None:
-            raise FileNotFoundError(f"{model}: holds no model (no model.json, seg/ or cls/)")
-    else:
+        return (None, classifier(model)) if task == "cls" else (segmenter(model), None)
+    if not model.is_dir():
         raise FileNotFoundError(f"{model}: model folder or weights file not found")
+    seg = segmenter(model / "seg") if (model / "seg" / "model.json").is_file() else None
+    cls = classifier(model / "cls") if (model / "cls" / "model.json").is_file() else None
+    if seg is None and cls is None:
+        raise FileNotFoundError(f"{model}: holds no model (no model.json, seg/ or cls/)")
+    return seg, cls
 
+
+def _select_records(args) -> list:
+    """The case records to predict: all, those of ``--split``'s ``--subset``, or ``--case``.
+
+    Raises:
+        ValueError: ``--subset`` without ``--split``, an unknown ``--case``, no case left.
+    """
     cohort = discover_cases(args.data, args.convention)
     records = list(cohort.cases)
     if args.split:
@@ -242,29 +272,14 @@ def _predict(args) -> int:
         records = [r for r in records if r.case_id in set(args.case)]
     if not records:
         raise ValueError("no case selected")
-    run = predict_cases(
-        records,
-        args.out,
-        segmenter=segmenter,
-        classifier=classifier,
-        convention=args.convention,
-        save_probabilities=args.save_probabilities,
-        skip_existing=not args.redo,
-        progress=not args.quiet,
-    )
-    models = ", ".join(m.model_id for m in (segmenter, classifier) if m is not None)
-    print(f"predicted {len(run.predictions)} cases with {models} into {run.out_dir}")
-    if run.grades_csv:
-        print(f"grades: {run.grades_csv}")
-    if not args.no_score and run.predictions:
-        from GliomaCompareLib.cnn.scoring import score_predictions
+    return records
 
-        scores = score_predictions(run, records, convention=args.convention)
-        if scores.summary():
-            print(scores.summary())
-        for path in (scores.seg_csv, scores.grade_json):
-            if path is not None:
-                print(f"scores: {path}")
-    for case_id, reason in run.failures:
-        print(f"failed {case_id}: {reason}", file=sys.stderr)
-    return 0 if not run.failures else 1
+
+def _score(run, records, convention: str) -> None:
+    """Score the predictions against the cases' reference label maps / grades; print where."""
+    scores = score_predictions(run, records, convention=convention)
+    if scores.summary():
+        print(scores.summary())
+    for path in (scores.seg_csv, scores.grade_json):
+        if path is not None:
+            print(f"scores: {path}")

@@ -10,10 +10,14 @@ or not at all (``cache: none``). Random augmentation follows (MONAI transforms).
 
 Every case is prepared once up front; a case that fails (missing label map, unreadable file,
 empty image ...) is reported with its reason and left out, and the others go on.
+
+torch and MONAI are imported only when data are prepared (``import`` of this module stays
+light); :class:`PrepareCased` is made on first use for the same reason.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -23,24 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import (
-    Compose,
-    DeleteItemsd,
-    MapTransform,
-    RandAffined,
-    RandCropByPosNegLabeld,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SpatialPadd,
-)
 
 from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, config_to_dict
 from GliomaCompareLib.cnn.preprocess import prepare_image, region_targets, resize_image
+from GliomaCompareLib.data.case import load_case
 
-__all__ = ["PrepareCased", "PreparedData", "case_fingerprint", "prepare_data", "random_transform"]
+__all__ = ["PreparedData", "case_fingerprint", "prepare_data", "random_transform"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +64,7 @@ def _prep_key(config: SegConfig | ClsConfig, convention) -> str:
     return json.dumps(keep, sort_keys=True)
 
 
-class PrepareCased(MapTransform):
+class _CasePreparation:
     """Deterministic preparation of an item ``{"case_id", "fingerprint"}`` (a MONAI
     ``MapTransform``, so MONAI datasets cache its output).
 
@@ -93,7 +85,7 @@ class PrepareCased(MapTransform):
         self.convention = convention
 
     def __call__(self, data: dict) -> dict:
-        from GliomaCompareLib.data.case import load_case
+        import torch
 
         case_id = data["case_id"]
         record = self.records[case_id]
@@ -119,6 +111,22 @@ class PrepareCased(MapTransform):
         return out
 
 
+@functools.cache
+def _prepare_cased_class() -> type:
+    """``PrepareCased``: :class:`_CasePreparation` as a MONAI ``MapTransform`` (made once, on
+    first use, so that importing this module does not import MONAI)."""
+    from monai.transforms import MapTransform
+
+    namespace = {"__module__": __name__, "__doc__": _CasePreparation.__doc__}
+    return type("PrepareCased", (_CasePreparation, MapTransform), namespace)
+
+
+def __getattr__(name: str):
+    if name == "PrepareCased":  # pickle finds the class here too (DataLoader workers)
+        return _prepare_cased_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def random_transform(config: SegConfig | ClsConfig):
     """The training augmentation (MONAI transforms), after the cached preparation.
 
@@ -127,6 +135,17 @@ def random_transform(config: SegConfig | ClsConfig):
     as the bundle). Classification (with ``augment``): left-right flip, small rotation and
     scaling, intensity scale and shift.
     """
+    from monai.transforms import (
+        Compose,
+        DeleteItemsd,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
     if config.task == "seg":
         keys = ["image", "label"]
         pos = float(config.pos_fraction)
@@ -212,12 +231,48 @@ def prepare_data(
             wait at ``barrier()`` before reading it.
         progress: show a progress bar.
     """
-    from tqdm.auto import tqdm
-
     conv = cohort.convention
+    records, skipped = _usable_records(cohort, (*train_ids, *val_ids))
+    key = _prep_key(config, conv)
+    items = {c: {"case_id": c, "fingerprint": case_fingerprint(r, key)} for c, r in records.items()}
+    prepare = _prepare_cased_class()(records, config, conv)
+    mode = config.train.cache
+    if mode == "disk":
+        if cache_dir is None:
+            raise ValueError("cache 'disk' needs a cache folder")
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    order = [c for c in (*train_ids, *val_ids) if c in items]
+    keep = set(order) if mode == "memory" else set(val_ids)  # prepared items held in memory
+    disk = cache_dir if mode == "disk" else None
+    show = progress and is_main
+    if mode == "disk" and barrier is not None and not is_main:
+        barrier()  # the main process fills the cache first
+        warmed = _warm(order, items, prepare, config.task, disk, keep, skipped, show)
+    else:
+        warmed = _warm(order, items, prepare, config.task, disk, keep, skipped, show)
+        if mode == "disk" and barrier is not None:
+            barrier()
+    ok, targets, kept = warmed
+    train_ok = [c for c in train_ids if c in ok]
+    val_ok = [c for c in val_ids if c in ok]
+    return PreparedData(
+        train=_train_dataset(
+            mode, train_ok, items, kept, prepare, random_transform(config), cache_dir
+        ),
+        val=[kept[c] for c in val_ok],
+        train_ids=train_ok,
+        val_ids=val_ok,
+        train_targets=[targets[c] for c in train_ok if c in targets],
+        skipped=skipped,
+    )
+
+
+def _usable_records(cohort, case_ids: Sequence[str]) -> tuple[dict[str, Any], list]:
+    """({case_id: record} of the usable cases, [(case_id, reason)] of the others)."""
     skipped: list[tuple[str, str]] = []
     records: dict[str, Any] = {}
-    for case_id in (*train_ids, *val_ids):
+    for case_id in case_ids:
         try:
             record = cohort.get(case_id)
         except KeyError:
@@ -227,68 +282,56 @@ def prepare_data(
             skipped.append((case_id, "; ".join(record.problems)))
             continue
         records[case_id] = record
-    key = _prep_key(config, conv)
-    items = {c: {"case_id": c, "fingerprint": case_fingerprint(r, key)} for c, r in records.items()}
-    prepare = PrepareCased(records, config, conv)
-    mode = config.train.cache
-    if mode == "disk":
-        if cache_dir is None:
-            raise ValueError("cache 'disk' needs a cache folder")
-        cache_dir = Path(cache_dir)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    order = [c for c in (*train_ids, *val_ids) if c in items]
-    val_set = set(val_ids)
-    kept: dict[str, dict] = {}  # prepared items held in memory
+    return records, skipped
+
+
+def _warm(order, items, prepare, task: str, cache_dir, keep: set, skipped: list, show: bool):
+    """Prepare every case once (through the disk cache when ``cache_dir`` is set, else
+    directly).
+
+    Returns:
+        (case ids prepared, {case_id: grade target}, {case_id: item} of the ``keep`` cases);
+        a case that fails is appended to ``skipped`` with its reason.
+    """
+    from monai.data import PersistentDataset
+    from tqdm.auto import tqdm
+
     ok: set[str] = set()
     targets: dict[str, float] = {}
+    kept: dict[str, dict] = {}
+    ds = (
+        PersistentDataset([items[c] for c in order], prepare, cache_dir=cache_dir)
+        if cache_dir is not None
+        else None
+    )
+    bar = tqdm(order, desc=f"prepare {task} cases", disable=not show)
+    for i, case_id in enumerate(bar):
+        try:
+            item = ds[i] if ds is not None else prepare(dict(items[case_id]))
+        except Exception as exc:  # one bad case never stops the others
+            reason = _innermost(exc)
+            log.warning("%s: left out of %s training: %s", case_id, task, reason)
+            skipped.append((case_id, reason))
+            continue
+        ok.add(case_id)
+        if "target" in item:
+            targets[case_id] = float(item["target"][0])
+        if case_id in keep:
+            kept[case_id] = item
+    return ok, targets, kept
 
-    def warm():
-        ds = (
-            PersistentDataset([items[c] for c in order], prepare, cache_dir=cache_dir)
-            if mode == "disk"
-            else None
-        )
-        bar = tqdm(order, desc=f"prepare {config.task} cases", disable=not (progress and is_main))
-        for i, case_id in enumerate(bar):
-            try:
-                item = ds[i] if ds is not None else prepare(dict(items[case_id]))
-            except Exception as exc:  # one bad case never stops the others
-                reason = _innermost(exc)
-                log.warning("%s: left out of %s training: %s", case_id, config.task, reason)
-                skipped.append((case_id, reason))
-                continue
-            ok.add(case_id)
-            if "target" in item:
-                targets[case_id] = float(item["target"][0])
-            if mode == "memory" or case_id in val_set:
-                kept[case_id] = item
 
-    if mode == "disk" and barrier is not None and not is_main:
-        barrier()  # the main process fills the cache first
-        warm()
-    else:
-        warm()
-        if mode == "disk" and barrier is not None:
-            barrier()
+def _train_dataset(mode: str, train_ok, items, kept, prepare, augment, cache_dir):
+    """The training dataset: prepared items (cached on disk, in memory or not) + augmentation."""
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+    from monai.transforms import Compose
 
-    train_ok = [c for c in train_ids if c in ok]
-    val_ok = [c for c in val_ids if c in ok]
-    augment = random_transform(config)
     if mode == "disk":
         chain = Compose([prepare, *augment.transforms])
-        train_ds = PersistentDataset([items[c] for c in train_ok], chain, cache_dir=cache_dir)
-    elif mode == "memory":
-        train_ds = CacheDataset([kept[c] for c in train_ok], augment, progress=False)
-    else:
-        train_ds = Dataset([items[c] for c in train_ok], Compose([prepare, *augment.transforms]))
-    return PreparedData(
-        train=train_ds,
-        val=[kept[c] for c in val_ok],
-        train_ids=train_ok,
-        val_ids=val_ok,
-        train_targets=[targets[c] for c in train_ok if c in targets],
-        skipped=skipped,
-    )
+        return PersistentDataset([items[c] for c in train_ok], chain, cache_dir=cache_dir)
+    if mode == "memory":
+        return CacheDataset([kept[c] for c in train_ok], augment, progress=False)
+    return Dataset([items[c] for c in train_ok], Compose([prepare, *augment.transforms]))
 
 
 def _innermost(exc: BaseException) -> str:

@@ -37,10 +37,18 @@ from GliomaCompareLib.cnn.checkpoint import (
     ModelInfo,
     atomic_write_text,
     check_compatible,
+    describe_architecture,
     file_sha256,
     load_model_info,
 )
-from GliomaCompareLib.cnn.config import ClsConfig, SegConfig
+from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, config_to_dict, load_cnn_config
+from GliomaCompareLib.cnn.networks import (
+    build_network,
+    channels_last,
+    load_weights,
+    network_summary,
+    size_divisor,
+)
 from GliomaCompareLib.cnn.preprocess import (
     BrainCrop,
     prepare_image,
@@ -48,7 +56,12 @@ from GliomaCompareLib.cnn.preprocess import (
     resize_image,
     uncrop,
 )
+from GliomaCompareLib.data.case import load_case
 from GliomaCompareLib.data.conventions import REGIONS, Convention, load_convention
+from GliomaCompareLib.data.discovery import CaseRecord
+from GliomaCompareLib.data.io import write_nifti
+from GliomaCompareLib.data.regions import labels_from_regions
+from GliomaCompareLib.distributed import resolve_device
 
 __all__ = [
     "CasePrediction",
@@ -59,6 +72,7 @@ __all__ = [
     "SegmentationOutput",
     "Segmenter",
     "SegmenterLike",
+    "autocast",
     "effective_roi",
     "load_classifier",
     "load_segmenter",
@@ -72,28 +86,6 @@ log = logging.getLogger(__name__)
 GRADES_COLUMNS = ("case_id", "p_hgg", "predicted_grade", "threshold", "model_id", "reference_grade")
 
 
-def resolve_device(device: str | None = "auto"):
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` / ``"cuda:N"`` / ``"cpu"``.
-
-    Raises:
-        ValueError: for CUDA requested on a machine without it, or an unknown name.
-    """
-    import torch
-
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"--device {device}: CUDA is not available on this machine; use cpu or auto"
-            )
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"--device {device!r}: use auto, cuda, cuda:N or cpu")
-
-
 def effective_roi(roi: Sequence[int], shape: Sequence[int], divisor: int) -> tuple[int, ...]:
     """The ROI clipped per axis to ``shape`` rounded up to a multiple of ``divisor``."""
     out = []
@@ -103,7 +95,8 @@ def effective_roi(roi: Sequence[int], shape: Sequence[int], divisor: int) -> tup
     return tuple(out)
 
 
-def _autocast(device, amp: bool):
+def autocast(device, amp: bool):
+    """float16 autocast on CUDA when ``amp``, else a context that does nothing."""
     import torch
 
     if amp and device.type == "cuda":
@@ -134,7 +127,7 @@ def segment_logits(network, image, config: SegConfig, device, amp: bool = True, 
     # (benchmarks/bench_cnn_infer.py: 4 windows per pass took 35-37 s and 3.9 GB, 1 took
     # 34-37 s and 1.7 GB for a 240x240x155 case at ROI 128)
     windows = config.sw_batch_size if torch.device(device).type == "cuda" else 1
-    with torch.inference_mode(), _autocast(device, amp):
+    with torch.inference_mode(), autocast(device, amp):
         out = sliding_window_inference(
             tensor,
             roi_size=roi,
@@ -222,8 +215,6 @@ class Segmenter:
         amp: bool = True,
         memory_format_channels_last: bool = True,
     ):
-        from GliomaCompareLib.cnn.networks import channels_last, size_divisor
-
         self.device = (
             device if not isinstance(device, (str, type(None))) else resolve_device(device)
         )
@@ -247,8 +238,6 @@ class Segmenter:
             ValueError / KeyError: naming the case (empty image, missing channel).
         """
         import torch
-
-        from GliomaCompareLib.data.regions import labels_from_regions
 
         start = time.perf_counter()
         if self.config.crop:
@@ -285,8 +274,6 @@ class Classifier:
     def __init__(
         self, network, config: ClsConfig, *, threshold: float, model_id: str, device="auto"
     ):
-        from GliomaCompareLib.cnn.networks import channels_last
-
         self.device = (
             device if not isinstance(device, (str, type(None))) else resolve_device(device)
         )
@@ -298,8 +285,6 @@ class Classifier:
     def probability(self, case) -> float:
         """P(HGG) of one ``Case`` (sigmoid of the network's logit)."""
         import torch
-
-        from GliomaCompareLib.cnn.networks import channels_last
 
         image, _ = prepare_image(case, self.config.channels, self.config.crop_margin)
         image = resize_image(image, self.config.input_size)
@@ -315,15 +300,11 @@ class Classifier:
 
 
 def _config_from_info(info: ModelInfo):
-    from GliomaCompareLib.cnn.config import load_cnn_config
-
     return getattr(load_cnn_config({info.task: info.config}), info.task)
 
 
 def _network_from_folder(folder: Path, info: ModelInfo, config):
     from safetensors.torch import load_file
-
-    from GliomaCompareLib.cnn.networks import build_network, network_summary
 
     arch = network_summary(config.network, len(config.channels), info.architecture["out_channels"])
     check_compatible(info, task=info.task, architecture=arch, where=str(folder))
@@ -360,8 +341,6 @@ def load_segmenter(
         IncompatibleModelError: a folder of another task / architecture / convention.
         WeightsError: weights that do not fit the architecture.
     """
-    from GliomaCompareLib.cnn.networks import build_network, load_weights, network_summary
-
     conv = load_convention(convention)
     source = Path(source)
     if source.is_dir():
@@ -384,14 +363,9 @@ def load_segmenter(
     config = config or SegConfig()
     network = build_network(config.network, len(config.channels), len(config.regions), "seg")
     arch = network_summary(config.network, len(config.channels), len(config.regions))
-    load_weights(network, source, describe=_describe(arch))
+    load_weights(network, source, describe=describe_architecture(arch))
     model_id = f"seg-{config.network.name}-{file_sha256(source)[:10]}"
     return Segmenter(network, config, model_id=model_id, convention=conv, device=device)
-
-
-def _describe(arch: dict) -> str:
-    args = ", ".join(f"{k}={v}" for k, v in sorted(arch["kwargs"].items()))
-    return f"{arch['name']}({args}; in={arch['in_channels']}, out={arch['out_channels']})"
 
 
 def load_classifier(
@@ -406,8 +380,6 @@ def load_classifier(
     info = load_model_info(source)
     own = _config_from_info(info)
     if config is not None:
-        from GliomaCompareLib.cnn.networks import network_summary
-
         arch = network_summary(config.network, len(config.channels), 1)
         check_compatible(
             info, task="cls", architecture=arch, channels=config.channels, where=str(source)
@@ -506,95 +478,152 @@ def predict_cases(
     """
     from tqdm.auto import tqdm
 
-    from GliomaCompareLib.data.case import load_case
-    from GliomaCompareLib.data.io import write_nifti
-
     if segmenter is None and classifier is None:
         raise ValueError("predict_cases needs a segmenter, a classifier or both")
     conv = load_convention(convention)
     out_dir = Path(out_dir)
     (out_dir / "records").mkdir(parents=True, exist_ok=True)
-    seg_id = segmenter.model_id if segmenter else ""
-    cls_id = classifier.model_id if classifier else ""
-    records = list(cases)
     done: list[CasePrediction] = []
     failures: list[tuple[str, str]] = []
-    bar = tqdm(records, desc="predict-cnn", unit="case", disable=not progress)
+    bar = tqdm(list(cases), desc="predict-cnn", unit="case", disable=not progress)
     for record in bar:
-        case_id = record.case_id
-        bar.set_postfix_str(case_id)
-        record_path = out_dir / "records" / f"{case_id}.json"
-        if skip_existing and record_path.is_file():
-            previous = _read_record(record_path)
-            if (
-                previous is not None
-                and previous.seg_model_id == seg_id
-                and previous.cls_model_id == cls_id
-                and (not save_probabilities or previous.probability_file or not segmenter)
-                and (not previous.label_file or (out_dir / previous.label_file).is_file())
-            ):
-                done.append(previous)
-                continue
-        start = time.perf_counter()
+        bar.set_postfix_str(record.case_id)
+        record_path = out_dir / "records" / f"{record.case_id}.json"
+        previous = (
+            _reusable(record_path, out_dir, segmenter, classifier, save_probabilities)
+            if skip_existing
+            else None
+        )
+        if previous is not None:
+            done.append(previous)
+            continue
         try:
-            if not record.usable:
-                raise ValueError("; ".join(record.problems))
-            case = load_case(record, conv, with_label=False)
-            pred = CasePrediction(
-                case_id, reference_grade=record.grade, seg_model_id=seg_id, cls_model_id=cls_id
-            )
-            if segmenter is not None:
-                seg = segmenter.predict(case, probabilities=save_probabilities)
-                label_file = f"{case_id}.nii.gz"
-                write_nifti(out_dir / label_file, seg.label, case.affine)
-                prob_file = ""
-                if seg.probabilities is not None:
-                    prob_file = f"probabilities/{case_id}.nii.gz"
-                    write_nifti(
-                        out_dir / prob_file, np.moveaxis(seg.probabilities, 0, -1), case.affine
-                    )
-                pred = replace(pred, label_file=label_file, probability_file=prob_file)
-            if classifier is not None:
-                grade = classifier.predict(case)
-                pred = replace(
-                    pred, p_hgg=grade.p_hgg, predicted_grade=grade.grade, threshold=grade.threshold
-                )
-            pred = replace(pred, seconds=round(time.perf_counter() - start, 3))
+            pred = _predict_case(record, out_dir, conv, segmenter, classifier, save_probabilities)
         except Exception as exc:  # one bad case never stops the others
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if case_id not in reason:
-                reason = f"{case_id}: {reason}"
-            log.warning("predict-cnn: %s", reason)
-            failures.append((case_id, reason))
+            failures.append(_failure(record.case_id, exc))
             continue
         atomic_write_text(record_path, json.dumps(asdict(pred), indent=2) + "\n")
         done.append(pred)
-    grades_csv = None
+    grades_csv = _write_grades(out_dir, done) if classifier is not None else None
+    _write_failures(out_dir, failures)
+    _write_summary(out_dir, segmenter, classifier, conv, done, failures, save_probabilities)
+    return PredictionRun(out_dir, tuple(done), tuple(failures), grades_csv)
+
+
+def _model_id(model) -> str:
+    return model.model_id if model is not None else ""
+
+
+def _reusable(
+    record_path: Path, out_dir: Path, segmenter, classifier, save_probabilities: bool
+) -> CasePrediction | None:
+    """The record of a case finished by an earlier run with the same models, else None."""
+    if not record_path.is_file():
+        return None
+    previous = _read_record(record_path)
+    if (
+        previous is not None
+        and previous.seg_model_id == _model_id(segmenter)
+        and previous.cls_model_id == _model_id(classifier)
+        and (not save_probabilities or previous.probability_file or not segmenter)
+        and (not previous.label_file or (out_dir / previous.label_file).is_file())
+    ):
+        return previous
+    return None
+
+
+def _predict_case(
+    record: CaseRecord,
+    out_dir: Path,
+    conv: Convention,
+    segmenter: SegmenterLike | None,
+    classifier: ClassifierLike | None,
+    save_probabilities: bool,
+) -> CasePrediction:
+    """Segment and / or grade one case, writing its label (and probability) files.
+
+    Raises:
+        ValueError: for an unusable case; whatever loading or predicting raises.
+    """
+    start = time.perf_counter()
+    case_id = record.case_id
+    if not record.usable:
+        raise ValueError("; ".join(record.problems))
+    case = load_case(record, conv, with_label=False)
+    pred = CasePrediction(
+        case_id,
+        reference_grade=record.grade,
+        seg_model_id=_model_id(segmenter),
+        cls_model_id=_model_id(classifier),
+    )
+    if segmenter is not None:
+        seg = segmenter.predict(case, probabilities=save_probabilities)
+        label_file = f"{case_id}.nii.gz"
+        write_nifti(out_dir / label_file, seg.label, case.affine)
+        prob_file = ""
+        if seg.probabilities is not None:
+            prob_file = f"probabilities/{case_id}.nii.gz"
+            write_nifti(out_dir / prob_file, np.moveaxis(seg.probabilities, 0, -1), case.affine)
+        pred = replace(pred, label_file=label_file, probability_file=prob_file)
     if classifier is not None:
-        grades_csv = out_dir / "grades.csv"
-        _write_csv(
-            grades_csv,
-            GRADES_COLUMNS,
-            [
-                (
-                    p.case_id,
-                    f"{p.p_hgg:.6f}",
-                    p.predicted_grade,
-                    f"{p.threshold:.6f}",
-                    p.cls_model_id,
-                    p.reference_grade or "",
-                )
-                for p in done
-            ],
+        grade = classifier.predict(case)
+        pred = replace(
+            pred, p_hgg=grade.p_hgg, predicted_grade=grade.grade, threshold=grade.threshold
         )
+    return replace(pred, seconds=round(time.perf_counter() - start, 3))
+
+
+def _failure(case_id: str, exc: Exception) -> tuple[str, str]:
+    """(case_id, first line of the error naming the case), logged as a warning."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if case_id not in reason:
+        reason = f"{case_id}: {reason}"
+    log.warning("predict-cnn: %s", reason)
+    return case_id, reason
+
+
+def _write_grades(out_dir: Path, done: Sequence[CasePrediction]) -> Path:
+    grades_csv = out_dir / "grades.csv"
+    _write_csv(
+        grades_csv,
+        GRADES_COLUMNS,
+        [
+            (
+                p.case_id,
+                f"{p.p_hgg:.6f}",
+                p.predicted_grade,
+                f"{p.threshold:.6f}",
+                p.cls_model_id,
+                p.reference_grade or "",
+            )
+            for p in done
+        ],
+    )
+    return grades_csv
+
+
+def _write_failures(out_dir: Path, failures: Sequence[tuple[str, str]]) -> None:
+    """``failures.csv`` when a case failed; an old one is removed when none did."""
     failures_csv = out_dir / "failures.csv"
     if failures:
         _write_csv(failures_csv, ("case_id", "reason"), failures)
     elif failures_csv.exists():
         failures_csv.unlink()
+
+
+def _write_summary(
+    out_dir: Path,
+    segmenter: SegmenterLike | None,
+    classifier: ClassifierLike | None,
+    conv: Convention,
+    done: Sequence[CasePrediction],
+    failures: Sequence[tuple[str, str]],
+    save_probabilities: bool,
+) -> None:
+    """``predictions.json``: models, settings and counts."""
     summary = {
-        "seg_model_id": seg_id,
-        "cls_model_id": cls_id,
+        "seg_model_id": _model_id(segmenter),
+        "cls_model_id": _model_id(classifier),
         "convention": conv.name,
         "cases": len(done),
         "failures": [{"case_id": c, "reason": r} for c, r in failures],
@@ -603,11 +632,8 @@ def predict_cases(
         "probability_files": "probabilities/<case_id>.nii.gz (X, Y, Z, 3): WT, TC, ET",
     }
     if segmenter is not None and hasattr(segmenter, "config"):
-        from GliomaCompareLib.cnn.config import config_to_dict
-
         summary["seg_config"] = config_to_dict(segmenter.config)
     atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
-    return PredictionRun(out_dir, tuple(done), tuple(failures), grades_csv)
 
 
 def _read_record(path: Path) -> CasePrediction | None:

@@ -19,6 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from GliomaCompareLib.cnn.checkpoint import atomic_write_text
+from GliomaCompareLib.data.conventions import REGIONS, load_convention
+from GliomaCompareLib.data.io import read_image
+from GliomaCompareLib.metrics.classification import classification_report
+from GliomaCompareLib.metrics.segmentation import score_label_maps
 
 __all__ = ["PredictionScores", "score_predictions"]
 
@@ -89,11 +93,6 @@ def score_predictions(
         convention: label convention.
         n_bootstrap, seed: bootstrap of the classification confidence intervals.
     """
-    from GliomaCompareLib.data.conventions import REGIONS, load_convention
-    from GliomaCompareLib.data.io import read_image
-    from GliomaCompareLib.metrics.classification import classification_report
-    from GliomaCompareLib.metrics.segmentation import score_label_maps
-
     conv = load_convention(convention)
     by_id = {r.case_id: r for r in records}
     rows: list[tuple] = []

@@ -5,6 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from GliomaCompareLib.pipeline.config import read_run_config
+from GliomaCompareLib.pipeline.run import STAGE_NAMES, run_comparison
+from GliomaCompareLib.pipeline.runner import ConfigChangedError, Shard
+from GliomaCompareLib.runlayout import METHOD_LABELS, read_table
+
 __all__ = ["print_summary", "register"]
 
 
@@ -59,14 +64,10 @@ def _common(p) -> None:
 
 
 def _run(args) -> int:
-    from GliomaCompareLib.pipeline.config import load_run_config
-    from GliomaCompareLib.pipeline.run import STAGE_NAMES, run_comparison
-    from GliomaCompareLib.pipeline.stages import ConfigChangedError, Shard
-
-    config, path = load_run_config(args.config, args.overrides)
     for name in args.only or []:
         if name not in STAGE_NAMES:
             raise ValueError(f"--only {name}: no such stage ({', '.join(STAGE_NAMES)})")
+    config, path = read_run_config(args.config, args.overrides)
     try:
         outcome = run_comparison(
             config,
@@ -85,8 +86,6 @@ def _run(args) -> int:
 
 def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None) -> None:
     """One screen: what was compared, the headline numbers, and where everything is."""
-    from GliomaCompareLib.runlayout import METHOD_LABELS, read_table
-
     stream = stream or sys.stdout
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics"

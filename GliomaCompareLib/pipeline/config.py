@@ -1,27 +1,59 @@
-"""Run configuration: YAML files and presets in ``Resources/presets``.
+"""Run configuration: YAML files and presets in ``Resources/presets``, parsed into a typed
+:class:`RunConfig`.
 
 A config is a YAML mapping. ``extends: NAME`` (a preset name or a path relative to the file)
 deep-merges the file over another config, so a small file can change a few settings of a preset.
 ``--set key.sub=value`` overrides single values on the command line (the value is parsed as YAML).
 Every choice the study left open (slice rule, prompts, coordinate convention, LoRA settings, CNN
 recipe) lives in the config and is printed in the report and the manifest.
+
+:func:`load_run_config` reads the mapping (``extends`` and overrides resolved);
+:func:`parse_run_config` checks it once and returns a frozen :class:`RunConfig` with one typed
+section per YAML section (``data``, ``split``, ``cnn``, ``vlm``, ``finetune``, ``consistency``,
+``metrics``, ``report``). Stages read the typed sections; the mapping itself stays available as
+``RunConfig.raw``, because the stage fingerprints (by dotted key, ``"cnn.seg"``) and the manifest
+are taken from it.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, load_cnn_config
+from GliomaCompareLib.cnn.networks import build_network
+from GliomaCompareLib.data.slices import SliceRule, WindowSpec
+from GliomaCompareLib.data.synthetic import SynthConfig
+from GliomaCompareLib.report import ReportOptions
 from GliomaCompareLib.resources import resource_path
+from GliomaCompareLib.vlm import DecodingConfig, FinetuneConfig, VLMConfig
 
 __all__ = [
+    "CONSISTENCY_METHODS",
+    "DEVICES",
     "KNOWN_SECTIONS",
+    "VLM_BACKEND_KEYS",
+    "CnnSection",
+    "ConsistencySection",
+    "DataSection",
+    "FinetuneSection",
+    "MetricsSection",
+    "RunConfig",
+    "SplitSection",
+    "VlmSection",
     "apply_overrides",
     "available_presets",
     "deep_merge",
+    "finetune_config_from_dict",
     "load_run_config",
+    "parse_run_config",
+    "read_run_config",
+    "vlm_config_from_dict",
 ]
 
 #: Top-level keys a run config may have; anything else is a typo and is refused.
@@ -76,8 +108,6 @@ def _resolve(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -110,8 +140,6 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict
     Raises:
         ValueError: for an override without ``=`` or with an unknown top-level key.
     """
-    import yaml
-
     out = copy.deepcopy(dict(config))
     for item in overrides:
         if "=" not in item:
@@ -142,3 +170,429 @@ def load_run_config(
     config = apply_overrides(config, overrides)
     config.setdefault("name", path.stem)
     return config, path
+
+
+def read_run_config(
+    name_or_path: str | Path, overrides: Sequence[str] = ()
+) -> tuple[RunConfig, Path]:
+    """:func:`load_run_config` then :func:`parse_run_config`: the typed config and its file."""
+    raw, path = load_run_config(name_or_path, overrides)
+    return parse_run_config(raw), path
+
+
+# ------------------------------------------------------------------------------ typed sections
+#: Compute devices a run accepts (``cuda:N`` too).
+DEVICES = ("auto", "cpu", "cuda")
+
+#: keys of the ``vlm:`` section that choose the backend (the rest is the VLMConfig).
+VLM_BACKEND_KEYS = ("backend", "model", "base_url", "allow_remote", "device", "load_in_4bit",
+                    "seed", "concurrency", "timeout_s", "max_retries")  # fmt: skip
+
+#: VLM methods the ``consistency`` stage can repeat.
+CONSISTENCY_METHODS = ("vlm_base", "vlm_finetuned")
+
+_DATA_KEYS = ("root", "synthetic", "convention", "jobs")
+_SPLIT_KEYS = ("file", "fractions", "seed")
+_CNN_KEYS = ("enabled", "seg", "cls", "weights")
+_CONSISTENCY_KEYS = ("enabled", "runs", "temperature", "tasks", "max_cases", "methods")
+_METRICS_KEYS = ("n_bootstrap",)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``data:``: where the cases come from.
+
+    Attributes:
+        root: a BraTS folder (None with ``synthetic``).
+        synthetic: a synthetic cohort to write into ``RUN/data`` (None: use ``root``).
+        convention: the file-name convention (``brats2020``, ...).
+        jobs: processes for validating cases (and writing a synthetic cohort).
+    """
+
+    root: str | None = None
+    synthetic: SynthConfig | None = None
+    convention: str | None = "brats2020"
+    jobs: int = 1
+
+
+@dataclass(frozen=True)
+class SplitSection:
+    """``split:``: the patient-level split, from a file or made here.
+
+    Attributes:
+        file: a ``splits.json`` to use as it is (None: make one).
+        fractions: train / validation / test shares.
+        seed: seed of the stratified split (default: the run's ``seed``).
+    """
+
+    file: str | None = None
+    fractions: tuple[float, ...] = (0.6, 0.2, 0.2)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CnnSection:
+    """``cnn:``: the CNN arm.
+
+    Attributes:
+        enabled: whether the CNN stages run.
+        seg, cls: the segmentation and classification networks and their training.
+        weights: ``{"seg": ..., "cls": ...}``: released weights to start from (values as given).
+    """
+
+    enabled: bool = True
+    seg: SegConfig = field(default_factory=SegConfig)
+    cls: ClsConfig = field(default_factory=ClsConfig)
+    weights: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def network(self, task: str) -> SegConfig | ClsConfig:
+        """The config of ``task`` (``seg`` or ``cls``)."""
+        return self.seg if task == "seg" else self.cls
+
+
+@dataclass(frozen=True)
+class VlmSection:
+    """``vlm:``: the backend keys, and everything else as the arm's :class:`VLMConfig`.
+
+    Attributes:
+        backend: ``tiny``, ``transformers`` or ``openai``.
+        model, base_url, allow_remote, load_in_4bit, seed: backend options (see ``make_backend``).
+        device: the VLM's device (default: the run's ``device``).
+        concurrency, timeout_s, max_retries: openai options (None: the backend's defaults).
+        inference: slice rule, window, prompts, decoding, tasks ... (:class:`VLMConfig`).
+    """
+
+    backend: str = "tiny"
+    model: str | None = None
+    base_url: str | None = None
+    allow_remote: bool = False
+    device: str = "auto"
+    load_in_4bit: bool = False
+    seed: int = 0
+    concurrency: int | None = None
+    timeout_s: float | None = None
+    max_retries: int | None = None
+    inference: VLMConfig = field(default_factory=VLMConfig)
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    """``finetune:``: LoRA fine-tuning of the VLM.
+
+    Attributes:
+        enabled: whether the fine-tuning stages run.
+        tasks: the tasks fine-tuned and then asked (those of ``vlm.tasks`` it lists; default all).
+        base: the model to fine-tune (None: the VLM backend's model).
+        training: every training setting (None when not enabled).
+    """
+
+    enabled: bool = False
+    tasks: tuple[str, ...] = ()
+    base: str | None = None
+    training: FinetuneConfig | None = None
+
+
+@dataclass(frozen=True)
+class ConsistencySection:
+    """``consistency:``: repeated identical queries.
+
+    Attributes:
+        enabled: whether the stage runs.
+        runs: times each query is asked.
+        temperature: sampling temperature of the repeats.
+        tasks: the tasks repeated (default: ``vlm.tasks``).
+        max_cases: at most this many test patients (None: all).
+        methods: which VLMs are repeated (``vlm_base``, ``vlm_finetuned``).
+    """
+
+    enabled: bool = False
+    runs: int = 3
+    temperature: float = 0.7
+    tasks: tuple[str, ...] = ()
+    max_cases: int | None = None
+    methods: tuple[str, ...] = ("vlm_base",)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """``metrics:``.
+
+    Attributes:
+        n_bootstrap: bootstrap resamples of the classification intervals.
+    """
+
+    n_bootstrap: int = 2000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run config, checked once (see :func:`parse_run_config`).
+
+    Attributes:
+        name, description: the run's name and one line about it.
+        seed: the run's seed (split and bootstrap defaults).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        data, split, cnn, vlm, finetune, consistency, metrics: the typed sections.
+        report: the report settings of the ``report:`` section.
+        raw: the mapping it was parsed from (JSON-able; fingerprints and the manifest use it).
+    """
+
+    name: str = "run"
+    description: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    data: DataSection = field(default_factory=DataSection)
+    split: SplitSection = field(default_factory=SplitSection)
+    cnn: CnnSection = field(default_factory=CnnSection)
+    vlm: VlmSection = field(default_factory=VlmSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    consistency: ConsistencySection = field(default_factory=ConsistencySection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    report: ReportOptions = field(default_factory=ReportOptions)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+
+# ------------------------------------------------------------------------------ parsing
+def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"run config: '{name}' must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _refuse_unknown(where: str, raw: Mapping[str, Any], known: Sequence[str]) -> None:
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"run config: {where}: unknown keys {unknown} (known: {', '.join(known)})")
+
+
+def _dataclass_from(kind, raw: Mapping[str, Any], where: str):
+    names = [f.name for f in fields(kind)]
+    _refuse_unknown(where, raw, names)
+    try:
+        return kind(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run config: {where}: {exc}") from exc
+
+
+def _convert(where: str, convert, value):
+    """``convert(value)``, a conversion error named ``run config: where: ...``."""
+    try:
+        return convert(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run config: {where}: {exc}") from exc
+
+
+def _task_list(value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(t.strip() for t in value.split(","))
+    return tuple(value)
+
+
+def vlm_config_from_dict(raw: Mapping[str, Any], where: str = "vlm") -> VLMConfig:
+    """A :class:`VLMConfig` from the ``vlm:`` section (backend keys are ignored here); nested
+    ``decoding``, ``slice_rule`` and ``window`` mappings."""
+    values = {k: v for k, v in raw.items() if k not in VLM_BACKEND_KEYS}
+    known = [f.name for f in fields(VLMConfig)]
+    _refuse_unknown(where, values, known)
+    if "decoding" in values:
+        decoding = dict(values["decoding"] or {})
+        _refuse_unknown(f"{where}.decoding", decoding, [f.name for f in fields(DecodingConfig)])
+        temperature = float(decoding.pop("temperature", 0.0))
+        decoding.pop("do_sample", None)
+        values["decoding"] = DecodingConfig.from_temperature(temperature, **decoding)
+    if "slice_rule" in values:
+        values["slice_rule"] = _dataclass_from(
+            SliceRule, values["slice_rule"] or {}, f"{where}.slice_rule"
+        )
+    if "window" in values:
+        values["window"] = _dataclass_from(WindowSpec, values["window"] or {}, f"{where}.window")
+    if "tasks" in values and isinstance(values["tasks"], str):
+        values["tasks"] = tuple(t.strip() for t in values["tasks"].split(",") if t.strip())
+    if "tasks" in values:
+        values["tasks"] = tuple(values["tasks"])
+    try:
+        return VLMConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run config: {where}: {exc}") from exc
+
+
+def finetune_config_from_dict(
+    raw: Mapping[str, Any], vlm_config: VLMConfig, where: str = "finetune"
+) -> FinetuneConfig:
+    """A :class:`FinetuneConfig` from the ``finetune:`` section; the slice rule, window,
+    coordinate system and polygon K default to the VLM arm's, so the adapter learns exactly the
+    prompts it will be asked."""
+    values = {k: v for k, v in raw.items() if k not in ("enabled", "tasks", "base")}
+    values.setdefault("slice_rule", vlm_config.rule.to_dict())
+    values.setdefault("window", vlm_config.window.to_dict())
+    values.setdefault("coordinate_system", vlm_config.coordinate_system)
+    values.setdefault("max_vertices", vlm_config.max_vertices)
+    values.setdefault("point_radius_mm", vlm_config.point_radius_mm)
+    values.setdefault("prompts_dir", vlm_config.prompts_dir)
+    known = [f.name for f in fields(FinetuneConfig)]
+    _refuse_unknown(where, values, known)
+    try:
+        return FinetuneConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run config: {where}: {exc}") from exc
+
+
+def _device(config: Mapping[str, Any]) -> str:
+    device = str(config.get("device") or "auto")
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ValueError(f"run config: device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+def _synth_config(raw: Mapping[str, Any]) -> SynthConfig:
+    values = dict(raw)
+    if "shape" in values:
+        values["shape"] = tuple(values["shape"])
+    return _dataclass_from(SynthConfig, values, "data.synthetic")
+
+
+def _data_section(config: Mapping[str, Any]) -> DataSection:
+    data = _section(config, "data")
+    _refuse_unknown("data", data, _DATA_KEYS)
+    if not data.get("root") and not data.get("synthetic"):
+        raise ValueError("run config: data: give 'root' (a BraTS folder) or 'synthetic'")
+    return DataSection(
+        root=data.get("root"),
+        synthetic=_synth_config(data["synthetic"]) if data.get("synthetic") else None,
+        convention=data.get("convention", "brats2020"),
+        jobs=_convert("data.jobs", int, data.get("jobs", 1)),
+    )
+
+
+def _split_section(config: Mapping[str, Any], seed: int) -> SplitSection:
+    split = _section(config, "split")
+    _refuse_unknown("split", split, _SPLIT_KEYS)
+    return SplitSection(
+        file=split.get("file") or None,
+        fractions=_convert("split.fractions", tuple, split.get("fractions", (0.6, 0.2, 0.2))),
+        seed=_convert("split.seed", int, split.get("seed", seed)),
+    )
+
+
+def _cnn_section(config: Mapping[str, Any]) -> CnnSection:
+    cnn = _section(config, "cnn")
+    _refuse_unknown("cnn", cnn, _CNN_KEYS)
+    networks = load_cnn_config({k: v for k, v in cnn.items() if k in ("seg", "cls")})
+    _refuse_unknown("cnn.weights", cnn.get("weights") or {}, ("seg", "cls"))
+    section = CnnSection(
+        enabled=bool(cnn.get("enabled", True)),
+        seg=networks.seg,
+        cls=networks.cls,
+        weights=dict(cnn.get("weights") or {}),
+    )
+    if section.enabled:
+        # building the networks once catches bad architecture arguments before any training
+        build_network(
+            section.seg.network, len(section.seg.channels), len(section.seg.regions), "seg"
+        )
+        build_network(section.cls.network, len(section.cls.channels), 1, "cls")
+    return section
+
+
+def _vlm_section(config: Mapping[str, Any], device: str) -> VlmSection:
+    vlm = _section(config, "vlm")
+    inference = vlm_config_from_dict(vlm)
+    return VlmSection(
+        backend=str(vlm.get("backend", "tiny")),
+        model=vlm.get("model"),
+        base_url=vlm.get("base_url"),
+        allow_remote=bool(vlm.get("allow_remote", False)),
+        device=vlm.get("device") or device,
+        load_in_4bit=bool(vlm.get("load_in_4bit", False)),
+        seed=_convert("vlm.seed", int, vlm.get("seed", 0)),
+        concurrency=vlm.get("concurrency"),
+        timeout_s=vlm.get("timeout_s"),
+        max_retries=vlm.get("max_retries"),
+        inference=inference,
+    )
+
+
+def _finetune_section(config: Mapping[str, Any], vlm: VLMConfig, device: str) -> FinetuneSection:
+    ft = _section(config, "finetune")
+    enabled = bool(ft.get("enabled", False))
+    training = None
+    if enabled:
+        training = finetune_config_from_dict(ft, vlm)
+        if "device" not in ft:
+            training = replace(training, device=device)
+    tasks = _task_list(ft.get("tasks") or vlm.tasks)
+    return FinetuneSection(
+        enabled=enabled,
+        tasks=tuple(t for t in tasks if t in vlm.tasks),
+        base=str(ft["base"]) if ft.get("base") else None,
+        training=training,
+    )
+
+
+def _consistency_section(config: Mapping[str, Any], vlm: VLMConfig) -> ConsistencySection:
+    cons = _section(config, "consistency")
+    _refuse_unknown("consistency", cons, _CONSISTENCY_KEYS)
+    methods = _task_list(cons.get("methods") or ("vlm_base",))
+    for method in methods:
+        if method not in CONSISTENCY_METHODS:
+            raise ValueError(f"run config: consistency.methods: unknown method {method!r}")
+    max_cases = cons.get("max_cases")
+    return ConsistencySection(
+        enabled=bool(cons.get("enabled", False)),
+        runs=_convert("consistency.runs", int, cons.get("runs", 3)),
+        temperature=_convert("consistency.temperature", float, cons.get("temperature", 0.7)),
+        tasks=_task_list(cons.get("tasks") or vlm.tasks),
+        max_cases=_convert("consistency.max_cases", int, max_cases) if max_cases else None,
+        methods=methods,
+    )
+
+
+def _metrics_section(config: Mapping[str, Any]) -> MetricsSection:
+    metrics = _section(config, "metrics")
+    _refuse_unknown("metrics", metrics, _METRICS_KEYS)
+    n_bootstrap = metrics.get("n_bootstrap", MetricsSection.n_bootstrap)
+    return MetricsSection(n_bootstrap=_convert("metrics.n_bootstrap", int, n_bootstrap))
+
+
+def _report_section(config: Mapping[str, Any]) -> ReportOptions:
+    # unknown report keys are not refused: the report lists them (a finished run's report must
+    # not fail over a typo); a bad value of a known key is refused here, before any work
+    options, _ = _convert("report", ReportOptions.from_config, _section(config, "report"))
+    return options
+
+
+def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Check a run config once and return it typed; a typo fails before any work starts.
+
+    Args:
+        raw: the mapping :func:`load_run_config` returns (it is copied, not kept).
+
+    Raises:
+        ValueError: ``run config: <section>: ...`` naming the key and what is wrong.
+    """
+    raw = copy.deepcopy(dict(raw))
+    seed = _convert("seed", int, raw.get("seed", 0))
+    data = _data_section(raw)
+    split = _split_section(raw, seed)
+    cnn = _cnn_section(raw)
+    given_device = str(raw.get("device") or "auto")  # checked after the arms, as it always was
+    vlm = _vlm_section(raw, given_device)
+    finetune = _finetune_section(raw, vlm.inference, given_device)
+    consistency = _consistency_section(raw, vlm.inference)
+    device = _device(raw)
+    return RunConfig(
+        name=str(raw.get("name") or "run"),
+        description=raw.get("description"),
+        seed=seed,
+        device=device,
+        data=data,
+        split=split,
+        cnn=cnn,
+        vlm=vlm,
+        finetune=finetune,
+        consistency=consistency,
+        metrics=_metrics_section(raw),
+        report=_report_section(raw),
+        raw=raw,
+    )

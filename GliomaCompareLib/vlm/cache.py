@@ -26,8 +26,8 @@ import threading
 import uuid
 from pathlib import Path
 
-from GliomaCompareLib.vlm.backend import Answer, DecodingConfig
 from GliomaCompareLib.vlm.tasks import Prompt
+from GliomaCompareLib.vlm.types import Answer, DecodingConfig
 
 __all__ = ["AnswerCache", "answer_key"]
 

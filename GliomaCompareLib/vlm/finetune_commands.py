@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-from GliomaCompareLib.argtypes import positive_int, split_fractions
+from GliomaCompareLib.argtypes import add_dataclass_arguments, dataclass_from_args, split_fractions
+from GliomaCompareLib.vlm.finetune import FinetuneConfig, finetune
 
 __all__ = ["register"]
 
@@ -56,183 +57,13 @@ def register(sub) -> None:
     )
     p.add_argument("--split-seed", type=int, default=0, help="seed of a new split (0)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--rank", type=positive_int, default=16, help="LoRA rank r (16)")
-    g.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (32; scale alpha/r)")
-    g.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (0.05)")
-    g.add_argument(
-        "--target-modules",
-        default=None,
-        help="comma-separated module names to adapt (default "
-        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
-    )
-    g.add_argument(
-        "--target-scope",
-        default="language_model",
-        help="adapt only modules under this one ('language_model', the default, leaves the "
-        "vision encoder alone; 'any' for everywhere)",
-    )
-    g.add_argument(
-        "--extra-target-modules",
-        default=None,
-        help="comma-separated module names adapted outside the scope too (e.g. lm_head: "
-        "the tiny random model learns far faster with it)",
-    )
-    g.add_argument(
-        "--4bit",
-        "--load-in-4bit",
-        dest="load_in_4bit",
-        action="store_true",
-        help="QLoRA: 4-bit NF4 base weights (CUDA and bitsandbytes only)",
-    )
-    g.add_argument(
-        "--gradient-checkpointing", action="store_true", help="save activation memory (big models)"
-    )
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=positive_int, default=3, help="epochs (3)")
-    t.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (2e-4; tiny: ~3e-3)")
-    t.add_argument("--batch-size", type=positive_int, default=4, help="examples per process (4)")
-    t.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches per step (1)")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0)")
-    t.add_argument("--warmup-ratio", type=float, default=0.03, help="warm-up share (0.03)")
-    t.add_argument("--scheduler", default="linear", choices=["linear", "cosine", "constant"])
-    t.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (1.0)")
-    t.add_argument("--seed", type=int, default=0, help="LoRA init, example order, dropout (0)")
-    t.add_argument(
-        "--balance-grades",
-        nargs="?",
-        const="oversample",
-        default="none",
-        choices=["none", "oversample", "weighted"],
-        help="grade task: balance LGG and HGG slices per epoch (bare flag: oversample)",
-    )
-    t.add_argument(
-        "--checkpoint-every",
-        type=positive_int,
-        default=None,
-        help="also checkpoint every N optimizer steps (default: at epoch ends)",
-    )
-    t.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "cuda", "cpu"],
-        help="auto: CUDA when available (under torchrun, one GPU per process)",
-    )
-    t.add_argument("--tiny-seed", type=int, default=0, help="weight seed of --base tiny (0)")
-    t.add_argument("--jobs", type=positive_int, default=1, help="processes loading cases (1)")
-    v = p.add_argument_group("validation")
-    v.add_argument("--eval-every", type=positive_int, default=1, help="validate every N epochs")
-    v.add_argument(
-        "--patience",
-        type=int,
-        default=3,
-        help="validations without improvement before stopping (3; 0 = never stop early)",
-    )
-    v.add_argument(
-        "--monitor",
-        default="val_loss",
-        choices=["val_loss", "task"],
-        help="what early stopping and the kept adapter follow (val_loss)",
-    )
-    v.add_argument(
-        "--min-delta",
-        type=float,
-        default=0.0,
-        help="smallest change of the monitored value that counts as an improvement (0)",
-    )
-    v.add_argument(
-        "--max-val-slices",
-        type=positive_int,
-        default=None,
-        help="answer at most N validation slices per task for the task metrics (default all)",
-    )
-    v.add_argument("--eval-batch-size", type=positive_int, default=8, help="answers per call (8)")
-    d = p.add_argument_group("data (as the vlm command asks)")
-    d.add_argument(
-        "--slices-per-case",
-        type=positive_int,
-        default=None,
-        help="at most K slices per case, evenly spaced over the tumour (default all selected)",
-    )
-    d.add_argument(
-        "--min-area-mm2", type=float, default=None, help="slice rule: least WT area (100)"
-    )
-    d.add_argument(
-        "--coords",
-        default="pixel",
-        choices=["pixel", "normalized", "per_mille"],
-        help="coordinate system of prompts and answers (pixel)",
-    )
-    d.add_argument("--max-vertices", type=positive_int, help="polygon K (default 8)")
-    d.add_argument(
-        "--point-target",
-        default="centroid",
-        choices=["centroid", "inside"],
-        help="point answer: the WT centroid (default, the centre the VLM arm measures from) or "
-        "the tumour's deepest pixel (always inside it)",
-    )
-    d.add_argument("--prompts", help="prompts folder (default Resources/prompts)")
+    # every setting of FinetuneConfig, generated from its fields (defaults and help live there)
+    add_dataclass_arguments(p, FinetuneConfig)
     p.set_defaults(func=_finetune)
 
 
-def _config(args):
-    from dataclasses import replace
-
-    from GliomaCompareLib.data.slices import SliceRule
-    from GliomaCompareLib.vlm.finetune import DEFAULT_TARGET_MODULES, FinetuneConfig
-
-    rule = SliceRule()
-    if args.min_area_mm2 is not None:
-        rule = replace(rule, min_area_mm2=args.min_area_mm2)
-    modules = DEFAULT_TARGET_MODULES
-    if args.target_modules:
-        modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
-    if args.patience < 0:
-        raise ValueError(f"--patience {args.patience}: must be >= 0")
-    return FinetuneConfig(
-        rank=args.rank,
-        alpha=args.alpha,
-        dropout=args.dropout,
-        target_modules=modules,
-        target_scope=None if args.target_scope in ("", "any") else args.target_scope,
-        extra_target_modules=tuple(
-            m.strip() for m in (args.extra_target_modules or "").split(",") if m.strip()
-        ),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        scheduler=args.scheduler,
-        max_grad_norm=args.max_grad_norm if args.max_grad_norm > 0 else None,
-        seed=args.seed,
-        balance_grades=args.balance_grades,
-        eval_every=args.eval_every,
-        patience=args.patience or None,
-        monitor=args.monitor,
-        min_delta=args.min_delta,
-        max_val_slices=args.max_val_slices,
-        eval_batch_size=args.eval_batch_size,
-        slice_rule=rule,
-        slices_per_case=args.slices_per_case,
-        coordinate_system=args.coords,
-        max_vertices=args.max_vertices,
-        point_target=args.point_target,
-        prompts_dir=args.prompts,
-        device=args.device,
-        load_in_4bit=args.load_in_4bit,
-        gradient_checkpointing=args.gradient_checkpointing,
-        tiny_seed=args.tiny_seed,
-        checkpoint_every=args.checkpoint_every,
-        jobs=args.jobs,
-    )
-
-
 def _finetune(args) -> int:
-    from GliomaCompareLib.vlm.finetune import finetune
-
-    config = _config(args)
+    config = dataclass_from_args(FinetuneConfig, args)
     main = int(os.environ.get("RANK", "0")) == 0
     bar = _ProgressBar() if main else None
     try:
@@ -252,7 +83,7 @@ def _finetune(args) -> int:
         if bar:
             bar.close()
     if main:
-        print(_summary(result, args))
+        print(_summary(result, args.base, config))
     return 0
 
 
@@ -312,7 +143,7 @@ class _ProgressBar:
             self._bar.close()
 
 
-def _summary(result, args) -> str:
+def _summary(result, base: str, config: FinetuneConfig) -> str:
     lines = [
         f"base model: {result.model_label} ({result.base_model})",
         f"tasks: {', '.join(result.tasks)}; {result.n_train} training slices from "
@@ -328,12 +159,13 @@ def _summary(result, args) -> str:
     )
     if result.skipped:
         lines.append(f"{len(result.skipped)} case(s) / slice(s) left out (see finetune.json)")
-    backend = "tiny" if args.base == "tiny" else f"transformers --model {args.base}"
-    if args.base == "tiny" and args.tiny_seed:
-        backend += f" --seed {args.tiny_seed}"
-    asked = "" if args.coords == "pixel" else f" --coords {args.coords}"
-    if args.max_vertices:
-        asked += f" --max-vertices {args.max_vertices}"
+    backend = "tiny" if base == "tiny" else f"transformers --model {base}"
+    if base == "tiny" and config.tiny_seed:
+        backend += f" --seed {config.tiny_seed}"
+    coords = config.coordinate_system
+    asked = "" if coords == "pixel" else f" --coords {coords}"
+    if config.max_vertices:
+        asked += f" --max-vertices {config.max_vertices}"
     lines.append(f"adapter: {result.adapter_dir}")
     lines.append(
         f"use it: gliomacompare vlm --backend {backend} --adapter {result.adapter_dir} "

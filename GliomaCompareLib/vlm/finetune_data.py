@@ -45,9 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from GliomaCompareLib.data.slices import SliceRule, WindowSpec
-from GliomaCompareLib.vlm.backend import build_messages
+from GliomaCompareLib import geometry as g
+from GliomaCompareLib.data.case import load_case
+from GliomaCompareLib.data.slices import SliceRule, WindowSpec, case_slices
+from GliomaCompareLib.vlm.parsing import parse_answer
 from GliomaCompareLib.vlm.tasks import TASK_NAMES, Prompt, TaskSpec, load_tasks
+from GliomaCompareLib.vlm.types import build_messages
 
 __all__ = [
     "IGNORE_INDEX",
@@ -234,8 +237,6 @@ def target_answer(
         ValueError: when the slice has no target (unknown grade, no tumour, a mask of another
             size) or the target would not parse with status ``ok``.
     """
-    from GliomaCompareLib import geometry as g
-    from GliomaCompareLib.vlm.parsing import parse_answer
 
     if point_target not in POINT_TARGETS:
         raise ValueError(f"point_target {point_target!r}: use one of {', '.join(POINT_TARGETS)}")
@@ -279,8 +280,6 @@ def _case_examples(
     record, convention, tasks: tuple[str, ...], settings: ExampleSettings
 ) -> tuple[list[FinetuneExample], dict[str, str], str]:
     """Examples of one case: (examples, skipped slices -> reason, note). Raises for the case."""
-    from GliomaCompareLib.data.case import load_case
-    from GliomaCompareLib.data.slices import case_slices
 
     specs = load_tasks(settings.prompts_dir)
     case = load_case(record, convention)

@@ -18,6 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from GliomaCompareLib.metrics.classification import classification_report
+from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, ParsedAnswer, parse_answer
+from GliomaCompareLib.vlm.scoring import majority_vote, score_slice
+
 __all__ = ["PRIMARY_METRICS", "monitor_value", "score_answer", "summarize_validation"]
 
 #: The task metric each task contributes to ``monitor="task"`` (higher is better).
@@ -55,8 +59,6 @@ def score_answer(example, answer, spec, point_radius_mm: float = 10.0) -> dict:
         ``p_hgg`` (grade) or ``dice``, ``hd95`` (mm), ``inside``, ``distance_mm`` (to the
         tumour centre on the slice; None without a predicted centre).
     """
-    from GliomaCompareLib.vlm.parsing import ParsedAnswer, parse_answer
-    from GliomaCompareLib.vlm.scoring import score_slice
 
     if answer.error is not None:
         parsed = ParsedAnswer("error", note=answer.error)
@@ -114,9 +116,6 @@ def summarize_validation(rows: Sequence[dict], tasks: Sequence[str]) -> dict[str
         ``hd95`` (mm), ``inside_rate`` (shape centroid in the tumour). Failed answers score
         Dice 0 and not inside. Values are None where undefined.
     """
-    from GliomaCompareLib.metrics.classification import classification_report
-    from GliomaCompareLib.vlm.parsing import STATUSES
-    from GliomaCompareLib.vlm.scoring import majority_vote
 
     out: dict[str, dict[str, Any]] = {}
     for task in tasks:
@@ -128,7 +127,7 @@ def summarize_validation(rows: Sequence[dict], tasks: Sequence[str]) -> dict[str
             "ok_rate": counts["ok"] / len(items) if items else None,
             "usable_rate": sum(counts[s] for s in usable) / len(items) if items else None,
             "exact_rate": _rate(float(r["exact"]) for r in items),
-            "status_counts": {s: counts.get(s, 0) for s in STATUSES},
+            "status_counts": {s: counts.get(s, 0) for s in PARSE_STATUSES},
         }
         if task == "grade":
             known = [r for r in items if r.get("grade_true") in ("HGG", "LGG")]

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from GliomaCompareLib.vlm.backend import (
+from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL, build_tiny_model, tiny_model_id
+from GliomaCompareLib.vlm.types import (
     DEFAULT_MODEL_ID,
     Answer,
     DecodingConfig,
@@ -406,7 +407,6 @@ class TransformersBackend:
     ) -> TransformersBackend:
         """The ``tiny`` backend: :func:`~GliomaCompareLib.vlm.tiny.build_tiny_model` ``(seed)``,
         labelled :data:`~GliomaCompareLib.vlm.tiny.TINY_MODEL_LABEL`."""
-        from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL, build_tiny_model, tiny_model_id
 
         model, processor = build_tiny_model(seed)
         if device:

@@ -44,7 +44,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from GliomaCompareLib.vlm.backend import Answer, DecodingConfig, Query, png_bytes
+from GliomaCompareLib.vlm.types import Answer, DecodingConfig, Query, png_bytes
 
 __all__ = ["API_KEY_ENV", "OpenAIBackend", "RemoteURLRefused", "is_loopback_url"]
 

@@ -11,7 +11,7 @@ Stages, tried in order (the first that yields a valid answer wins; ``stage`` rec
 4. ``pattern``: no JSON at all, but the text names exactly one label option (``grade``), or
    holds the right number of coordinates (bracketed tuples first, then all numbers).
 
-Statuses (:data:`STATUSES`): ``ok`` (stages 1-2), ``repaired`` (stage 3, or coordinates clipped
+Statuses (:data:`PARSE_STATUSES`): ``ok`` (stages 1-2), ``repaired`` (stage 3, or coordinates clipped
 to the image / polygon over K vertices), ``pattern`` (stage 4), ``invalid`` (no usable answer,
 out-of-image or degenerate geometry), ``refused`` (no answer and the text matches a refusal
 pattern of ``tasks.json``, or the server flagged a refusal), ``empty`` (blank text), ``error``
@@ -31,11 +31,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from GliomaCompareLib import geometry as g
 from GliomaCompareLib.vlm.tasks import Prompt, TaskSpec
 
 __all__ = [
     "FAILED_STATUSES",
-    "STATUSES",
+    "PARSE_STATUSES",
     "USABLE_STATUSES",
     "ParsedAnswer",
     "extract_value",
@@ -43,7 +44,15 @@ __all__ = [
     "repair_json",
 ]
 
-STATUSES: tuple[str, ...] = ("ok", "repaired", "pattern", "invalid", "refused", "empty", "error")
+PARSE_STATUSES: tuple[str, ...] = (
+    "ok",
+    "repaired",
+    "pattern",
+    "invalid",
+    "refused",
+    "empty",
+    "error",
+)
 #: Statuses whose value is used for scoring.
 USABLE_STATUSES: tuple[str, ...] = ("ok", "repaired", "pattern")
 #: Statuses scored as failures.
@@ -63,7 +72,7 @@ class ParsedAnswer:
     """The parser's verdict on one answer text.
 
     Attributes:
-        status: one of :data:`STATUSES`.
+        status: one of :data:`PARSE_STATUSES`.
         stage: ``strict``, ``embedded``, ``repair`` or ``pattern`` (None when nothing parsed).
         value: the answer in the prompt's coordinate system: a label string; ``(x, y)``;
             ``(x_min, y_min, x_max, y_max)``; or a tuple of ``(x, y)`` vertices. None on failure.
@@ -361,7 +370,6 @@ def _to_geometry(spec: TaskSpec, value: Any, prompt: Prompt) -> tuple[Any, str, 
     inverted boxes, self-intersecting or degenerate polygons are invalid (never fixed). A
     polygon with more than K vertices is kept whole, with status ``repaired`` and a note.
     """
-    from GliomaCompareLib import geometry as g
 
     width, height, system = prompt.width, prompt.height, prompt.coordinate_system
     kind = spec.answer.kind

@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from GliomaCompareLib import geometry as g
+from GliomaCompareLib.metrics.segmentation import score_masks
+
 __all__ = ["TIE_RULES", "GradeVote", "SliceScore", "majority_vote", "score_slice"]
 
 TIE_RULES: tuple[str, ...] = ("probability", "positive", "negative", "none")
@@ -100,8 +103,6 @@ def score_slice(
     Raises:
         ValueError: for an unknown kind.
     """
-    from GliomaCompareLib import geometry as g
-    from GliomaCompareLib.metrics.segmentation import score_masks
 
     if kind not in ("point", "box", "polygon"):
         raise ValueError(f"Cannot score answers of kind {kind!r}")

@@ -22,6 +22,7 @@ image size and options, and is part of the answer-cache key.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -30,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from GliomaCompareLib import geometry as g
+from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
 from GliomaCompareLib.resources import resource_path
 
 __all__ = [
-    "COORDINATE_SYSTEMS",
     "TASK_NAMES",
     "AnswerSpec",
     "Prompt",
@@ -41,12 +43,11 @@ __all__ = [
     "load_tasks",
     "parse_task_list",
     "prompts_dir",
+    "task_list",
 ]
 
 #: The four tasks, in report order.
 TASK_NAMES: tuple[str, ...] = ("grade", "point", "box", "polygon")
-#: Coordinate systems the geometry code converts (see ``GliomaCompareLib.geometry``).
-COORDINATE_SYSTEMS: tuple[str, ...] = ("pixel", "normalized", "per_mille")
 _KINDS = {"grade": "label", "point": "point", "box": "box", "polygon": "polygon"}
 _PLACEHOLDERS = (
     "image",
@@ -422,8 +423,6 @@ class TaskSpec:
         """
         import numpy as np
 
-        from GliomaCompareLib import geometry as g
-
         if self.answer.kind == "label":
             return self.format_answer(grade)
         if mask is None or not np.asarray(mask).any():
@@ -537,3 +536,11 @@ def parse_task_list(text: str | None) -> tuple[str, ...]:
     if bad:
         raise ValueError(f"Unknown task(s) {', '.join(bad)}; use {', '.join(TASK_NAMES)}")
     return tuple(t for t in TASK_NAMES if t in names)
+
+
+def task_list(text: str) -> tuple[str, ...]:
+    """:func:`parse_task_list` as an argparse ``type=`` (a usage error naming the option)."""
+    try:
+        return parse_task_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

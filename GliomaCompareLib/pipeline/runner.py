@@ -14,20 +14,27 @@ sections it reads and of the fingerprints of the stages it depends on, so:
 Per-case stages can be sharded (``--shard i/n``): shard ``i`` processes the cases whose position
 in the sorted case list is ``i`` modulo ``n`` and writes ``done-shard-i-of-n.json``; a stage that
 needs all cases waits until every shard of its upstream stages is done. Whole-cohort stages
-(training) are run by whichever shard gets there first, under a lock; the others wait for it.
+(training) are run by whichever shard gets there first, under a file lock (the ``filelock``
+package: it works on Windows, macOS and Linux); the others wait for it.
+
+The runner does not know what a run config is: stages see ``config`` (for a comparison run, the
+typed :class:`~GliomaCompareLib.pipeline.config.RunConfig`), and fingerprints are taken from
+``raw``, the JSON-able mapping the config was parsed from (by dotted key, e.g. ``"cnn.seg"``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from GliomaCompareLib.fileio import atomic_write, atomic_write_json
 
@@ -40,9 +47,13 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "fingerprint",
+    "select_config",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The lock file of a whole-cohort stage, in its folder (a dot file: not an output).
+LOCK_FILE = ".lock"
 
 
 class ConfigChangedError(RuntimeError):
@@ -99,11 +110,12 @@ class Stage:
         name: stage name (also its folder name), e.g. ``"cnn-predict"``.
         run: ``run(ctx) -> summary dict``; writes its outputs under ``ctx.dir``.
         depends: names of stages whose outputs it reads.
-        config_keys: dotted config keys it reads (``"vlm"``, ``"cnn.seg"``); they make up the
-            fingerprint together with the upstream fingerprints.
+        config_keys: dotted keys of the raw config it reads (``"vlm"``, ``"cnn.seg"``); they make
+            up the fingerprint together with the upstream fingerprints.
         per_case: True when the stage can be sharded by case.
         description: one line for the progress display.
-        enabled: ``enabled(config) -> bool``; a disabled stage is skipped and marked so.
+        enabled: ``enabled(config) -> bool`` (the config the stages see); a disabled stage is
+            skipped and marked so.
     """
 
     name: str
@@ -112,13 +124,14 @@ class Stage:
     config_keys: tuple[str, ...] = ()
     per_case: bool = False
     description: str = ""
-    enabled: Callable[[Mapping[str, Any]], bool] | None = None
+    enabled: Callable[[Any], bool] | None = None
 
 
 @dataclass
 class StageContext:
     """What a running stage can see.
 
+    ``config`` is the config the runner was given (a typed ``RunConfig`` in a comparison run).
     ``fresh`` is True when the stage was forced or its inputs changed: partial work left in
     ``dir`` from an earlier attempt must then be discarded rather than resumed (content-addressed
     caches may be kept: their keys already hold every input).
@@ -127,7 +140,7 @@ class StageContext:
     run_dir: Path
     dir: Path
     stage: Stage
-    config: Mapping[str, Any]
+    config: Any
     shard: Shard
     upstream: dict[str, dict]
     logger: logging.Logger
@@ -141,6 +154,11 @@ class StageContext:
     def cases(self, case_ids: Sequence[str]) -> list[str]:
         """This stage's share of ``case_ids`` (all of them unless the stage is sharded)."""
         return self.shard.select(case_ids) if self.stage.per_case else sorted(case_ids)
+
+    def shard_dir(self, *parts: str) -> Path:
+        """Per-shard output folder ``dir/parts/<all | shard-i-of-n>`` of a per-case stage."""
+        tag = "all" if self.shard.count == 1 else self.shard.tag
+        return self.dir.joinpath(*parts, tag)
 
 
 def select_config(config: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -169,7 +187,9 @@ class StageRunner:
     Args:
         run_dir: the run folder.
         stages: stages in execution order (dependencies first).
-        config: the whole run config (a JSON-able mapping).
+        config: what the stages see as ``ctx.config`` and ``enabled(config)``.
+        raw: the JSON-able mapping fingerprinted by the stages' ``config_keys`` (default:
+            ``config`` itself, which must then be such a mapping).
         shard: which shard this process is.
         poll_seconds: how often a shard waiting for others looks again.
         wait_timeout: seconds a shard waits for others before giving up (None: forever).
@@ -181,8 +201,9 @@ class StageRunner:
         self,
         run_dir: str | Path,
         stages: Sequence[Stage],
-        config: Mapping[str, Any],
+        config: Any,
         *,
+        raw: Mapping[str, Any] | None = None,
         shard: Shard | None = None,
         poll_seconds: float = 5.0,
         wait_timeout: float | None = None,
@@ -198,6 +219,7 @@ class StageRunner:
             if unknown:
                 raise ValueError(f"Stage {stage.name} depends on {unknown}, not earlier stages")
         self.config = config
+        self.raw = config if raw is None else raw
         self.shard = shard or Shard()
         self.poll_seconds = poll_seconds
         self.wait_timeout = wait_timeout
@@ -222,7 +244,7 @@ class StageRunner:
 
     def fingerprint_of(self, stage: Stage) -> tuple[str, dict]:
         inputs = {
-            "config": select_config(self.config, stage.config_keys),
+            "config": select_config(self.raw, stage.config_keys),
             "upstream": {d: self._fingerprints.get(d) for d in stage.depends},
         }
         return fingerprint(inputs), inputs
@@ -335,10 +357,10 @@ class StageRunner:
     def _run_stage(self, stage, fp, inputs, summaries, position, total, fresh) -> dict:
         folder = self.stage_dir(stage.name)
         folder.mkdir(parents=True, exist_ok=True)
-        lock_path = folder / ".lock"
-        with open(lock_path, "w") as lock:
+        # whole-cohort stages: one shard runs it; the others wait here, then find it done
+        lock = nullcontext() if stage.per_case else FileLock(folder / LOCK_FILE)
+        with lock:
             if not stage.per_case:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # one shard trains; the others wait here
                 done = self._read(self._marker(stage, "done"))
                 if done and done.get("fingerprint") == fp:
                     self.on_stage(position, total, stage, "skip")

@@ -17,8 +17,8 @@ from GliomaCompareLib.data import discover_cases, load_case
 from GliomaCompareLib.data.splits import make_splits
 from GliomaCompareLib.vlm.backend import DecodingConfig
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
+from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
 from GliomaCompareLib.vlm.openai_backend import OpenAIBackend
-from GliomaCompareLib.vlm.pipeline import VLMConfig, run_vlm
 from GliomaCompareLib.vlm.scoring import majority_vote, score_slice
 from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL
 

@@ -1,0 +1,178 @@
+"""The VLM's queries on the test patients' slices, shared by three stages:
+
+- ``vlm-base`` (per case): the base model's answers for every task;
+- ``vlm-finetuned`` (per case): the same queries with the LoRA adapter of ``vlm-finetune``;
+- ``consistency`` (not sharded: its statistics need every repeat of a case in one table):
+  repeated identical queries at a set temperature.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+from tqdm.auto import tqdm
+
+from GliomaCompareLib.pipeline.cohort import load_cohort, usable_test_ids
+from GliomaCompareLib.pipeline.config import RunConfig
+from GliomaCompareLib.pipeline.runner import Stage, StageContext
+from GliomaCompareLib.pipeline.stages.vlm_finetune import adapter_dir, finetune_enabled
+from GliomaCompareLib.vlm import DecodingConfig, VLMBackend, VLMConfig, make_backend, run_vlm
+
+__all__ = ["CONSISTENCY", "VLM_BASE", "VLM_FINETUNED"]
+
+
+class _VlmProgress:
+    """A tqdm bar fed by the VLM arm's progress events."""
+
+    def __init__(self, desc: str):
+        self.bar = tqdm(total=0, desc=desc, unit="case", file=sys.stderr, leave=False)
+
+    def __call__(self, event) -> None:
+        self.bar.total = event.cases_total
+        self.bar.n = event.cases_done
+        self.bar.set_postfix_str(
+            f"queries {event.queries_done} (cached {event.queries_cached}, "
+            f"failed {event.queries_failed})"
+        )
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _backend(config: RunConfig, adapter: str | None = None) -> VLMBackend:
+    vlm = config.vlm
+    options = {
+        key: value
+        for key, value in (
+            ("concurrency", vlm.concurrency),
+            ("timeout_s", vlm.timeout_s),
+            ("max_retries", vlm.max_retries),
+        )
+        if value is not None
+    }
+    return make_backend(
+        vlm.backend,
+        model=vlm.model,
+        base_url=vlm.base_url,
+        allow_remote=vlm.allow_remote,
+        adapter=adapter,
+        seed=vlm.seed,
+        device=None if vlm.device == "auto" else vlm.device,
+        load_in_4bit=vlm.load_in_4bit,
+        **options,
+    )
+
+
+def _run_vlm(
+    ctx: StageContext, name: str, config: VLMConfig, adapter: str | None, case_ids
+) -> dict:
+    backend = _backend(ctx.config, adapter)
+    config = replace(config, cache_dir=str(ctx.dir / "cache"))
+    bar = _VlmProgress(name)
+    try:
+        result = run_vlm(
+            load_cohort(ctx.run_dir),
+            backend,
+            config,
+            ctx.shard_dir("out"),
+            case_ids=case_ids,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    if result.failed:
+        ctx.logger.warning("%s: %d queries failed (status error)", name, result.failed)
+    for case_id, reason in result.case_errors.items():
+        ctx.logger.warning("%s: %s skipped: %s", name, case_id, reason)
+    return {
+        "model_label": result.model_label,
+        "identity": result.identity,
+        "queries": len(result.records),
+        "failed": result.failed,
+        "case_errors": dict(result.case_errors),
+        "status_counts": result.status_counts,
+        "adapter": adapter,
+    }
+
+
+# ------------------------------------------------------------------------------ vlm-base
+def run_vlm_base(ctx: StageContext) -> dict:
+    cases = ctx.cases(usable_test_ids(ctx.run_dir))
+    return _run_vlm(ctx, "vlm-base", ctx.config.vlm.inference, None, cases)
+
+
+# ------------------------------------------------------------------------------ vlm-finetuned
+def run_vlm_finetuned(ctx: StageContext) -> dict:
+    config = replace(ctx.config.vlm.inference, tasks=ctx.config.finetune.tasks)
+    cases = ctx.cases(usable_test_ids(ctx.run_dir))
+    return _run_vlm(ctx, "vlm-finetuned", config, str(adapter_dir(ctx)), cases)
+
+
+# ------------------------------------------------------------------------------ consistency
+def consistency_enabled(config: RunConfig) -> bool:
+    return config.consistency.enabled
+
+
+def _repeat_config(config: RunConfig) -> VLMConfig:
+    """The VLM config of the repeats: the consistency tasks, runs and temperature."""
+    base, cons = config.vlm.inference, config.consistency
+    decoding = DecodingConfig.from_temperature(
+        cons.temperature,
+        top_p=base.decoding.top_p,
+        max_new_tokens=base.decoding.max_new_tokens,
+        seed=base.decoding.seed,
+    )
+    return replace(base, tasks=cons.tasks, runs=cons.runs, decoding=decoding)
+
+
+def run_consistency(ctx: StageContext) -> dict:
+    config: RunConfig = ctx.config
+    repeat = _repeat_config(config)
+    test_ids = usable_test_ids(ctx.run_dir)
+    if config.consistency.max_cases:
+        test_ids = test_ids[: config.consistency.max_cases]
+    out = {}
+    for method in config.consistency.methods:
+        if method == "vlm_finetuned":
+            if not config.finetune.enabled:
+                continue
+            adapter = str(adapter_dir(ctx))
+            tasks = tuple(t for t in repeat.tasks if t in config.finetune.tasks)
+            method_config = replace(repeat, tasks=tasks)
+        else:
+            adapter, method_config = None, repeat
+        sub = replace(ctx, dir=ctx.dir / method)
+        out[method] = _run_vlm(
+            sub, f"consistency {method}", method_config, adapter, ctx.cases(test_ids)
+        )
+    return out
+
+
+VLM_BASE = Stage(
+    "vlm-base",
+    run_vlm_base,
+    ("split",),
+    ("vlm",),
+    per_case=True,
+    description="base VLM on the test slices",
+)
+VLM_FINETUNED = Stage(
+    "vlm-finetuned",
+    run_vlm_finetuned,
+    ("vlm-finetune",),
+    ("vlm", "finetune"),
+    per_case=True,
+    description="fine-tuned VLM on the test slices",
+    enabled=finetune_enabled,
+)
+# not sharded: consistency statistics need every repeat of a case in one table
+CONSISTENCY = Stage(
+    "consistency",
+    run_consistency,
+    ("vlm-base", "vlm-finetune"),
+    ("vlm", "consistency", "finetune"),
+    description="repeated identical queries",
+    enabled=consistency_enabled,
+)
