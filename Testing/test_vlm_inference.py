@@ -338,3 +338,66 @@ def test_score_slice():
     assert not point.inside
     assert point.distance_to_centre_mm == pytest.approx((25 - 14.5) * 2.0)
     assert point.distance_to_tumour_mm == pytest.approx((25 - 19) * 2.0)
+
+
+def _unlabelled_copy(synth_cohort, dest):
+    """The cohort without its label maps (a clinician's own patients, BraTS validation data)."""
+    shutil.copytree(synth_cohort, dest)
+    for label in dest.glob("*/*_seg.nii*"):
+        label.unlink()
+    return dest
+
+
+def test_unlabelled_cases_are_asked_on_label_free_slices(synth_cohort, tmp_path, capsys):
+    data = _unlabelled_copy(synth_cohort, tmp_path / "data")
+    out = tmp_path / "vlm"
+    argv = ["vlm", "--data", str(data), "--backend", "tiny", "--slices-per-case", "2",
+            "--tasks", "grade,box", "--max-new-tokens", "8", "--bootstrap", "0",
+            "--prompt-variant", "neutral", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    lines = read_jsonl(out / "answers.jsonl")
+    assert len({x["case_id"] for x in lines}) == 8 and len(lines) == 8 * 2 * 2
+    manifest = json.loads((out / "vlm.json").read_text())
+    assert manifest["case_errors"] == {}
+    # the neutral prompt does not tell the model the slice shows a glioma
+    prompt = json.loads((out / "vlm.json").read_text())["config"]
+    assert prompt["prompt_variant"] == "neutral"
+
+
+def test_cnn_slice_rule_reads_the_predictions(synth_cohort, tmp_path):
+    data = _unlabelled_copy(synth_cohort, tmp_path / "data")
+    cohort = discover_cases(synth_cohort, validate=False)
+    pred = tmp_path / "pred" / "all"
+    pred.mkdir(parents=True)
+    wanted = {}
+    for record in cohort.cases[:2]:  # "predictions": the reference, moved up by 3 slices
+        case = load_case(record)
+        label = np.roll(case.label, 3, axis=2)
+        from GliomaCompareLib.data.io import write_nifti
+
+        write_nifti(pred / f"{record.case_id}.nii.gz", label, case.affine)
+        areas = (label > 0).sum(axis=(0, 1))
+        wanted[record.case_id] = sorted(np.argsort(-areas, kind="stable")[:2].tolist())
+    config = VLMConfig(
+        tasks=("grade",), slices_per_case=2, decoding=FAST, n_bootstrap=0,
+        slice_rule=__import__("GliomaCompareLib").data.SliceRule(mode="cnn"),
+        cnn_predictions=str(tmp_path / "pred"),
+    )  # fmt: skip
+    result = run_vlm(data, TransformersBackend.tiny(seed=0), config, tmp_path / "out",
+                     case_ids=[*wanted, cohort.cases[2].case_id])  # fmt: skip
+    asked = {}
+    for r in result.records:
+        asked.setdefault(r.case_id, set()).add(r.slice_index)
+    assert {k: sorted(v) for k, v in asked.items()} == wanted
+    # a case without a prediction is named, not silently asked elsewhere
+    missing = cohort.cases[2].case_id
+    assert "no CNN prediction of " + missing in result.case_errors[missing]
+
+
+def test_vlm_exits_non_zero_when_nothing_was_asked(synth_cohort, tmp_path, capsys):
+    argv = ["vlm", "--data", str(synth_cohort), "--backend", "tiny", "--slice-rule", "cnn",
+            "--cnn-pred", str(tmp_path / "nothing"), "--tasks", "grade", "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no query was asked" in err

@@ -18,6 +18,7 @@ from GliomaCompareLib.fileio import atomic_path
 __all__ = [
     "ImageMeta",
     "ImageReadError",
+    "find_label_map",
     "image_suffix",
     "read_header",
     "read_image",
@@ -205,3 +206,24 @@ def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> Path
     with atomic_path(path, suffix=suffix) as tmp:  # nibabel picks the format from the suffix
         nib.save(img, str(tmp))
     return path
+
+
+def find_label_map(folder: str | Path, case_id: str) -> Path | None:
+    """A case's predicted label map in a prediction folder (``predict-cnn``'s output, whose
+    shards are subfolders): ``<case_id>.nii.gz`` (or another image suffix) in ``folder`` or one
+    or two levels below; None when there is none.
+
+    Raises:
+        ValueError: naming both files when two predictions of the case are found.
+    """
+    root = Path(folder)
+    found = sorted(
+        p
+        for pattern in (f"{case_id}{s}" for s in _SUFFIXES)
+        for depth in ("", "*/", "*/*/")
+        for p in root.glob(depth + pattern)
+        if p.is_file()
+    )
+    if len(found) > 1:
+        raise ValueError(f"{case_id}: two predicted label maps: {found[0]} and {found[1]}")
+    return found[0] if found else None

@@ -23,7 +23,9 @@ def register(sub) -> None:
             "and score every answer, vote the grade per patient and score stacked 3D masks against "
             "the whole tumour. Writes OUT/answers.jsonl, OUT/metrics/*.csv, OUT/masks/ and "
             "OUT/vlm.json; answers are cached in OUT/cache, so re-running resumes. Exits 0 when "
-            "finished (failed queries are counted, not fatal)."
+            "finished (failed queries are counted, not fatal), 1 when nothing could be asked. Cases "
+            "without reference labels are asked on label-free slices (brain slices, or the CNN's "
+            "tumour slices with --cnn-pred)."
         ),
     )
     p.add_argument("--data", required=True, help="BraTS data folder (or up to two levels above)")
@@ -55,6 +57,12 @@ def _vlm(args) -> int:
     finally:
         bar.close()
     print(_summary(result))
+    if not result.records:
+        print(
+            "vlm: no query was asked (every case was skipped: see the reasons above)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

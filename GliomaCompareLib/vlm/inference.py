@@ -47,8 +47,8 @@ from GliomaCompareLib import geometry as g
 from GliomaCompareLib.argtypes import positive_int, to_cli_args
 from GliomaCompareLib.data.case import load_case
 from GliomaCompareLib.data.discovery import Cohort, discover_cases
-from GliomaCompareLib.data.io import write_nifti
-from GliomaCompareLib.data.slices import SliceRule, WindowSpec, case_slices
+from GliomaCompareLib.data.io import find_label_map, read_image, write_nifti
+from GliomaCompareLib.data.slices import SLICE_MODES, SliceRule, WindowSpec, case_slices
 from GliomaCompareLib.data.splits import Splits
 from GliomaCompareLib.fileio import atomic_write_text, jsonable
 from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
@@ -59,7 +59,14 @@ from GliomaCompareLib.vlm.cache import AnswerCache, answer_key
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
 from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, ParsedAnswer, parse_answer
 from GliomaCompareLib.vlm.scoring import TIE_RULES, majority_vote, score_slice
-from GliomaCompareLib.vlm.tasks import TASK_NAMES, Prompt, TaskSpec, load_tasks, task_list
+from GliomaCompareLib.vlm.tasks import (
+    PROMPT_VARIANTS,
+    TASK_NAMES,
+    Prompt,
+    TaskSpec,
+    load_tasks,
+    task_list,
+)
 from GliomaCompareLib.vlm.types import Answer, DecodingConfig, Query, VLMBackend, image_sha256
 
 __all__ = [
@@ -110,6 +117,10 @@ class VLMConfig:
         point_radius_mm: disc radius used to give point answers a Dice.
         grade_probabilities: record P(HGG) for grade answers.
         prompts_dir: prompts folder (default ``Resources/prompts``).
+        prompt_variant: ``study`` (the image description says the slice contains a glioma) or
+            ``neutral`` (it does not).
+        cnn_predictions: folder of the CNN's label maps (``predict-cnn`` output), used by the
+            ``cnn`` slice rule and for unlabelled cases.
         cache_dir: answer cache folder (default ``OUT/cache``).
         save_masks: write the stacked 3D masks as NIfTI.
         n_bootstrap: bootstrap resamples for confidence intervals.
@@ -146,7 +157,18 @@ class VLMConfig:
         default_factory=SliceRule,
         metadata={
             "help": "which slices are asked about",
-            "fields": {"min_area_mm2": {"help": "slice rule: least whole-tumour area on a slice"}},
+            "fields": {
+                "mode": {
+                    "help": "slice rule: tumour_area / largest (oracle selection: read the "
+                    "reference labels), brain or cnn (label-free: brain slices, or the CNN's own "
+                    "tumour slices from --cnn-pred); an unlabelled case is always asked on "
+                    "label-free slices",
+                    "flags": ("--slice-rule",),
+                    "choices": SLICE_MODES,
+                    "type": str,
+                },
+                "min_area_mm2": {"help": "slice rule: least whole-tumour area on a slice"},
+            },
         },
     )
     window: WindowSpec = field(
@@ -193,6 +215,23 @@ class VLMConfig:
         default=None,
         metadata={"help": "prompts folder (default Resources/prompts)", "flags": ("--prompts",)},
     )
+    prompt_variant: str = field(
+        default="study",
+        metadata={
+            "help": "image description in the prompts: 'study' says the slice contains a glioma "
+            "(the study's protocol, true of oracle slices), 'neutral' does not (for label-free "
+            "slices, which may show no tumour)",
+            "choices": PROMPT_VARIANTS,
+        },
+    )
+    cnn_predictions: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder of the CNN's predicted label maps (predict-cnn --out), for "
+            "--slice-rule cnn and for unlabelled cases",
+            "flags": ("--cnn-pred",),
+        },
+    )
     cache_dir: str | None = field(
         default=None,
         metadata={"help": "answer cache folder (default OUT/cache)", "flags": ("--cache",)},
@@ -222,6 +261,10 @@ class VLMConfig:
             )
         if self.tie_rule not in TIE_RULES:
             raise ValueError(f"Tie rule {self.tie_rule!r}: use {', '.join(TIE_RULES)}")
+        if self.prompt_variant not in PROMPT_VARIANTS:
+            raise ValueError(
+                f"Prompt variant {self.prompt_variant!r}: use {', '.join(PROMPT_VARIANTS)}"
+            )
         if not (self.point_radius_mm > 0 and math.isfinite(self.point_radius_mm)):
             raise ValueError(f"point_radius_mm must be > 0, got {self.point_radius_mm}")
 
@@ -516,7 +559,7 @@ class _Inference:
         self.splits = splits
         self.case_ids = case_ids
         self.progress = progress
-        self.specs: dict[str, TaskSpec] = load_tasks(config.prompts_dir)
+        self.specs: dict[str, TaskSpec] = load_tasks(config.prompts_dir, config.prompt_variant)
         self.identity = dict(backend.identity())
         self.model_label = backend.model_label
         self.prompts: dict[tuple[str, int, int], Prompt] = {}
@@ -596,13 +639,13 @@ class _Inference:
         return self.prompts[key]
 
     def prepare(self, record) -> _CaseWork | None:
-
         rule = self.config.rule
         try:
             case = load_case(record, self.cohort.convention)
-            slices = case_slices(case, rule, self.config.window)
-            note = ""
-            if not slices and case.label is not None:
+            prediction = self.prediction(case, rule)
+            slices = case_slices(case, rule, self.config.window, prediction=prediction)
+            note = slices[0].meta.get("fallback", "") if slices else ""
+            if not slices and case.label is not None and rule.oracle:
                 # no slice reaches the rule's area: ask about the largest tumour slice instead
                 slices = case_slices(
                     case,
@@ -646,6 +689,20 @@ class _Inference:
                     )
                     work.items.append(_Item(work, image, task, run, prompt, query, key))
         return work
+
+    def prediction(self, case, rule: SliceRule) -> np.ndarray | None:
+        """The CNN's label map of ``case`` when the slice rule needs it (``cnn``, or an oracle
+        rule on a case without labels); None otherwise or when none is configured."""
+        folder = self.config.cnn_predictions
+        if folder is None or not (rule.mode == "cnn" or (rule.oracle and case.label is None)):
+            return None
+        path = find_label_map(folder, case.case_id)
+        if path is None:
+            if rule.mode == "cnn":
+                raise ValueError(f"no CNN prediction of {case.case_id} in {folder}")
+            return None
+        label, _ = read_image(path)
+        return np.rint(label).astype(np.uint8)
 
     # ---------------------------------------------------------------- asking
     def ask(self, batch: list[_Item], cache: AnswerCache) -> None:

@@ -36,6 +36,7 @@ from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
 from GliomaCompareLib.resources import resource_path
 
 __all__ = [
+    "PROMPT_VARIANTS",
     "TASK_NAMES",
     "AnswerSpec",
     "Prompt",
@@ -48,6 +49,10 @@ __all__ = [
 
 #: The four tasks, in report order.
 TASK_NAMES: tuple[str, ...] = ("grade", "point", "box", "polygon")
+
+#: Image descriptions a prompts folder may hold: ``study`` says the slice contains a glioma (the
+#: study's protocol, true of slices chosen from the reference labels); ``neutral`` does not.
+PROMPT_VARIANTS: tuple[str, ...] = ("study", "neutral")
 _KINDS = {"grade": "label", "point": "point", "box": "box", "polygon": "polygon"}
 _PLACEHOLDERS = (
     "image",
@@ -468,8 +473,12 @@ class TaskSpec:
         return any(re.search(p, text, flags=re.IGNORECASE) for p in self.refusal_patterns)
 
 
-def load_tasks(folder: str | Path | None = None) -> dict[str, TaskSpec]:
+def load_tasks(folder: str | Path | None = None, variant: str = "study") -> dict[str, TaskSpec]:
     """Read ``tasks.json`` and the templates from ``folder`` (default ``Resources/prompts``).
+
+    ``variant`` picks the image description: ``study`` (``image_description``, which says the
+    slice contains a glioma, as the study's prompts did) or ``neutral``
+    (``image_description_neutral``, which does not: for label-free slices).
 
     Returns:
         task name -> :class:`TaskSpec`, in :data:`TASK_NAMES` order.
@@ -509,7 +518,7 @@ def load_tasks(folder: str | Path | None = None) -> dict[str, TaskSpec]:
                 template=template_file.read_text(encoding="utf-8"),
                 template_file=template_file,
                 answer=AnswerSpec.from_dict(name, entry["answer"], source),
-                image_description=str(raw.get("image_description", "an axial MRI slice")),
+                image_description=_image_description(raw, variant),
                 coordinate_texts=coordinate_texts,
                 integer_coordinates=integers,
                 refusal_patterns=refusals,
@@ -521,6 +530,17 @@ def load_tasks(folder: str | Path | None = None) -> dict[str, TaskSpec]:
             raise
         raise ValueError(f"{source}: {exc}") from exc
     return tasks
+
+
+def _image_description(raw: dict, variant: str) -> str:
+    if variant not in PROMPT_VARIANTS:
+        raise ValueError(f"prompt variant {variant!r}: use {', '.join(PROMPT_VARIANTS)}")
+    if variant == "study":
+        return str(raw.get("image_description", "an axial MRI slice"))
+    key = f"image_description_{variant}"
+    if key not in raw:
+        raise ValueError(f"no {key!r} for the {variant!r} prompt variant")
+    return str(raw[key])
 
 
 def parse_task_list(text: str | None) -> tuple[str, ...]:
