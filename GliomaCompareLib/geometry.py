@@ -22,7 +22,9 @@ Coordinate conventions (used everywhere in GliomaCompare for 2D geometry):
 
 Validation never fixes silently: :func:`validate_point`, :func:`validate_box` and
 :func:`validate_polygon` return ``(geometry_or_None, status)`` with a status from
-:data:`STATUSES`; when they clip, the status is ``"clipped"``.
+:data:`STATUSES`; when they clip, the status is ``"clipped"``. Whether a geometry lies so far
+beyond the image that it should be refused rather than clipped is :func:`beyond_image`'s
+question (tolerance :data:`OUTSIDE_TOLERANCE` of the side).
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ from GliomaCompareLib.masks import dice, mask_surface
 
 __all__ = [
     "COORDINATE_SYSTEMS",
+    "OUTSIDE_TOLERANCE",
     "STATUSES",
     "Box",
     "Geometry",
+    "Overshoot",
     "Point",
     "PointScore",
     "Polygon",
+    "beyond_image",
     "box_to_mask",
     "from_pixels",
     "geometry_to_mask",
@@ -50,9 +55,11 @@ __all__ = [
     "mask_box",
     "mask_centroid",
     "mask_polygon",
+    "outside_tolerance_px",
     "point_distance_mm",
     "point_in_mask",
     "point_to_mask",
+    "polygon_hull_mask",
     "polygon_to_mask",
     "score_point",
     "to_pixels",
@@ -839,3 +846,157 @@ def validate_polygon(
     if not polygon_to_mask(clipped_poly, (height, width)).any():
         return None, "out_of_bounds"
     return (clipped_poly, "clipped") if clip else (None, "partly_outside")
+
+
+# --------------------------------------------------------------------------- tolerance, hulls
+
+#: How far a coordinate may lie beyond the image, as a fraction of the image side on its axis,
+#: and still be clipped to the image (an answer that is then ``repaired``); a coordinate further
+#: out makes the answer invalid (:func:`beyond_image`). 2% of a 240-pixel side is 4.8 pixels.
+OUTSIDE_TOLERANCE: float = 0.02
+
+
+@dataclass(frozen=True)
+class Overshoot:
+    """One coordinate that lies beyond the image by more than the tolerance.
+
+    Attributes:
+        name: which coordinate: ``x`` / ``y`` (point), ``x0`` / ``y0`` / ``x1`` / ``y1`` (box),
+            ``points[i].x`` / ``points[i].y`` (polygon vertex ``i``).
+        index: its position in the geometry's flat coordinate list: ``(x, y)`` for a point,
+            :meth:`Box.as_tuple` for a box, ``Polygon.as_array().ravel()`` for a polygon.
+        value: the coordinate, in pixel coordinates.
+        beyond: how far it lies outside the image's extent ``[-0.5, side - 0.5]``, in pixels.
+        tolerance: the overshoot allowed on its axis, in pixels.
+    """
+
+    name: str
+    index: int
+    value: float
+    beyond: float
+    tolerance: float
+
+
+def outside_tolerance_px(width: int, height: int, fraction: float = OUTSIDE_TOLERANCE):
+    """The overshoot allowed beyond a ``width`` x ``height`` image, in pixels.
+
+    Args:
+        width: image width W (columns).
+        height: image height H (rows).
+        fraction: the tolerance as a fraction of the side (>= 0).
+
+    Returns:
+        ``(tolerance in x, tolerance in y)`` = ``(fraction * W, fraction * H)`` pixels.
+
+    Raises:
+        ValueError: for a negative or non-finite fraction, or a non-positive image size.
+    """
+    h, w = _shape2((height, width))
+    if not (math.isfinite(fraction) and fraction >= 0):
+        raise ValueError(f"outside tolerance must be a finite fraction >= 0, got {fraction}")
+    return fraction * w, fraction * h
+
+
+def _coordinate_names(geometry: Geometry) -> tuple[np.ndarray, list[str]]:
+    if isinstance(geometry, Point):
+        return np.array([geometry.x, geometry.y], dtype=float), ["x", "y"]
+    if isinstance(geometry, Box):
+        return np.array(geometry.as_tuple(), dtype=float), ["x0", "y0", "x1", "y1"]
+    if isinstance(geometry, Polygon):
+        flat = geometry.as_array().ravel()
+        return flat, [f"points[{i // 2}].{'xy'[i % 2]}" for i in range(flat.size)]
+    raise TypeError(f"Not a Point, Box or Polygon: {geometry!r}")
+
+
+def beyond_image(
+    geometry: Geometry, width: int, height: int, *, fraction: float = OUTSIDE_TOLERANCE
+) -> tuple[Overshoot, ...]:
+    """The coordinates of a geometry that lie beyond the image by more than the tolerance.
+
+    Each coordinate (pixel coordinates) is compared with the image's extent on its axis,
+    ``[-0.5, W - 0.5]`` for ``x`` and ``[-0.5, H - 0.5]`` for ``y`` (box coordinates are taken
+    as positions too, not as the edges of their pixels); it is *beyond* when it lies outside
+    that extent by more than ``fraction`` of the side (:func:`outside_tolerance_px`). A small
+    overshoot (a model answering ``x = W`` for the last column) is left to the ``validate_*``
+    functions, which clip it; a large one (``x = 3000`` on a 64-pixel image) is not a position
+    on this image at all and should make the answer invalid rather than be clipped to the border.
+    Non-finite coordinates are not reported here (the validators call them ``"not_finite"``).
+
+    Args:
+        geometry: a :class:`Point`, :class:`Box` or :class:`Polygon` in pixel coordinates.
+        width: image width W (columns).
+        height: image height H (rows).
+        fraction: the tolerance as a fraction of the side, default :data:`OUTSIDE_TOLERANCE`.
+
+    Returns:
+        One :class:`Overshoot` per offending coordinate, in coordinate order; empty when the
+        geometry lies within the tolerance.
+
+    Raises:
+        TypeError: for something that is not a Point, Box or Polygon.
+        ValueError: for a bad ``fraction`` or image size.
+    """
+    tol_x, tol_y = outside_tolerance_px(width, height, fraction)
+    values, names = _coordinate_names(geometry)
+    out = []
+    for i, (value, name) in enumerate(zip(values, names, strict=True)):
+        if not math.isfinite(value):
+            continue
+        is_x = i % 2 == 0
+        high = (width if is_x else height) - 0.5
+        beyond = max(-0.5 - value, value - high, 0.0)
+        tolerance = tol_x if is_x else tol_y
+        if beyond > tolerance + _EPS:
+            out.append(Overshoot(name, i, float(value), float(beyond), float(tolerance)))
+    return tuple(out)
+
+
+def _convex_hull(pts: np.ndarray) -> np.ndarray:
+    """Convex hull of ``(N, 2)`` points (Andrew's monotone chain), vertices in order, without
+    collinear points; fewer than 3 rows when the points are collinear or fewer than 3."""
+    unique = np.unique(pts, axis=0)  # sorted by x, then y
+    if len(unique) < 3:
+        return unique
+
+    def cross(o, a, b) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    def chain(points) -> list:
+        out: list = []
+        for p in points:
+            while len(out) >= 2 and cross(out[-2], out[-1], p) <= 1e-12:
+                out.pop()
+            out.append(p)
+        return out
+
+    lower, upper = chain(unique), chain(unique[::-1])
+    return np.asarray(lower[:-1] + upper[:-1], dtype=float).reshape(-1, 2)
+
+
+def polygon_hull_mask(vertices, shape) -> np.ndarray:
+    """The filled convex hull of a polygon's vertices: a lenient mask of a polygon answer.
+
+    The strict mask (:func:`polygon_to_mask`, even-odd rule) of a self-intersecting or
+    mis-ordered polygon is not the region the model meant (a bow-tie fills two triangles);
+    the hull ignores the vertex order, so such an answer can also be scored leniently, beside
+    the strict score. For a convex polygon in order the two masks are the same.
+
+    Args:
+        vertices: a :class:`Polygon` or an array-like ``(N, 2)`` of ``(x, y)`` in pixel
+            coordinates.
+        shape: ``(H, W)``.
+
+    Returns:
+        bool ``(H, W)``: the pixels whose centre lies in the hull or on its boundary (parts
+        outside the image dropped); empty for non-finite coordinates or fewer than 3
+        non-collinear vertices.
+    """
+    pts = vertices.as_array() if isinstance(vertices, Polygon) else np.asarray(vertices, float)
+    pts = pts.reshape(-1, 2)
+    h, w = _shape2(shape)
+    if len(pts) < 3 or not np.all(np.isfinite(pts)):
+        return np.zeros((h, w), dtype=bool)
+    hull = _convex_hull(pts)
+    if len(hull) < 3:
+        return np.zeros((h, w), dtype=bool)
+    return polygon_to_mask(Polygon.from_array(hull), (h, w))

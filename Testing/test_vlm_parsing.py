@@ -160,8 +160,10 @@ GEOMETRY_CASES = [
     ("point", "In this 240x200 image the tumour centre is (120, 85).", "pattern", (120, 85)),
     ("point", '{"center": [120, 85]}', "repaired", (120, 85)),
     ("point", '{"x": "120", "y": "85"}', "repaired", (120, 85)),
-    ("point", '{"x": 240, "y": 85}', "invalid", None),  # column 240 is off a 240-wide image
-    ("point", '{"x": -3, "y": 85}', "invalid", None),
+    # column 240 is just off a 240-wide image (within 2% of the side): clipped to its edge
+    ("point", '{"x": 240, "y": 85}', "repaired", (239.5, 85)),
+    ("point", '{"x": -3, "y": 85}', "repaired", (-0.5, 85)),
+    ("point", '{"x": 250, "y": 85}', "invalid", None),  # 10.5 px off: more than 2% of 240
     ("point", "The tumour is in the left frontal lobe.", "invalid", None),
     ("box", '{"x_min": 10, "y_min": 20, "x_max": 50, "y_max": 60}', "ok", (10, 20, 50, 60)),
     ("box", '{"x0": 10, "y0": 20, "x1": 50, "y1": 60}', "repaired", (10, 20, 50, 60)),
@@ -169,7 +171,8 @@ GEOMETRY_CASES = [
     ("box", '{"bbox": [10, 20, 50, 60]}', "repaired", (10, 20, 50, 60)),
     ("box", '{"box": [[10, 20], [50, 60]]}', "repaired", (10, 20, 50, 60)),
     ("box", "from (10, 20) to (50, 60)", "pattern", (10, 20, 50, 60)),
-    ("box", '{"x_min": -30, "y_min": 20, "x_max": 300, "y_max": 60}', "repaired", (0, 20, 239, 60)),
+    ("box", '{"x_min": -4, "y_min": 20, "x_max": 243, "y_max": 60}', "repaired", (0, 20, 239, 60)),
+    ("box", '{"x_min": -30, "y_min": 20, "x_max": 300, "y_max": 60}', "invalid", None),
     ("box", '{"x_min": 50, "y_min": 20, "x_max": 10, "y_max": 60}', "invalid", None),  # inverted
     ("box", '{"x_min": 400, "y_min": 20, "x_max": 500, "y_max": 60}', "invalid", None),
     ("polygon", '{"points": [[10, 10], [50, 10], [50, 50], [10, 50]]}', "ok", 4),
@@ -204,6 +207,86 @@ def test_clipping_and_too_many_vertices_are_noted(tasks, prompts):
     parsed = parse(tasks, prompts, "polygon", many)
     assert parsed.status == "repaired" and "8 vertices > K=6" in parsed.note
     assert len(parsed.geometry.points) == 8
+
+
+# Geometry beyond the image (issue 13, item 6): a coordinate further out than 2% of the side is
+# not a position on the image, so the answer is invalid and the note names the coordinate; a
+# small overshoot is clipped and the answer counted as repaired. (Until then any box that still
+# touched the image was clipped, so a box reaching x = 3000 on a 64-pixel image was "usable".)
+
+
+@pytest.fixture(scope="module")
+def small(tasks):
+    return {name: spec.render(64, 64, max_vertices=6) for name, spec in tasks.items()}
+
+
+def box_text(x_max, x_min=10):
+    return json.dumps({"x_min": x_min, "y_min": 20, "x_max": x_max, "y_max": 60})
+
+
+def test_far_beyond_the_image_is_invalid_and_named(tasks, small):
+    parsed = parse_answer(tasks["box"], box_text(3000), small["box"])
+    assert (parsed.status, parsed.geometry, parsed.usable) == ("invalid", None, False)
+    assert parsed.value == (10, 20, 3000, 60)  # what the model said is kept
+    assert "x_max = 3000 lies 2936.5 px beyond the 64x64 image" in parsed.note
+    assert "2%" in parsed.note and "x_min" not in parsed.note
+    both = parse_answer(tasks["box"], box_text(3000, x_min=-100), small["box"])
+    assert "x_min = -100 lies 99.5 px, x_max = 3000" in both.note
+
+
+def test_small_overshoot_is_clipped_and_repaired(tasks, small):
+    parsed = parse_answer(tasks["box"], box_text(64.5), small["box"])
+    assert parsed.status == "repaired" and parsed.note == "geometry clipped"
+    assert parsed.geometry.as_tuple() == (10, 20, 63, 60)
+    point = parse_answer(tasks["point"], '{"x": 64.5, "y": 3}', small["point"])
+    assert point.status == "repaired" and (point.geometry.x, point.geometry.y) == (63.5, 3)
+
+
+def test_inside_the_image_is_ok(tasks, small):
+    parsed = parse_answer(tasks["box"], box_text(63), small["box"])
+    assert (parsed.status, parsed.note) == ("ok", "")
+    assert parsed.geometry.as_tuple() == (10, 20, 63, 60)
+
+
+def test_tolerance_edge_is_two_percent_of_the_side(tasks, small):
+    # the image covers x in [-0.5, 63.5]; 2% of 64 is 1.28 px
+    assert parse_answer(tasks["point"], '{"x": 64.78, "y": 3}', small["point"]).status == "repaired"
+    assert parse_answer(tasks["point"], '{"x": 64.79, "y": 3}', small["point"]).status == "invalid"
+    assert parse_answer(tasks["point"], '{"x": 3, "y": -1.79}', small["point"]).status == "invalid"
+    wide = tasks["point"].render(200, 50)  # tolerance per axis: 4 px in x, 1 px in y
+    assert parse_answer(tasks["point"], '{"x": 203, "y": 3}', wide).status == "repaired"
+    assert parse_answer(tasks["point"], '{"x": 3, "y": 51}', wide).status == "invalid"
+
+
+def test_polygon_vertex_beyond_the_image_is_named(tasks, small):
+    text = json.dumps({"points": [[1, 1], [90, 1], [30, 30]]})
+    parsed = parse_answer(tasks["polygon"], text, small["polygon"])
+    assert parsed.status == "invalid" and "points[1].x = 90 lies 26.5 px" in parsed.note
+    near = json.dumps({"points": [[1, 1], [64, 1], [30, 30]]})
+    clipped = parse_answer(tasks["polygon"], near, small["polygon"])
+    assert clipped.status == "repaired" and clipped.note == "geometry clipped"
+    assert clipped.geometry.as_array()[:, 0].max() == pytest.approx(63.5)
+
+
+def test_beyond_note_gives_the_answer_and_pixel_value_in_other_systems(tasks):
+    prompt = tasks["point"].render(64, 64, "normalized")
+    parsed = parse_answer(tasks["point"], '{"x": 1.5, "y": 0.2}', prompt)
+    assert parsed.status == "invalid" and "x = 1.5 (95.5 px) lies 32 px" in parsed.note
+    assert parse_answer(tasks["point"], '{"x": 1.01, "y": 0.2}', prompt).status == "repaired"
+
+
+def test_beyond_image_helper():
+    assert g.beyond_image(g.Box(10, 20, 63, 60), 64, 64) == ()
+    assert g.beyond_image(g.Point(64.5, 3), 64, 64) == ()  # 1 px out, within 1.28 px
+    (over,) = g.beyond_image(g.Box(10, 20, 3000, 60), 64, 64)
+    assert (over.name, over.index, over.value, over.beyond) == ("x1", 2, 3000, 2936.5)
+    assert over.tolerance == pytest.approx(1.28)
+    (vertex,) = g.beyond_image(g.Polygon(((1, 1), (2, -9), (5, 5))), 64, 64)
+    assert (vertex.name, vertex.index) == ("points[1].y", 3)
+    assert g.beyond_image(g.Point(70, 3), 64, 64, fraction=0.2) == ()
+    assert g.beyond_image(g.Point(float("nan"), 3), 64, 64) == ()  # left to the validators
+    with pytest.raises(ValueError, match="fraction"):
+        g.beyond_image(g.Point(1, 1), 64, 64, fraction=-0.1)
 
 
 def test_server_refusal_flag_and_missing_text(tasks, prompts):

@@ -261,53 +261,70 @@ def _pair(value: Any, strict: bool) -> tuple[float, float]:
     raise _NotAnswer(f"{value!r} is not an [x, y] pair")
 
 
-def _coords(spec: TaskSpec, obj: Any, strict: bool) -> tuple:
+def _strict_coords(spec: TaskSpec, obj: Any) -> tuple:
+    """Coordinates of exactly the answer form: the task's keys and nothing else."""
     a = spec.answer
-    if strict:
-        if not isinstance(obj, dict) or set(obj) != set(a.keys):
-            raise _NotAnswer(f"expected exactly the keys {', '.join(a.keys)}")
-        if a.kind == "polygon":
-            points = obj[a.keys[0]]
-            if not isinstance(points, list):
-                raise _NotAnswer(f"{a.keys[0]!r} is not a list")
-            return tuple(_pair(p, True) for p in points)
-        return tuple(_number(obj[k], True) for k in a.keys)
-    # lenient: dict with aliases / containers, or a bare list
-    if isinstance(obj, dict):
-        lowered = _lower_keys(obj)
-        if a.kind != "polygon":
-            used: set[str] = set()
-            try:
-                return tuple(
-                    _number(_pick(obj, (k, *a.key_aliases.get(k, ())), used), False) for k in a.keys
-                )
-            except _NotAnswer:
-                pass
-        for name in (*a.keys, *a.container_aliases):
-            if name.lower() in lowered and isinstance(lowered[name.lower()], list | dict):
-                return _coords(spec, lowered[name.lower()], False)
-        lists = [v for v in obj.values() if isinstance(v, list | dict)]
-        if len(lists) == 1:
-            return _coords(spec, lists[0], False)
-        raise _NotAnswer(f"no {', '.join(a.keys)} keys")
-    if not isinstance(obj, list):
-        raise _NotAnswer("not an object or list")
-    if a.kind == "point":
+    if not isinstance(obj, dict) or set(obj) != set(a.keys):
+        raise _NotAnswer(f"expected exactly the keys {', '.join(a.keys)}")
+    if a.kind == "polygon":
+        points = obj[a.keys[0]]
+        if not isinstance(points, list):
+            raise _NotAnswer(f"{a.keys[0]!r} is not a list")
+        return tuple(_pair(p, True) for p in points)
+    return tuple(_number(obj[k], True) for k in a.keys)
+
+
+def _dict_coords(spec: TaskSpec, obj: dict) -> tuple:
+    """Lenient: aliased keys, or the one container (``bbox``, ``points`` ...) holding them."""
+    a = spec.answer
+    lowered = _lower_keys(obj)
+    if a.kind != "polygon":
+        used: set[str] = set()
+        try:
+            return tuple(
+                _number(_pick(obj, (k, *a.key_aliases.get(k, ())), used), False) for k in a.keys
+            )
+        except _NotAnswer:
+            pass
+    for name in (*a.keys, *a.container_aliases):
+        if name.lower() in lowered and isinstance(lowered[name.lower()], list | dict):
+            return _coords(spec, lowered[name.lower()], False)
+    lists = [v for v in obj.values() if isinstance(v, list | dict)]
+    if len(lists) == 1:
+        return _coords(spec, lists[0], False)
+    raise _NotAnswer(f"no {', '.join(a.keys)} keys")
+
+
+def _list_coords(spec: TaskSpec, obj: list) -> tuple:
+    """Lenient: a bare list -- ``[x, y]``; ``[x0, y0, x1, y1]`` or two corners; vertices as
+    pairs or as a flat list of an even count of numbers."""
+    kind = spec.answer.kind
+    if kind == "point":
         return _pair(obj, False)
-    if a.kind == "box":
+    if kind == "box":
         if len(obj) == 4 and not any(isinstance(v, list | dict) for v in obj):
             return tuple(_number(v, False) for v in obj)
         if len(obj) == 2:
             (x0, y0), (x1, y1) = _pair(obj[0], False), _pair(obj[1], False)
             return (x0, y0, x1, y1)
         raise _NotAnswer(f"{obj!r} is not a box")
-    # polygon: list of pairs, or a flat list of an even count of numbers
     if obj and all(isinstance(v, list | tuple | dict) for v in obj):
         return tuple(_pair(p, False) for p in obj)
     numbers = [_number(v, False) for v in obj]
     if len(numbers) % 2:
         raise _NotAnswer("odd number of polygon coordinates")
     return tuple(zip(numbers[0::2], numbers[1::2], strict=True))
+
+
+def _coords(spec: TaskSpec, obj: Any, strict: bool) -> tuple:
+    """The coordinates of a decoded JSON value, exactly (``strict``) or leniently."""
+    if strict:
+        return _strict_coords(spec, obj)
+    if isinstance(obj, dict):
+        return _dict_coords(spec, obj)
+    if isinstance(obj, list):
+        return _list_coords(spec, obj)
+    raise _NotAnswer("not an object or list")
 
 
 def extract_value(spec: TaskSpec, obj: Any, *, strict: bool) -> Any:
@@ -362,28 +379,68 @@ def _pattern(spec: TaskSpec, text: str) -> Any:
 # --------------------------------------------------------------------------- geometry
 
 
+def _flat(value: Any) -> list[float]:
+    """The answer's coordinates in the order of the geometry's flat coordinate list."""
+    out: list[float] = []
+    for v in value:
+        if isinstance(v, list | tuple):
+            out.extend(float(c) for c in v)
+        else:
+            out.append(float(v))
+    return out
+
+
+def _beyond_note(spec: TaskSpec, value: Any, prompt: Prompt, beyond) -> str:
+    """Why coordinates beyond the image make the answer invalid, naming each coordinate as
+    the answer wrote it (its key and its value in the prompt's coordinate system)."""
+    keys, raw = spec.answer.keys, _flat(value)
+    parts = []
+    for over in beyond:
+        if spec.answer.kind == "polygon":
+            name = f"{keys[0]}[{over.index // 2}].{'xy'[over.index % 2]}"
+        else:
+            name = keys[over.index]
+        shown = f"{raw[over.index]:g}"
+        if prompt.coordinate_system != "pixel":
+            shown += f" ({over.value:g} px)"
+        parts.append(f"{name} = {shown} lies {round(over.beyond, 1):g} px")
+    size = f"{prompt.width}x{prompt.height}"
+    return (
+        f"geometry out_of_bounds: {', '.join(parts)} beyond the {size} image, "
+        f"more than the tolerance of {g.OUTSIDE_TOLERANCE:.0%} of the side"
+    )
+
+
 def _to_geometry(spec: TaskSpec, value: Any, prompt: Prompt) -> tuple[Any, str, str]:
     """Pixel geometry of ``value``: (geometry or None, "ok" | "repaired" | "invalid", note).
 
-    Points outside the image are invalid (moving a point changes what it claims); boxes and
-    polygons partly outside are clipped to the image (status ``repaired``, note ``clipped``);
-    inverted boxes, self-intersecting or degenerate polygons are invalid (never fixed). A
-    polygon with more than K vertices is kept whole, with status ``repaired`` and a note.
+    Image bounds, the same rule for every kind: a coordinate beyond the image's extent by more
+    than :data:`~GliomaCompareLib.geometry.OUTSIDE_TOLERANCE` of the side (2%; see
+    :func:`~GliomaCompareLib.geometry.beyond_image`) makes the answer invalid, the note naming
+    the coordinate (``x_max = 3000`` on a 64-pixel image is not a position on it, and clipping
+    it to the border would count an absurd answer as usable); a smaller overshoot is clipped to
+    the image (status ``repaired``, note ``geometry clipped``); a geometry left covering no
+    pixel is invalid. Inverted boxes, self-intersecting or degenerate polygons are invalid
+    (never fixed). A polygon with more than K vertices is kept whole, with status ``repaired``
+    and a note.
     """
-
     width, height, system = prompt.width, prompt.height, prompt.coordinate_system
     kind = spec.answer.kind
     if kind == "point":
-        geom, status = g.validate_point(
-            g.to_pixels(g.Point(*value), system, width, height), width, height
-        )
+        geom = g.to_pixels(g.Point(*value), system, width, height)
     elif kind == "box":
-        geom, status = g.validate_box(
-            g.to_pixels(g.Box(*value), system, width, height), width, height
-        )
+        geom = g.to_pixels(g.Box(*value), system, width, height)
     else:
-        polygon = g.to_pixels(g.Polygon(tuple(value)), system, width, height)
-        geom, status = g.validate_polygon(polygon, width, height)
+        geom = g.to_pixels(g.Polygon(tuple(value)), system, width, height)
+    beyond = g.beyond_image(geom, width, height, fraction=g.OUTSIDE_TOLERANCE)
+    if beyond:
+        return None, "invalid", _beyond_note(spec, value, prompt, beyond)
+    if kind == "point":
+        geom, status = g.validate_point(geom, width, height, clip=True)
+    elif kind == "box":
+        geom, status = g.validate_box(geom, width, height, clip=True)
+    else:
+        geom, status = g.validate_polygon(geom, width, height, clip=True)
         limit = prompt.max_vertices or spec.answer.max_vertices
         if geom is not None and len(value) > limit:
             note = f"{len(value)} vertices > K={limit}; kept all"
