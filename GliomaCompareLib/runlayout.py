@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from GliomaCompareLib.fileio import atomic_write
+from GliomaCompareLib.metrics.localisation import LOCALISATION_COLUMNS
 
 __all__ = [
     "CASE_GALLERY_FILE",
@@ -127,6 +128,11 @@ TABLES: dict[str, tuple[str, ...]] = {
         "hd95_median",
         "hd95_std",
     ),
+    # like for like: one row per (VLM method, localisation task): per-slice Dice on the slices
+    # the VLM was asked about (per patient first, then over patients, with a patient-bootstrap
+    # CI), beside the CNN, the oracle answer of that kind and a trivial baseline on exactly those
+    # slices, and the stacked 3D Dice beside its coverage ceiling (metrics.localisation)
+    "localisation": ("method", "model", *LOCALISATION_COLUMNS[1:]),
     # one row per VLM answer on a slice (base and fine-tuned; consistency repeats included);
     # pred_cx/pred_cy (the answer's point, box centre or polygon centroid) and true_cx/true_cy
     # (centroid of the whole tumour on the slice) are pixel coordinates (x, y) = (col, row) of

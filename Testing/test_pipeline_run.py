@@ -144,6 +144,50 @@ def test_cnn_beats_an_empty_prediction_and_scores_are_bounded(finished_run):
     assert sum(cnn_wt) / len(cnn_wt) > 0.05  # trained for 2 epochs: above nothing at all
 
 
+def test_localisation_is_scored_like_for_like(finished_run):
+    """The VLM's localisation on exactly the slices it saw, beside the CNN, the oracle and a
+    trivial baseline on those slices; the 3D figure beside its coverage ceiling."""
+    from GliomaCompareLib.runlayout import TABLES, read_table
+
+    rows = read_table(finished_run / "metrics" / "localisation.csv")
+    assert list(rows[0]) == list(TABLES["localisation"])
+    assert {(r["method"], r["task"]) for r in rows} == {
+        (m, t) for m in ("vlm_base", "vlm_finetuned") for t in ("point", "box", "polygon")
+    }
+    slices = read_table(finished_run / "metrics" / "slices.csv")
+    for r in rows:
+        asked = {
+            (s["case_id"], s["slice_index"])
+            for s in slices
+            if s["method"] == r["method"] and s["task"] == r["task"] and s["run"] == 0
+        }
+        assert r["n_slices"] + r["n_slices_empty_reference"] == len(asked)
+        for key in ("dice_slices_mean", "cnn_dice_same_slices", "oracle_dice_same_slices",
+                    "baseline_dice_same_slices", "dice_3d_mean", "dice_3d_ceiling"):  # fmt: skip
+            assert 0.0 <= r[key] <= 1.0, key
+        assert r["dice_slices_ci_low"] <= r["dice_slices_mean"] <= r["dice_slices_ci_high"]
+        # a perfect answer on only the asked slices cannot cover the whole tumour
+        assert r["dice_3d_mean"] <= r["dice_3d_ceiling"] < 1.0
+        assert r["oracle_dice_same_slices"] > r["baseline_dice_same_slices"]
+    assert {r["task"] for r in rows if r["dice_slices_lenient_mean"] is not None} == {"polygon"}
+    report = (finished_run / "report.html").read_text()
+    assert "Localisation, like for like" in report and "oracle slice selection" in report
+
+
+def test_consistency_repeats_a_stratified_sample_at_both_decodings(finished_run):
+    from GliomaCompareLib.runlayout import read_table
+
+    sample = json.loads((finished_run / "stages" / "consistency" / "sample.json").read_text())
+    splits = json.loads((finished_run / "splits.json").read_text())
+    test_grades = {c: splits["grades"][c] for c in splits["test"]}
+    assert len(sample["cases"]) == 2 and set(sample["cases"]) <= set(test_grades)
+    if set(test_grades.values()) == {"HGG", "LGG"}:  # both grades asked again, not the first ids
+        assert set(sample["grades"].values()) == {"HGG", "LGG"}
+    rows = read_table(finished_run / "metrics" / "consistency.csv")
+    # the sampling temperature of the preset, and the greedy decoding the comparison evaluated
+    assert {r["temperature"] for r in rows if r["method"] == "vlm_base"} == {0.0, 0.7}
+
+
 def test_the_untrained_network_is_scored_on_the_same_patients_as_a_baseline(finished_run):
     import json
 

@@ -33,8 +33,9 @@ from GliomaCompareLib.pipeline.case_files import (
     write_case_files,
     write_gallery_file,
 )
-from GliomaCompareLib.pipeline.cohort import load_cohort, usable_test_ids
+from GliomaCompareLib.pipeline.cohort import load_cohort, load_splits, usable_test_ids
 from GliomaCompareLib.pipeline.config import RunConfig
+from GliomaCompareLib.pipeline.localisation import LocalisationScorer, training_baseline
 from GliomaCompareLib.pipeline.outputs import (
     ArmOutputs,
     CnnOutputs,
@@ -45,6 +46,7 @@ from GliomaCompareLib.pipeline.outputs import (
 )
 from GliomaCompareLib.report import GradePrediction
 from GliomaCompareLib.runlayout import METHODS, write_table
+from GliomaCompareLib.vlm.tasks import load_tasks
 
 __all__ = ["CaseScores", "aggregate_run"]
 
@@ -60,6 +62,7 @@ class CaseScores:
 
     Attributes:
         seg_rows: ``segmentation`` rows of the CNN (and its baseline), patient by patient.
+        localisation: the like-for-like localisation scores of the VLM methods.
         grade_rows: ``grades`` rows, patient by patient.
         predictions: method -> case id -> (predicted grade, P(HGG)).
         diagonal: case id -> the volume diagonal in mm (the HD95 of a missing prediction).
@@ -67,6 +70,7 @@ class CaseScores:
     """
 
     seg_rows: list[dict] = field(default_factory=list)
+    localisation: LocalisationScorer | None = None
     grade_rows: list[dict] = field(default_factory=list)
     predictions: dict[str, dict[str, tuple]] = field(default_factory=lambda: defaultdict(dict))
     diagonal: dict[str, float] = field(default_factory=dict)
@@ -85,7 +89,8 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
     truth = {c: grades[c] for c in test_ids}
     arms = ArmOutputs.read(run_dir)
 
-    # patient by patient: CNN scores, grades, the Slicer files and the gallery
+    # patient by patient: CNN scores, grades, like-for-like localisation, the Slicer files and
+    # the gallery
     scores = _score_cases(run_dir, cohort, test_ids, arms, config)
 
     # the VLM's localisation as 3D masks, scored beside the CNN
@@ -107,6 +112,7 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
         "comparisons": comparisons,
         "segmentation": seg_rows,
         "segmentation_summary": _summary_rows(seg_rows),
+        "localisation": scores.localisation.rows(config.metrics.n_bootstrap, config.seed),
         "slices": [r for o in arms.vlm.values() for r in _slice_rows(o)],
         "answer_status": [r for o in arms.vlm.values() for r in _status_rows(o)],
         "consistency": _consistency_rows(run_dir),
@@ -130,7 +136,7 @@ def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunC
     """Score every test patient, writing its ``cases/<case_id>/`` folder on the way."""
     usable = {c.case_id: c for c in cohort.usable}
     window = config.vlm.inference.window  # the gallery shows FLAIR as the VLM saw it
-    scores = CaseScores()
+    scores = CaseScores(localisation=_localisation_scorer(cohort, run_dir, arms, config))
     for case_id in test_ids:
         try:
             case = load_case(usable[case_id], cohort.convention)
@@ -146,9 +152,20 @@ def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunC
             cnn_label = _score_cnn(case, arms, scores, case_metrics, gallery)
         for outputs in arms.vlm.values():
             _score_vlm(case, outputs, scores, case_metrics, gallery)
+            scores.localisation.add_case(case, cnn_label, outputs)
         write_case_files(run_dir, case, cnn_label, arms.vlm, case_metrics)
         write_gallery_file(run_dir, case, cnn_label, arms.vlm, gallery, window)
     return scores
+
+
+def _localisation_scorer(cohort, run_dir: Path, arms: ArmOutputs, config: RunConfig):
+    """The like-for-like scorer, its baseline built from the training patients."""
+    inference = config.vlm.inference
+    baseline = None
+    if any(a["task"] in LOCALISATION_TASKS for o in arms.vlm.values() for a in o.answers):
+        baseline = training_baseline(cohort, load_splits(run_dir).ids("train"), inference.rule)
+    k = inference.max_vertices or load_tasks(inference.prompts_dir)["polygon"].answer.max_vertices
+    return LocalisationScorer(baseline, inference.point_radius_mm, k)
 
 
 def _score_cnn(case, arms: ArmOutputs, scores: CaseScores, case_metrics, gallery):
@@ -414,7 +431,9 @@ def _consistency_rows(run_dir: Path) -> list[dict]:
         outputs = collect_vlm(run_dir, method, base / method)
         if outputs is None:
             continue
-        for out in sorted((base / method / "out").glob("*/metrics/vlm_consistency.csv")):
+        found = sorted((base / method / "out").glob("*/metrics/vlm_consistency.csv"))
+        found += sorted((base / method / "evaluated" / "out").glob("*/metrics/vlm_consistency.csv"))
+        for out in found:
             for r in read_csv(out):
                 rows.append(
                     {

@@ -3,7 +3,11 @@
 - ``vlm-base`` (per case): the base model's answers for every task;
 - ``vlm-finetuned`` (per case): the same queries with the LoRA adapter of ``vlm-finetune``;
 - ``consistency`` (not sharded: its statistics need every repeat of a case in one table):
-  repeated identical queries at a set temperature.
+  repeated identical queries on a seeded, grade-stratified sample of the test patients
+  (``sample.json``), at the sampling temperature and at the decoding the comparison evaluated.
+
+The ``cnn`` slice rule asks about the slices where the CNN's own label maps (``cnn-predict``)
+show the most tumour; those label maps also give label-free slices to unlabelled patients.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
+from GliomaCompareLib.data.sampling import stratified_sample
+from GliomaCompareLib.fileio import atomic_write_json
 from GliomaCompareLib.pipeline.cohort import load_cohort, usable_test_ids
 from GliomaCompareLib.pipeline.config import RunConfig
 from GliomaCompareLib.pipeline.runner import Stage, StageContext
@@ -65,11 +71,19 @@ def _backend(config: RunConfig, adapter: str | None = None) -> VLMBackend:
     )
 
 
+def _with_predictions(ctx: StageContext, config: VLMConfig) -> VLMConfig:
+    """``config`` pointed at the CNN's label maps of this run (when the CNN arm runs), for the
+    ``cnn`` slice rule and for patients without reference labels."""
+    if not ctx.config.cnn.enabled or config.cnn_predictions is not None:
+        return config
+    return replace(config, cnn_predictions=str(ctx.stage_dir("cnn-predict") / "pred"))
+
+
 def _run_vlm(
     ctx: StageContext, name: str, config: VLMConfig, adapter: str | None, case_ids
 ) -> dict:
     backend = _backend(ctx.config, adapter)
-    config = replace(config, cache_dir=str(ctx.dir / "cache"))
+    config = replace(_with_predictions(ctx, config), cache_dir=str(ctx.dir / "cache"))
     bar = _VlmProgress(name)
     try:
         result = run_vlm(
@@ -127,26 +141,56 @@ def _repeat_config(config: RunConfig) -> VLMConfig:
     return replace(base, tasks=cons.tasks, runs=cons.runs, decoding=decoding)
 
 
+def consistency_sample(ctx: StageContext) -> list[str]:
+    """The test patients asked again: a seeded sample stratified by grade (``max_cases`` of
+    them; all when unset), recorded in ``sample.json`` of the stage folder."""
+    config: RunConfig = ctx.config
+    cohort = load_cohort(ctx.run_dir)
+    grades = {c.case_id: c.grade for c in cohort.usable}
+    test_ids = usable_test_ids(ctx.run_dir, cohort)
+    chosen = stratified_sample({c: grades[c] for c in test_ids}, config.consistency.max_cases,
+                               config.seed)  # fmt: skip
+    atomic_write_json(
+        ctx.dir / "sample.json",
+        {
+            "rule": "grade-stratified random sample of the test patients (largest remainder, "
+            "at least one patient of each grade present)",
+            "seed": config.seed,
+            "max_cases": config.consistency.max_cases,
+            "cases": chosen,
+            "grades": {c: grades[c] for c in chosen},
+        },
+    )
+    return chosen
+
+
+def _decodings(config: RunConfig) -> dict[str, VLMConfig]:
+    """The repeats' configs: at the sampling temperature, and at the decoding the comparison
+    evaluated (when it differs), under ``<method>/`` and ``<method>/evaluated/``."""
+    repeat = _repeat_config(config)
+    out = {"": repeat}
+    if config.vlm.inference.decoding != repeat.decoding:
+        out["evaluated"] = replace(repeat, decoding=config.vlm.inference.decoding)
+    return out
+
+
 def run_consistency(ctx: StageContext) -> dict:
     config: RunConfig = ctx.config
-    repeat = _repeat_config(config)
-    test_ids = usable_test_ids(ctx.run_dir)
-    if config.consistency.max_cases:
-        test_ids = test_ids[: config.consistency.max_cases]
+    cases = ctx.cases(consistency_sample(ctx))
     out = {}
     for method in config.consistency.methods:
-        if method == "vlm_finetuned":
-            if not config.finetune.enabled:
-                continue
-            adapter = str(adapter_dir(ctx))
-            tasks = tuple(t for t in repeat.tasks if t in config.finetune.tasks)
-            method_config = replace(repeat, tasks=tasks)
-        else:
-            adapter, method_config = None, repeat
-        sub = replace(ctx, dir=ctx.dir / method)
-        out[method] = _run_vlm(
-            sub, f"consistency {method}", method_config, adapter, ctx.cases(test_ids)
-        )
+        if method == "vlm_finetuned" and not config.finetune.enabled:
+            continue
+        adapter = str(adapter_dir(ctx)) if method == "vlm_finetuned" else None
+        for where, repeat in _decodings(config).items():
+            if method == "vlm_finetuned":
+                tasks = tuple(t for t in repeat.tasks if t in config.finetune.tasks)
+                repeat = replace(repeat, tasks=tasks)
+            sub = replace(ctx, dir=ctx.dir / method / where if where else ctx.dir / method)
+            name = f"consistency {method}" + (f" ({where} decoding)" if where else "")
+            out[method + (f"_{where}" if where else "")] = _run_vlm(
+                sub, name, repeat, adapter, cases
+            )
     return out
 
 
