@@ -94,6 +94,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "votes_hgg",
         "votes_lgg",
         "votes_invalid",
+        "seen_by_weights",
     ),
     # paired comparisons of methods on the same patients
     "comparisons": ("method_a", "method_b", "n", "b", "c", "statistic", "p_value", "test"),
@@ -113,6 +114,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "ref_voxels",
         "empty_rule",
         "status",
+        "seen_by_weights",
     ),
     # summary of the above: one row per (method, task, region)
     "segmentation_summary": (

@@ -59,3 +59,31 @@ def test_bad_values_are_named(tmp_path, prior):
     bad.write_text("Grade,ID\nHGG,x\n")
     with pytest.raises(ValueError, match=r"bad\.csv.*BraTS_2020_subject_ID"):
         prior_challenge_ids(bad, "BraTS_2020_subject_ID")
+
+
+def test_the_metrics_stage_labels_rows_the_weights_saw(tmp_path):
+    """Through the metrics stage's own helper and the report's warning."""
+    from types import SimpleNamespace
+
+    from GliomaCompareLib.data.conventions import load_convention
+    from GliomaCompareLib.pipeline.aggregate import CaseScores, _weights_overlap
+    from GliomaCompareLib.pipeline.config import parse_run_config
+    from GliomaCompareLib.report.tables import _seen_by_weights
+
+    (tmp_path / "name_mapping.csv").write_text(MAPPING)
+    cohort = SimpleNamespace(data_dir=tmp_path, convention=load_convention("brats2020"))
+    raw = {
+        "data": {"synthetic": {"cases": 4}},
+        "cnn": {"enabled": False, "weights": {"seg": "x.pt"}, "weights_trained_on": "brats2018"},
+    }
+    config = parse_run_config(raw)
+    config = config.__class__(**{**config.__dict__, "cnn": config.cnn.__class__(
+        **{**config.cnn.__dict__, "enabled": True})})  # fmt: skip
+    scores = CaseScores()
+    ids = [f"BraTS20_Training_00{i}" for i in (1, 2, 3, 4)]
+    _weights_overlap(cohort, ids, config, scores)
+    assert scores.seen == {"seg": frozenset({"BraTS20_Training_001", "BraTS20_Training_003"})}
+    assert "2 of 4 test patients" in scores.warnings[0]
+    rows = [{"case_id": c, "seen_by_weights": str(c in scores.seen["seg"])} for c in ids]
+    assert "WARNING: 2 test patients" in _seen_by_weights(rows)
+    assert _seen_by_weights([{"case_id": "x", "seen_by_weights": None}]) == ""

@@ -121,12 +121,17 @@ REFUSALS = [
     ),
     (
         {"cnn": {"segg": {}}},
-        "run config: cnn: unknown keys ['segg'] (known: enabled, seg, cls, weights)",
+        "run config: cnn: unknown keys ['segg'] (known: enabled, seg, cls, weights, "
+        "weights_trained_on)",
     ),
     ({"cnn": {"enabled": False, "seg": {"epochz": 1}}}, "cnn.seg: unknown keys ['epochz']"),
     (
         {"cnn": {"enabled": False, "weights": {"x": 1}}},
         "run config: cnn.weights: unknown keys ['x'] (known: seg, cls)",
+    ),
+    (
+        {"cnn": {"enabled": False, "weights_trained_on": "brats2015"}},
+        "run config: cnn.weights_trained_on 'brats2015': use one of none, unknown, brats2017",
     ),
     ({"vlm": {"taks": ["grade"]}}, "run config: vlm: unknown keys ['taks']"),
     ({"vlm": {"decoding": {"temp": 1}}}, "run config: vlm.decoding: unknown keys ['temp']"),
@@ -186,3 +191,13 @@ def test_read_run_config_loads_and_parses(tmp_path):
     assert config.seed == 3 and config.vlm.inference.batch_size == 2
     assert config.name == "demo"  # the preset names it; a file without a name gets its stem
     assert config.raw["vlm"]["batch_size"] == 2
+
+
+def test_weights_trained_on_defaults_to_unknown_when_weights_are_given():
+    assert parse_run_config(MINIMAL).cnn.weights_trained_on == "none"
+    given = _with(cnn={"enabled": False, "weights": {"seg": "model.pt"}})
+    assert parse_run_config(given).cnn.weights_trained_on == "unknown"
+    named = _with(
+        cnn={"enabled": False, "weights": {"seg": "m.pt"}, "weights_trained_on": "brats2018"}
+    )
+    assert parse_run_config(named).cnn.weights_trained_on == "brats2018"

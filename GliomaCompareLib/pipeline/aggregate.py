@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from GliomaCompareLib.data import load_case
+from GliomaCompareLib.data.provenance import prior_challenge_ids, weights_overlap
 from GliomaCompareLib.metrics import (
     classification_report,
     image_diagonal_mm,
@@ -67,6 +68,9 @@ class CaseScores:
         predictions: method -> case id -> (predicted grade, P(HGG)).
         diagonal: case id -> the volume diagonal in mm (the HD95 of a missing prediction).
         failures: case id -> why it could not be loaded.
+        seen: ``seg`` / ``cls`` -> the test patients the given pretrained weights of that
+            network were trained on (``cnn.weights_trained_on``; empty without weights).
+        warnings: sentences for the summary (e.g. that pretrained weights saw test patients).
     """
 
     seg_rows: list[dict] = field(default_factory=list)
@@ -75,6 +79,8 @@ class CaseScores:
     predictions: dict[str, dict[str, tuple]] = field(default_factory=lambda: defaultdict(dict))
     diagonal: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, frozenset] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
@@ -124,6 +130,7 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
         "graded": len(graded),
         "methods": sorted(scores.predictions),
         "case_failures": scores.failures,
+        "warnings": scores.warnings,
         "classification": {
             r["method"]: {k: r.get(k) for k in ("accuracy", "specificity", "balanced_accuracy")}
             for r in class_rows
@@ -137,6 +144,7 @@ def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunC
     usable = {c.case_id: c for c in cohort.usable}
     window = config.vlm.inference.window  # the gallery shows FLAIR as the VLM saw it
     scores = CaseScores(localisation=_localisation_scorer(cohort, run_dir, arms, config))
+    _weights_overlap(cohort, test_ids, config, scores)
     for case_id in test_ids:
         try:
             case = load_case(usable[case_id], cohort.convention)
@@ -168,12 +176,29 @@ def _localisation_scorer(cohort, run_dir: Path, arms: ArmOutputs, config: RunCon
     return LocalisationScorer(baseline, inference.point_radius_mm, k)
 
 
+def _weights_overlap(cohort, test_ids, config: RunConfig, scores: CaseScores) -> None:
+    """Which test patients the given pretrained weights were trained on (name_mapping.csv's
+    earlier-challenge ids), per network, and the summary's warning."""
+    given = [task for task in ("seg", "cls") if config.cnn.weights.get(task)]
+    if not given or not config.cnn.enabled:
+        return
+    mapping = Path(cohort.data_dir or "") / cohort.convention.name_mapping_file
+    prior = prior_challenge_ids(mapping, cohort.convention.id_column) if mapping.is_file() else None
+    overlap = weights_overlap(test_ids, config.cnn.weights_trained_on, prior)
+    for task in given:
+        scores.seen[task] = frozenset(overlap.case_ids)
+    if overlap.any:
+        scores.warnings.append(f"{'/'.join(given)} weights: {overlap.note}")
+        log.warning("metrics: %s", scores.warnings[-1])
+
+
 def _score_cnn(case, arms: ArmOutputs, scores: CaseScores, case_metrics, gallery):
     """The CNN's (and its baseline's) rows and grade for one patient; returns its label map."""
     cnn_label = None
     for source in arms.cnn_sources():
         label = source.label(case.case_id)
-        rows = _cnn_seg_rows(case, source, label)
+        seen = source.method == "cnn" and case.case_id in scores.seen.get("seg", ())
+        rows = _cnn_seg_rows(case, source, label, seen)
         scores.seg_rows += rows
         case_metrics[source.method] = {
             "regions": {r["region"]: {"dice": r["dice"], "hd95": r["hd95"]} for r in rows},
@@ -188,12 +213,15 @@ def _score_cnn(case, arms: ArmOutputs, scores: CaseScores, case_metrics, gallery
     case_metrics["cnn"].update(grade=g, p_hgg=p)
     gallery["cnn"] = GradePrediction(g, p, arms.cnn.model)
     scores.grade_rows.append({"case_id": case.case_id, "method": "cnn", "model": arms.cnn.model,
-                              "grade_true": case.grade, "grade_pred": g, "p_hgg": p})  # fmt: skip
+                              "grade_true": case.grade, "grade_pred": g, "p_hgg": p,
+                              "seen_by_weights": case.case_id in scores.seen.get("cls", ())
+                              or None})  # fmt: skip
     return cnn_label
 
 
-def _cnn_seg_rows(case, source: CnnOutputs, label) -> list[dict]:
-    """Per-region rows of a CNN label map (a missing one scored as empty, as BraTS does)."""
+def _cnn_seg_rows(case, source: CnnOutputs, label, seen: bool = False) -> list[dict]:
+    """Per-region rows of a CNN label map (a missing one scored as empty, as BraTS does);
+    ``seen``: the pretrained weights were trained on this patient."""
     status = "ok" if label is not None else "missing_prediction"
     pred = label if label is not None else np.zeros(case.shape, np.uint8)
     return [
@@ -210,6 +238,7 @@ def _cnn_seg_rows(case, source: CnnOutputs, label) -> list[dict]:
             "ref_voxels": s.ref_voxels,
             "empty_rule": s.empty,
             "status": status,
+            "seen_by_weights": True if seen else None,
         }
         for s in score_label_maps(pred, case.label, case.spacing, case.convention)
     ]

@@ -27,6 +27,7 @@ import yaml
 
 from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, load_cnn_config
 from GliomaCompareLib.cnn.networks import build_network
+from GliomaCompareLib.data.provenance import TRAINED_ON
 from GliomaCompareLib.data.slices import SliceRule, WindowSpec
 from GliomaCompareLib.data.synthetic import SynthConfig
 from GliomaCompareLib.report import ReportOptions
@@ -193,7 +194,7 @@ CONSISTENCY_METHODS = ("vlm_base", "vlm_finetuned")
 
 _DATA_KEYS = ("root", "synthetic", "convention", "jobs")
 _SPLIT_KEYS = ("file", "fractions", "seed")
-_CNN_KEYS = ("enabled", "seg", "cls", "weights")
+_CNN_KEYS = ("enabled", "seg", "cls", "weights", "weights_trained_on")
 _CONSISTENCY_KEYS = ("enabled", "runs", "temperature", "tasks", "max_cases", "methods")
 _METRICS_KEYS = ("n_bootstrap",)
 
@@ -238,12 +239,17 @@ class CnnSection:
         enabled: whether the CNN stages run.
         seg, cls: the segmentation and classification networks and their training.
         weights: ``{"seg": ..., "cls": ...}``: released weights to start from (values as given).
+        weights_trained_on: the data those weights were trained on (a value of
+            :data:`~GliomaCompareLib.data.provenance.TRAINED_ON`, e.g. ``brats2018`` for the
+            MONAI bundle); ``unknown`` when weights are given without it, ``none`` without
+            weights. Test patients the weights saw are labelled in every table.
     """
 
     enabled: bool = True
     seg: SegConfig = field(default_factory=SegConfig)
     cls: ClsConfig = field(default_factory=ClsConfig)
     weights: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    weights_trained_on: str = "none"
 
     def network(self, task: str) -> SegConfig | ClsConfig:
         """The config of ``task`` (``seg`` or ``cls``)."""
@@ -480,11 +486,20 @@ def _cnn_section(config: Mapping[str, Any]) -> CnnSection:
     _refuse_unknown("cnn", cnn, _CNN_KEYS)
     networks = load_cnn_config({k: v for k, v in cnn.items() if k in ("seg", "cls")})
     _refuse_unknown("cnn.weights", cnn.get("weights") or {}, ("seg", "cls"))
+    weights = dict(cnn.get("weights") or {})
+    trained_on = str(
+        cnn.get("weights_trained_on") or ("unknown" if any(weights.values()) else "none")
+    )
+    if trained_on not in TRAINED_ON:
+        raise ValueError(
+            f"run config: cnn.weights_trained_on {trained_on!r}: use one of {', '.join(TRAINED_ON)}"
+        )
     section = CnnSection(
         enabled=bool(cnn.get("enabled", True)),
         seg=networks.seg,
         cls=networks.cls,
-        weights=dict(cnn.get("weights") or {}),
+        weights=weights,
+        weights_trained_on=trained_on,
     )
     if section.enabled:
         # building the networks once catches bad architecture arguments before any training

@@ -560,6 +560,19 @@ def _insert_localisation_figures(lines: list[Line], published: Published) -> lis
     return used
 
 
+def _seen_by_weights(rows: Iterable[Mapping[str, Any]]) -> str:
+    """A warning when scores come from test patients the pretrained weights were trained on."""
+    seen = sorted({r.get("case_id") for r in rows if str(r.get("seen_by_weights")) == "True"})
+    if not seen:
+        return ""
+    return (
+        f"WARNING: {len(seen)} test patients ({', '.join(seen[:5])}"
+        f"{', ...' if len(seen) > 5 else ''}) were in the data the pretrained CNN weights were "
+        "trained on (cnn.weights_trained_on, name_mapping.csv): their CNN scores are not "
+        "held-out scores."
+    )
+
+
 def _segmentation_status_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     notes = []
     statuses: dict[tuple[str, str], int] = defaultdict(int)
@@ -569,6 +582,9 @@ def _segmentation_status_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             statuses[(row.get("method") or "?", status)] += 1
     for (method, status), count in sorted(statuses.items()):
         notes.append(f"{label(method)}: {count} case-region scores had status '{status}'.")
+    seen = _seen_by_weights(rows)
+    if seen:
+        notes.append(seen)
     empty_rules = sum(1 for r in rows if r.get("empty_rule"))
     if empty_rules:
         notes.append(
@@ -951,7 +967,8 @@ def build_tables(run: RunData, published: Published, options: ReportOptions) -> 
 
 def headline(run: RunData, published: Published, options: ReportOptions) -> list[str]:
     """A few sentences with the main numbers of this run beside the study's."""
-    out = _grading_sentences(run, published)
+    out = [w for w in (_seen_by_weights([*run.rows("segmentation"), *run.rows("grades")]),) if w]
+    out += _grading_sentences(run, published)
     out += [
         f"{label(row.get('method_a'))} vs {label(row.get('method_b'))}: "
         f"{_verdict(row, options.alpha)}."
