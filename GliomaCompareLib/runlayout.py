@@ -135,6 +135,17 @@ TABLES: dict[str, tuple[str, ...]] = {
     # CI), beside the CNN, the oracle answer of that kind and a trivial baseline on exactly those
     # slices, and the stacked 3D Dice beside its coverage ceiling (metrics.localisation)
     "localisation": ("method", "model", *LOCALISATION_COLUMNS[1:]),
+    # the base VLM under the run's slice rule and each rule of `sensitivity.slice_rules`: one
+    # grade row (voted accuracy) and one like-for-like row per localisation task, per rule
+    "slice_sensitivity": (
+        "slice_rule",
+        "oracle",
+        "model",
+        "task",
+        "n_patients",
+        "accuracy",
+        *(c for c in LOCALISATION_COLUMNS if c not in ("method", "task", "n_patients")),
+    ),
     # one row per VLM answer on a slice (base and fine-tuned; consistency repeats included);
     # pred_cx/pred_cy (the answer's point, box centre or polygon centroid) and true_cx/true_cy
     # (centroid of the whole tumour on the slice) are pixel coordinates (x, y) = (col, row) of
@@ -213,6 +224,7 @@ def _cell(value: Any) -> Any:
 TEXT_COLUMNS = frozenset(
     {
         "case_id",
+        "slice_rule",
         "method",
         "model",
         "task",

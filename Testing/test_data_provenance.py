@@ -84,6 +84,8 @@ def test_the_metrics_stage_labels_rows_the_weights_saw(tmp_path):
     _weights_overlap(cohort, ids, config, scores)
     assert scores.seen == {"seg": frozenset({"BraTS20_Training_001", "BraTS20_Training_003"})}
     assert "2 of 4 test patients" in scores.warnings[0]
-    rows = [{"case_id": c, "seen_by_weights": str(c in scores.seen["seg"])} for c in ids]
+    rows = [
+        {"case_id": c, "seen_by_weights": 1.0 if c in scores.seen["seg"] else None} for c in ids
+    ]
     assert "WARNING: 2 test patients" in _seen_by_weights(rows)
     assert _seen_by_weights([{"case_id": "x", "seen_by_weights": None}]) == ""

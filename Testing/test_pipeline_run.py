@@ -39,6 +39,10 @@ finetune:
   epochs: 1
 consistency:
   max_cases: 2
+sensitivity:
+  enabled: true
+  slice_rules: [cnn, brain]
+  tasks: [grade, box]
 metrics:
   n_bootstrap: 100
 """
@@ -172,6 +176,28 @@ def test_localisation_is_scored_like_for_like(finished_run):
     assert {r["task"] for r in rows if r["dice_slices_lenient_mean"] is not None} == {"polygon"}
     report = (finished_run / "report.html").read_text()
     assert "Localisation, like for like" in report and "oracle slice selection" in report
+
+
+def test_the_slice_rule_sensitivity_asks_the_same_patients_on_other_slices(finished_run):
+    from GliomaCompareLib.runlayout import read_table
+
+    rows = read_table(finished_run / "metrics" / "slice_sensitivity.csv")
+    assert {(r["slice_rule"], r["task"]) for r in rows} == {
+        (rule, task) for rule in ("tumour_area", "cnn", "brain") for task in ("grade", "box")
+    } | {("tumour_area", t) for t in ("point", "polygon")}
+    assert {r["slice_rule"]: r["oracle"] for r in rows} == {
+        "tumour_area": 1.0,
+        "cnn": 0.0,
+        "brain": 0.0,
+    }
+    patients = {r["n_patients"] for r in rows if r["task"] == "grade"}
+    assert len(patients) == 1  # the same patients under every rule
+    answers = finished_run / "stages" / "slice-sensitivity" / "brain" / "out" / "all"
+    line = json.loads((answers / "answers.jsonl").read_text().splitlines()[0])
+    assert "may or may not be visible" not in line["raw_text"]  # the prompt is not echoed
+    vlm = json.loads((answers / "vlm.json").read_text())
+    assert vlm["config"]["prompt_variant"] == "neutral"
+    assert vlm["config"]["slice_rule"]["mode"] == "brain"
 
 
 def test_consistency_repeats_a_stratified_sample_at_both_decodings(finished_run):

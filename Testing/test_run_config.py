@@ -134,6 +134,10 @@ REFUSALS = [
         "run config: cnn.weights_trained_on 'brats2015': use one of none, unknown, brats2017",
     ),
     ({"vlm": {"taks": ["grade"]}}, "run config: vlm: unknown keys ['taks']"),
+    (
+        {"sensitivity": {"slice_rules": ["cnn", "random"]}},
+        "run config: sensitivity.slice_rules: unknown rule 'random'",
+    ),
     ({"vlm": {"decoding": {"temp": 1}}}, "run config: vlm.decoding: unknown keys ['temp']"),
     ({"vlm": {"slice_rule": {"mod": "x"}}}, "run config: vlm.slice_rule: unknown keys ['mod']"),
     ({"vlm": {"window": {"low": 1}}}, "run config: vlm.window: unknown keys ['low']"),

@@ -23,6 +23,7 @@ import numpy as np
 
 from GliomaCompareLib.data import load_case
 from GliomaCompareLib.data.provenance import prior_challenge_ids, weights_overlap
+from GliomaCompareLib.data.slices import ORACLE_MODES
 from GliomaCompareLib.metrics import (
     classification_report,
     image_diagonal_mm,
@@ -64,6 +65,7 @@ class CaseScores:
     Attributes:
         seg_rows: ``segmentation`` rows of the CNN (and its baseline), patient by patient.
         localisation: the like-for-like localisation scores of the VLM methods.
+        sensitivity: slice rule -> the same scores of the base VLM under that rule.
         grade_rows: ``grades`` rows, patient by patient.
         predictions: method -> case id -> (predicted grade, P(HGG)).
         diagonal: case id -> the volume diagonal in mm (the HD95 of a missing prediction).
@@ -80,6 +82,7 @@ class CaseScores:
     diagonal: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     seen: dict[str, frozenset] = field(default_factory=dict)
+    sensitivity: dict[str, LocalisationScorer] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -122,6 +125,7 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
         "slices": [r for o in arms.vlm.values() for r in _slice_rows(o)],
         "answer_status": [r for o in arms.vlm.values() for r in _status_rows(o)],
         "consistency": _consistency_rows(run_dir),
+        "slice_sensitivity": _sensitivity_rows(scores, arms, truth, config),
     }
     for key, rows in tables.items():
         write_table(metrics_dir / f"{key}.csv", key, rows)
@@ -144,6 +148,7 @@ def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunC
     usable = {c.case_id: c for c in cohort.usable}
     window = config.vlm.inference.window  # the gallery shows FLAIR as the VLM saw it
     scores = CaseScores(localisation=_localisation_scorer(cohort, run_dir, arms, config))
+    scores.sensitivity = {rule: scores.localisation.sibling() for rule in sorted(arms.sensitivity)}
     _weights_overlap(cohort, test_ids, config, scores)
     for case_id in test_ids:
         try:
@@ -161,6 +166,8 @@ def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunC
         for outputs in arms.vlm.values():
             _score_vlm(case, outputs, scores, case_metrics, gallery)
             scores.localisation.add_case(case, cnn_label, outputs)
+        for rule, outputs in arms.sensitivity.items():
+            scores.sensitivity[rule].add_case(case, cnn_label, outputs)
         write_case_files(run_dir, case, cnn_label, arms.vlm, case_metrics)
         write_gallery_file(run_dir, case, cnn_label, arms.vlm, gallery, window)
     return scores
@@ -450,6 +457,39 @@ def _status_rows(outputs: MethodOutputs) -> list[dict]:
             rows.append({"method": outputs.method, "model": outputs.model, "task": task,
                          "status": status, "count": count, "fraction": count / total})  # fmt: skip
     return rows
+
+
+def _sensitivity_rows(scores: CaseScores, arms: ArmOutputs, truth, config: RunConfig) -> list:
+    """``slice_sensitivity``: the base VLM under the run's slice rule and under each other rule:
+    grading accuracy (majority vote) and like-for-like localisation, on the same patients."""
+    if not arms.sensitivity:
+        return []
+    main_rule = config.vlm.inference.rule
+    groups = {main_rule.mode: (arms.vlm.get("vlm_base"), scores.localisation)}
+    for rule, outputs in arms.sensitivity.items():
+        groups[rule] = (outputs, scores.sensitivity[rule])
+    rows = []
+    for rule, (outputs, scorer) in groups.items():
+        if outputs is None:
+            continue
+        base = {"slice_rule": rule, "oracle": rule in ORACLE_MODES, "model": outputs.model}
+        rows.append({**base, "task": "grade", **_vote_accuracy(outputs, truth)})
+        for loc in scorer.rows(config.metrics.n_bootstrap, config.seed):
+            if loc["method"] == "vlm_base":
+                rows.append(
+                    {**base, **{k: v for k, v in loc.items() if k not in ("model", "method")}}
+                )
+    return rows
+
+
+def _vote_accuracy(outputs: MethodOutputs, truth: Mapping[str, str | None]) -> dict:
+    """Accuracy of the voted grade over the patients of known grade (an invalid vote is wrong)."""
+    votes = _vlm_patient_grade(outputs)
+    graded = [c for c in votes if truth.get(c) in ("HGG", "LGG")]
+    if not graded:
+        return {"n_patients": 0}
+    right = sum(votes[c].get("grade_pred") == truth[c] for c in graded)
+    return {"n_patients": len(graded), "accuracy": right / len(graded)}
 
 
 def _consistency_rows(run_dir: Path) -> list[dict]:

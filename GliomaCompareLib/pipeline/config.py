@@ -28,11 +28,12 @@ import yaml
 from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, load_cnn_config
 from GliomaCompareLib.cnn.networks import build_network
 from GliomaCompareLib.data.provenance import TRAINED_ON
-from GliomaCompareLib.data.slices import SliceRule, WindowSpec
+from GliomaCompareLib.data.slices import SLICE_MODES, SliceRule, WindowSpec
 from GliomaCompareLib.data.synthetic import SynthConfig
 from GliomaCompareLib.report import ReportOptions
 from GliomaCompareLib.resources import resource_path
 from GliomaCompareLib.vlm import DecodingConfig, FinetuneConfig, VLMConfig
+from GliomaCompareLib.vlm.tasks import PROMPT_VARIANTS
 
 __all__ = [
     "CONSISTENCY_METHODS",
@@ -70,6 +71,7 @@ KNOWN_SECTIONS = (
     "vlm",
     "finetune",
     "consistency",
+    "sensitivity",
     "metrics",
     "report",
 )
@@ -196,6 +198,7 @@ _DATA_KEYS = ("root", "synthetic", "convention", "jobs")
 _SPLIT_KEYS = ("file", "fractions", "seed")
 _CNN_KEYS = ("enabled", "seg", "cls", "weights", "weights_trained_on")
 _CONSISTENCY_KEYS = ("enabled", "runs", "temperature", "tasks", "max_cases", "methods")
+_SENSITIVITY_KEYS = ("enabled", "slice_rules", "tasks", "prompt_variant")
 _METRICS_KEYS = ("n_bootstrap",)
 
 
@@ -320,6 +323,25 @@ class ConsistencySection:
 
 
 @dataclass(frozen=True)
+class SensitivitySection:
+    """``sensitivity:``: the base VLM asked again under other slice rules, to show how much the
+    study's slice choice (oracle slices that show tumour) shapes its figures.
+
+    Attributes:
+        enabled: whether the ``slice-sensitivity`` stage runs.
+        slice_rules: the other slice rule modes (``cnn``, ``brain``, ``largest``, ...).
+        tasks: the tasks asked (default: ``vlm.tasks``).
+        prompt_variant: the prompts' image description under those rules (default
+            ``neutral``: label-free slices may show no tumour).
+    """
+
+    enabled: bool = False
+    slice_rules: tuple[str, ...] = ("cnn", "brain")
+    tasks: tuple[str, ...] = ()
+    prompt_variant: str = "neutral"
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """``metrics:``.
 
@@ -338,7 +360,7 @@ class RunConfig:
         name, description: the run's name and one line about it.
         seed: the run's seed (split and bootstrap defaults).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        data, split, cnn, vlm, finetune, consistency, metrics: the typed sections.
+        data, split, cnn, vlm, finetune, consistency, sensitivity, metrics: the typed sections.
         report: the report settings of the ``report:`` section.
         raw: the mapping it was parsed from (JSON-able; fingerprints and the manifest use it).
     """
@@ -353,6 +375,7 @@ class RunConfig:
     vlm: VlmSection = field(default_factory=VlmSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     consistency: ConsistencySection = field(default_factory=ConsistencySection)
+    sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     report: ReportOptions = field(default_factory=ReportOptions)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -563,6 +586,29 @@ def _consistency_section(config: Mapping[str, Any], vlm: VLMConfig) -> Consisten
     )
 
 
+def _sensitivity_section(config: Mapping[str, Any], vlm: VLMConfig) -> SensitivitySection:
+    sens = _section(config, "sensitivity")
+    _refuse_unknown("sensitivity", sens, _SENSITIVITY_KEYS)
+    rules = _task_list(sens.get("slice_rules") or SensitivitySection.slice_rules)
+    for rule in rules:
+        if rule not in SLICE_MODES:
+            raise ValueError(
+                f"run config: sensitivity.slice_rules: unknown rule {rule!r} "
+                f"(use {', '.join(SLICE_MODES)})"
+            )
+    variant = str(sens.get("prompt_variant") or SensitivitySection.prompt_variant)
+    if variant not in PROMPT_VARIANTS:
+        raise ValueError(
+            f"run config: sensitivity.prompt_variant {variant!r}: use {', '.join(PROMPT_VARIANTS)}"
+        )
+    return SensitivitySection(
+        enabled=bool(sens.get("enabled", False)),
+        slice_rules=rules,
+        tasks=tuple(t for t in _task_list(sens.get("tasks") or vlm.tasks) if t in vlm.tasks),
+        prompt_variant=variant,
+    )
+
+
 def _metrics_section(config: Mapping[str, Any]) -> MetricsSection:
     metrics = _section(config, "metrics")
     _refuse_unknown("metrics", metrics, _METRICS_KEYS)
@@ -595,6 +641,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     vlm = _vlm_section(raw, given_device)
     finetune = _finetune_section(raw, vlm.inference, given_device)
     consistency = _consistency_section(raw, vlm.inference)
+    sensitivity = _sensitivity_section(raw, vlm.inference)
     device = _device(raw)
     return RunConfig(
         name=str(raw.get("name") or "run"),
@@ -607,6 +654,7 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         vlm=vlm,
         finetune=finetune,
         consistency=consistency,
+        sensitivity=sensitivity,
         metrics=_metrics_section(raw),
         report=_report_section(raw),
         raw=raw,

@@ -111,6 +111,10 @@ class LocalisationScorer:
         self.cases: dict[tuple[str, str], list[CaseLocalisation]] = defaultdict(list)
         self.models: dict[str, str] = {}
 
+    def sibling(self) -> LocalisationScorer:
+        """An empty scorer with the same baseline and settings (for another set of answers)."""
+        return LocalisationScorer(self.baseline, self.radius_mm, self.max_vertices)
+
     def add_case(self, case, cnn_label, outputs: MethodOutputs) -> None:
         """Score one patient's answers of one VLM method (first run) on its slices."""
         if case.label is None:

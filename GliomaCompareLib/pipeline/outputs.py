@@ -137,14 +137,27 @@ class CnnOutputs:
         return np.rint(label).astype(np.uint8)
 
 
+def _sensitivity_outputs(run_dir: Path) -> dict[str, MethodOutputs]:
+    """The base VLM's outputs under each other slice rule (``slice-sensitivity/<rule>/``)."""
+    stage = run_dir / "stages" / "slice-sensitivity"
+    out = {}
+    for folder in sorted(p for p in stage.glob("*") if p.is_dir()):
+        outputs = collect_vlm(run_dir, "vlm_base", folder)
+        if outputs is not None:
+            out[folder.name] = outputs
+    return out
+
+
 @dataclass
 class ArmOutputs:
-    """Everything the arms wrote: the CNN (and its untrained baseline) and the VLM methods."""
+    """Everything the arms wrote: the CNN (and its untrained baseline), the VLM methods, and
+    the base VLM under other slice rules (``sensitivity``: rule -> outputs)."""
 
     cnn: CnnOutputs
     cnn_untrained: CnnOutputs
     cnn_ran: bool
     vlm: dict[str, MethodOutputs]
+    sensitivity: dict[str, MethodOutputs] = field(default_factory=dict)
 
     @classmethod
     def read(cls, run_dir: Path) -> ArmOutputs:
@@ -155,6 +168,7 @@ class ArmOutputs:
             cnn_untrained=CnnOutputs.read(run_dir, "cnn_untrained"),
             cnn_ran=ran,
             vlm={m: o for m in VLM_STAGES if (o := collect_vlm(run_dir, m)) is not None},
+            sensitivity=_sensitivity_outputs(run_dir),
         )
 
     def cnn_sources(self) -> list[CnnOutputs]:

@@ -49,6 +49,7 @@ from GliomaCompareLib.pipeline.stages.cnn_train import CNN_TRAIN_CLS, CNN_TRAIN_
 from GliomaCompareLib.pipeline.stages.data import DATA
 from GliomaCompareLib.pipeline.stages.metrics import METRICS
 from GliomaCompareLib.pipeline.stages.report import REPORT
+from GliomaCompareLib.pipeline.stages.sensitivity import SLICE_SENSITIVITY
 from GliomaCompareLib.pipeline.stages.split import SPLIT
 from GliomaCompareLib.pipeline.stages.vlm_finetune import VLM_FINETUNE
 from GliomaCompareLib.pipeline.stages.vlm_infer import CONSISTENCY, VLM_BASE, VLM_FINETUNED
@@ -82,6 +83,7 @@ STAGES: tuple[Stage, ...] = (
     VLM_FINETUNE,
     VLM_FINETUNED,
     CONSISTENCY,
+    SLICE_SENSITIVITY,
     # step 4: the tables, the Slicer files and the report
     METRICS,
     REPORT,

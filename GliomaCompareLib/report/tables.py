@@ -85,6 +85,7 @@ __all__ = [
     "LIKE_FOR_LIKE",
     "LOCALISATION",
     "SEGMENTATION",
+    "SENSITIVITY",
     "USABLE_STATUSES",
     "CentreSummary",
     "Row",
@@ -105,6 +106,7 @@ __all__ = [
     "render_html_table",
     "render_markdown",
     "segmentation_table",
+    "sensitivity_table",
 ]
 
 _METRIC_NAMES = {"dice": "Dice", "auc": "AUC", "f1": "F1"}
@@ -562,7 +564,7 @@ def _insert_localisation_figures(lines: list[Line], published: Published) -> lis
 
 def _seen_by_weights(rows: Iterable[Mapping[str, Any]]) -> str:
     """A warning when scores come from test patients the pretrained weights were trained on."""
-    seen = sorted({r.get("case_id") for r in rows if str(r.get("seen_by_weights")) == "True"})
+    seen = sorted({r.get("case_id") for r in rows if num(r.get("seen_by_weights"))})
     if not seen:
         return ""
     return (
@@ -659,6 +661,49 @@ def like_for_like_table(run: RunData, published: Published, options: ReportOptio
     ]
     produced, tiny = _produced_by(run, _methods_in(rows_in))
     return build_table(LIKE_FOR_LIKE, lines, produced_by=produced, notes=notes, tiny=tiny)
+
+
+def _rule_name(row: Mapping[str, Any]) -> str:
+    kind = "oracle" if num(row.get("oracle")) else "label-free"
+    return f"{row.get('slice_rule')} ({kind})"
+
+
+SENSITIVITY = TableSpec(
+    "slice_sensitivity",
+    "Sensitivity to the slice rule: the base VLM on other slices",
+    "The base VLM asked again on the same test patients under other slice rules: oracle rules "
+    "read the reference labels (the study's protocol: slices known to show tumour), label-free "
+    "rules do not (the CNN's own tumour slices, or brain slices, with a prompt that does not say "
+    "a glioma is visible). Grade: accuracy of the voted grade. Localisation: per-slice Dice on "
+    "the slices with reference tumour, beside the CNN and the oracle on the same slices.",
+    ("slice_sensitivity",),
+    (
+        Column("Slice rule", _rule_name),
+        _TASK,
+        _count("Patients", "n_patients"),
+        _number("Accuracy", "accuracy"),
+        _count("Slices scored", "n_slices"),
+        _count("Slices without tumour", "n_slices_empty_reference"),
+        Column("VLM Dice [95% CI]", _dice_with_ci, numeric=True),
+        _number("CNN, same slices", "cnn_dice_same_slices"),
+        _number("Oracle (ceiling)", "oracle_dice_same_slices"),
+    ),
+)
+
+
+def sensitivity_table(run: RunData, published: Published, options: ReportOptions) -> Table:
+    """``metrics/slice_sensitivity.csv``: the base VLM under each slice rule."""
+    missing = missing_table(run, SENSITIVITY)
+    if missing is not None:
+        return missing
+    rows_in = list(run.rows("slice_sensitivity"))
+    produced, tiny = _produced_by(run, ["vlm_base"] if rows_in else [])
+    notes = [
+        "A label-free rule can pick slices without tumour: they are left out of the per-slice "
+        "Dice and counted; the grade is voted over every asked slice."
+    ]
+    lines = [Line(row=r) for r in rows_in]
+    return build_table(SENSITIVITY, lines, produced_by=produced, notes=notes, tiny=tiny)
 
 
 def options_slice_rule(run: RunData) -> str:
@@ -934,6 +979,7 @@ _BUILDERS = (
     segmentation_table,
     like_for_like_table,
     localisation_table,
+    sensitivity_table,
     centres_table,
     answer_status_table,
     consistency_table,

@@ -16,7 +16,7 @@ def run_metrics(ctx: StageContext) -> dict:
 METRICS = Stage(
     "metrics",
     run_metrics,
-    ("cnn-predict", "vlm-base", "vlm-finetuned", "consistency"),
+    ("cnn-predict", "vlm-base", "vlm-finetuned", "consistency", "slice-sensitivity"),
     ("metrics",),
     description="tables and Slicer files",
 )

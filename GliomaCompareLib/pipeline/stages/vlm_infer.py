@@ -25,7 +25,7 @@ from GliomaCompareLib.pipeline.runner import Stage, StageContext
 from GliomaCompareLib.pipeline.stages.vlm_finetune import adapter_dir, finetune_enabled
 from GliomaCompareLib.vlm import DecodingConfig, VLMBackend, VLMConfig, make_backend, run_vlm
 
-__all__ = ["CONSISTENCY", "VLM_BASE", "VLM_FINETUNED"]
+__all__ = ["CONSISTENCY", "VLM_BASE", "VLM_FINETUNED", "run_vlm_queries"]
 
 
 class _VlmProgress:
@@ -79,7 +79,7 @@ def _with_predictions(ctx: StageContext, config: VLMConfig) -> VLMConfig:
     return replace(config, cnn_predictions=str(ctx.stage_dir("cnn-predict") / "pred"))
 
 
-def _run_vlm(
+def run_vlm_queries(
     ctx: StageContext, name: str, config: VLMConfig, adapter: str | None, case_ids
 ) -> dict:
     backend = _backend(ctx.config, adapter)
@@ -114,14 +114,14 @@ def _run_vlm(
 # ------------------------------------------------------------------------------ vlm-base
 def run_vlm_base(ctx: StageContext) -> dict:
     cases = ctx.cases(usable_test_ids(ctx.run_dir))
-    return _run_vlm(ctx, "vlm-base", ctx.config.vlm.inference, None, cases)
+    return run_vlm_queries(ctx, "vlm-base", ctx.config.vlm.inference, None, cases)
 
 
 # ------------------------------------------------------------------------------ vlm-finetuned
 def run_vlm_finetuned(ctx: StageContext) -> dict:
     config = replace(ctx.config.vlm.inference, tasks=ctx.config.finetune.tasks)
     cases = ctx.cases(usable_test_ids(ctx.run_dir))
-    return _run_vlm(ctx, "vlm-finetuned", config, str(adapter_dir(ctx)), cases)
+    return run_vlm_queries(ctx, "vlm-finetuned", config, str(adapter_dir(ctx)), cases)
 
 
 # ------------------------------------------------------------------------------ consistency
@@ -188,7 +188,7 @@ def run_consistency(ctx: StageContext) -> dict:
                 repeat = replace(repeat, tasks=tasks)
             sub = replace(ctx, dir=ctx.dir / method / where if where else ctx.dir / method)
             name = f"consistency {method}" + (f" ({where} decoding)" if where else "")
-            out[method + (f"_{where}" if where else "")] = _run_vlm(
+            out[method + (f"_{where}" if where else "")] = run_vlm_queries(
                 sub, name, repeat, adapter, cases
             )
     return out
