@@ -62,6 +62,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     # one row per (method, decision rule) on the test patients (HGG positive); decision:
     # "fixed" (CNN P(HGG) >= 0.5, VLM majority vote with n_ties tied votes) or "val_threshold"
     # (a Youden threshold chosen on the validation patients, threshold_n_val of them);
+    # threshold_on: the score a threshold applies to (p_hgg, or the VLM's vote_share / mean_p);
     # accuracy / sensitivity / specificity intervals are Wilson intervals, balanced accuracy
     # and AUC percentile-bootstrap ones; AUC on the auc_n patients with a score; mcnemar_vs_
     # majority_*: McNemar's test against always answering the majority grade (b: patients the
@@ -71,6 +72,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "decision",
         "model",
         "threshold",
+        "threshold_on",
         "threshold_n_val",
         "n_ties",
         "n",
@@ -284,6 +286,7 @@ TEXT_COLUMNS = frozenset(
         "level",
         "decision",
         "size_group",
+        "threshold_on",
         "mcnemar_vs_majority_test",
     }
 )

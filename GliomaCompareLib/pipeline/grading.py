@@ -94,6 +94,8 @@ class MethodGrades:
         threshold_n_val: validation patients the threshold was chosen on (None: not chosen
             here, or unknown).
         n_ties: patients whose vote was tied (the VLM's fixed rule), else None.
+        threshold_on: the score the threshold applies to: ``p_hgg`` (the CNN), or the VLM's
+            ``vote_share`` / ``mean_p``.
     """
 
     method: str
@@ -104,6 +106,7 @@ class MethodGrades:
     threshold: float | None = None
     threshold_n_val: int | None = None
     n_ties: int | None = None
+    threshold_on: str = "p_hgg"
 
 
 # ------------------------------------------------------------------------------ decisions
@@ -182,9 +185,10 @@ def vlm_grades(
         for c, r in test_rows.items()
     }
     return [
-        MethodGrades(method, model, "fixed", fixed, auc_scores, FIXED_THRESHOLD, None, n_ties),
+        MethodGrades(method, model, "fixed", fixed, auc_scores, FIXED_THRESHOLD, None, n_ties,
+                     "vote_share"),
         MethodGrades(method, model, "val_threshold", tuned, auc_scores, choice.threshold,
-                     choice.n_used),
+                     choice.n_used, None, source),
     ]  # fmt: skip
 
 
@@ -224,7 +228,8 @@ def classification_row(
     n_hgg = sum(t == "HGG" for t in y_true)
     row = {
         "method": grades.method, "decision": grades.decision, "model": grades.model,
-        "threshold": grades.threshold, "threshold_n_val": grades.threshold_n_val,
+        "threshold": grades.threshold, "threshold_on": grades.threshold_on,
+        "threshold_n_val": grades.threshold_n_val,
         "n_ties": grades.n_ties, "sensitivity": data.get("recall"),
         "ci_level": data.get("ci_level"), "n_bootstrap": data.get("n_bootstrap"),
     }  # fmt: skip
