@@ -60,10 +60,22 @@ _CI = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
 
 #: table name -> columns (file ``metrics/<name>.csv``).
 TABLES: dict[str, tuple[str, ...]] = {
-    # one row per method on the test patients (HGG positive)
+    # one row per (method, decision rule) on the test patients (HGG positive); decision:
+    # "fixed" (CNN P(HGG) >= 0.5, VLM majority vote with n_ties tied votes) or "val_threshold"
+    # (a Youden threshold chosen on the validation patients, threshold_n_val of them);
+    # threshold_on: the score a threshold applies to (p_hgg, or the VLM's vote_share / mean_p);
+    # accuracy / sensitivity / specificity intervals are Wilson intervals, balanced accuracy
+    # and AUC percentile-bootstrap ones; AUC on the auc_n patients with a score; mcnemar_vs_
+    # majority_*: McNemar's test against always answering the majority grade (b: patients the
+    # method gets right and the baseline wrong, c: the reverse)
     "classification": (
         "method",
+        "decision",
         "model",
+        "threshold",
+        "threshold_on",
+        "threshold_n_val",
+        "n_ties",
         "n",
         "tp",
         "fp",
@@ -77,10 +89,16 @@ TABLES: dict[str, tuple[str, ...]] = {
         "f1",
         "balanced_accuracy",
         "auc",
+        "auc_n",
+        "brier",
         "majority_baseline_accuracy",
         *(f"{m}_ci_{end}" for m in _CI for end in ("low", "high")),
         "ci_level",
         "n_bootstrap",
+        "mcnemar_vs_majority_b",
+        "mcnemar_vs_majority_c",
+        "mcnemar_vs_majority_p",
+        "mcnemar_vs_majority_test",
     ),
     # one row per (case, method): the patient-level grade
     "grades": (
@@ -96,8 +114,57 @@ TABLES: dict[str, tuple[str, ...]] = {
         "votes_invalid",
         "seen_by_weights",
     ),
-    # paired comparisons of methods on the same patients
-    "comparisons": ("method_a", "method_b", "n", "b", "c", "statistic", "p_value", "test"),
+    # paired comparisons of methods on the same patients, under the same decision rule:
+    # McNemar, and patient-bootstrap intervals of the differences A - B
+    "comparisons": (
+        "method_a",
+        "method_b",
+        "decision",
+        "n",
+        "b",
+        "c",
+        "statistic",
+        "p_value",
+        "test",
+        "accuracy_diff",
+        "accuracy_diff_ci_low",
+        "accuracy_diff_ci_high",
+        "balanced_accuracy_diff",
+        "balanced_accuracy_diff_ci_low",
+        "balanced_accuracy_diff_ci_high",
+        "n_bootstrap",
+    ),
+    # grading accuracy by reference whole-tumour volume (at most / above the median), one row
+    # per (method, decision, size_group), Wilson intervals
+    "grading_by_size": (
+        "method",
+        "decision",
+        "model",
+        "size_group",
+        "median_wt_ml",
+        "n",
+        "n_lgg",
+        "wt_ml_min",
+        "wt_ml_max",
+        "correct",
+        "accuracy",
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+    ),
+    # ROC curve points of each method's P(HGG) (the VLM's patient score), decision-independent,
+    # on the n patients with a score; threshold: score >= threshold is called HGG (inf first)
+    "roc": ("method", "model", "point", "n", "fpr", "tpr", "threshold"),
+    # reliability-diagram bins of each method's P(HGG): bin_low < p <= bin_high
+    "calibration": (
+        "method",
+        "model",
+        "bin",
+        "bin_low",
+        "bin_high",
+        "mean_predicted",
+        "observed",
+        "count",
+    ),
     # one row per (case, method, task, region): 3D scores against the reference
     # task: "seg" for the CNN; "box" / "polygon" / "point" for a VLM (slice masks stacked in 3D,
     # scored against WT)
@@ -237,6 +304,10 @@ TEXT_COLUMNS = frozenset(
         "method_a",
         "method_b",
         "level",
+        "decision",
+        "size_group",
+        "threshold_on",
+        "mcnemar_vs_majority_test",
     }
 )
 

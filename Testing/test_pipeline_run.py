@@ -139,6 +139,51 @@ def test_run_writes_everything_the_contract_names(finished_run):
     assert methods == {"cnn", "vlm_base", "vlm_finetuned"}
 
 
+def _answered_cases(folder: Path) -> set[str]:
+    return {
+        json.loads(line)["case_id"]
+        for path in folder.glob("*/answers.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    }
+
+
+def test_both_rules_for_both_arms_and_val_answers_kept_apart(finished_run):
+    """Each method is graded under the fixed and the validation-tuned rule; the VLM stages ask
+    the grade task on the validation patients into out_val/, never mixed with the test ones."""
+    from GliomaCompareLib.runlayout import TABLES, read_table
+
+    run = finished_run
+    rows = read_table(run / "metrics" / "classification.csv")
+    assert [(r["method"], r["decision"]) for r in rows] == [
+        (m, d) for m in ("cnn", "vlm_base", "vlm_finetuned") for d in ("fixed", "val_threshold")
+    ]
+    for row in rows:
+        assert 0.0 <= row["specificity_ci_low"] <= row["specificity_ci_high"] <= 1.0
+        assert row["mcnemar_vs_majority_p"] is not None and row["threshold"] is not None
+    vlm_fixed = [r for r in rows if r["method"] != "cnn" and r["decision"] == "fixed"]
+    assert all(r["n_ties"] is not None for r in vlm_fixed)
+    splits = json.loads((run / "splits.json").read_text())
+    for stage in ("vlm-base", "vlm-finetuned"):
+        val = _answered_cases(run / "stages" / stage / "out_val")
+        assert val and val <= set(splits["val"]), stage
+        assert not _answered_cases(run / "stages" / stage / "out") & set(splits["val"])
+        summary = json.loads((run / "stages" / stage / "done.json").read_text())["summary"]
+        assert summary["val"]["cases"] == len(val) and summary["val"]["queries"] > 0
+    tuned = [r for r in rows if r["method"] != "cnn" and r["decision"] == "val_threshold"]
+    # chosen on the validation patients with a valid vote only (the tiny model's may have none)
+    assert all(0 <= r["threshold_n_val"] <= len(splits["val"]) for r in tuned)
+    for name in ("comparisons", "roc", "calibration", "grading_by_size"):
+        with (run / "metrics" / f"{name}.csv").open() as handle:
+            assert tuple(handle.readline().strip().split(",")) == TABLES[name], name
+    metrics = json.loads((run / "stages" / "metrics" / "done.json").read_text())["summary"]
+    assert metrics["small_test_set"].startswith("Small test set")
+    assert set(metrics["classification"]) == {f"{r['method']}/{r['decision']}" for r in rows}
+    comparisons = read_table(run / "metrics" / "comparisons.csv")
+    assert {r["decision"] for r in comparisons} == {"fixed", "val_threshold"}
+    assert all(r["accuracy_diff_ci_low"] <= r["accuracy_diff_ci_high"] for r in comparisons)
+
+
 def test_cnn_beats_an_empty_prediction_and_scores_are_bounded(finished_run):
     from GliomaCompareLib.runlayout import read_table
 

@@ -721,7 +721,7 @@ def test_adding_a_column_is_one_place(tmp_path, monkeypatch):
     page = build_report(run, figures=False).read_text(encoding="utf-8")
     md = (run / "metrics" / "classification.md").read_text(encoding="utf-8")
     header = next(line for line in md.splitlines() if line.startswith("| Method |"))
-    assert header.endswith("| Majority baseline | Called HGG |")
+    assert header.endswith("| vs majority (McNemar) | Called HGG |")
     cnn = expected["reports"]["cnn"]
     cnn_line = next(line for line in md.splitlines() if line.startswith("| 3D CNN | This run"))
     assert cnn_line.endswith(f"| {cnn.tp + cnn.fp} |")

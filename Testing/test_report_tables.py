@@ -86,3 +86,63 @@ def test_every_report_table_is_a_spec():
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+def _grading_run(tmp_path, cnn_pred: dict, p_cnn: dict):
+    """A run folder holding only grading tables, made by the metrics stage's row builders."""
+    from GliomaCompareLib.pipeline.grading import (
+        MethodGrades,
+        classification_rows,
+        comparison_rows,
+    )
+    from GliomaCompareLib.report.rundata import load_run
+    from GliomaCompareLib.runlayout import write_table
+
+    truth = {f"c{i}": "HGG" if i < 8 else "LGG" for i in range(11)}  # 8 HGG, 3 LGG
+    ids = sorted(truth)
+    methods = [
+        MethodGrades("cnn", "net", "fixed", cnn_pred, p_cnn, 0.5),
+        MethodGrades("cnn", "net", "val_threshold", dict(truth), p_cnn, 0.42, 5),
+        MethodGrades("vlm_base", "vlm", "fixed", dict.fromkeys(ids, "HGG"), {}, 0.5, None, 2,
+                     "vote_share"),
+        MethodGrades("vlm_base", "vlm", "val_threshold", dict.fromkeys(ids, "HGG"), {}, 0.6, 4,
+                     None, "vote_share"),
+    ]  # fmt: skip
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    write_table(metrics / "classification.csv", "classification",
+                classification_rows(methods, truth, ids, 100, 0))  # fmt: skip
+    write_table(metrics / "comparisons.csv", "comparisons",
+                comparison_rows(methods, truth, ids, 100, 0))  # fmt: skip
+    grades = [{"case_id": c, "method": "cnn", "grade_true": g} for c, g in truth.items()]
+    write_table(metrics / "grades.csv", "grades", grades)
+    return load_run(tmp_path)
+
+
+def test_classification_shows_decision_rules_wilson_and_the_test_against_majority(tmp_path):
+    from GliomaCompareLib.report.options import ReportOptions
+    from GliomaCompareLib.report.published import load_published
+
+    truth_like = {f"c{i}": "HGG" if i < 8 else "LGG" for i in range(11)}
+    p = {c: 0.9 if g == "HGG" else 0.1 for c, g in truth_like.items()}
+    run = _grading_run(tmp_path, dict(truth_like), p)
+    table = tables.classification_table(run, load_published(), ReportOptions())
+    md = render_markdown(table)
+    assert "fixed: P(HGG) ≥ 0.500" in md
+    assert "validation threshold: P(HGG) ≥ 0.420 (chosen on 5 val)" in md
+    assert "fixed: majority vote (2 tied)" in md
+    assert "validation threshold: HGG vote share ≥ 0.600 (chosen on 4 val)" in md
+    # 3/3 LGG right: a Wilson interval, not [1.000, 1.000]
+    assert "1.000 [0.439, 1.000]" in md and "1.000 [1.000, 1.000]" not in md.split("AUC")[0]
+    # McNemar against always-HGG: the CNN gets the 3 LGG right (b 3, c 0), p = 0.25
+    assert "p = 0.25 (b 3, c 0)" in md
+    assert "No method is significantly better than always answering the majority grade" in md
+    assert "Warning: Small test set (3 LGG, 8 HGG)" in md
+    lines = tables.headline(run, load_published(), ReportOptions())
+    text = " ".join(lines)
+    assert "fixed rule (CNN P(HGG) ≥ 0.5, VLM majority vote): 3D CNN 1.000" in text
+    assert "threshold chosen on the validation patients: 3D CNN 1.000" in text
+    assert "No method is significantly better than that" in text
+    assert "beats" not in text
+    comparisons = render_markdown(tables.comparisons_table(run, load_published(), ReportOptions()))
+    assert "| validation threshold |" in comparisons and "0.273 [" in comparisons

@@ -19,6 +19,7 @@ from GliomaCompareLib.cnn.config import ClsConfig, SegConfig
 from GliomaCompareLib.cnn.inference import autocast, segment_logits
 from GliomaCompareLib.cnn.networks import channels_last
 from GliomaCompareLib.metrics.classification import auc_score
+from GliomaCompareLib.metrics.decisions import choose_threshold_youden
 
 __all__ = ["ClsTask", "SegTask", "choose_threshold", "selection_auc"]
 
@@ -26,41 +27,24 @@ __all__ = ["ClsTask", "SegTask", "choose_threshold", "selection_auc"]
 def choose_threshold(y_true: Sequence[float], scores: Sequence[float]) -> dict[str, Any]:
     """Decision threshold on scores maximising Youden's J = sensitivity + specificity - 1.
 
-    A case is positive (HGG) when ``score >= threshold``. Candidates are midpoints between
-    consecutive distinct scores plus both extremes; among equally good ones the one nearest
-    0.5 is taken.
+    The package's one threshold rule,
+    :func:`GliomaCompareLib.metrics.decisions.choose_threshold_youden` (the VLM's validation
+    threshold is chosen by it too): a case is positive (HGG) when ``score >= threshold``;
+    candidates are midpoints between consecutive distinct scores plus both extremes; among
+    equally good ones the one nearest 0.5 is taken.
 
     Returns:
         ``{"threshold", "balanced_accuracy", "sensitivity", "specificity", "note"}``; with
-        only one class present, threshold 0.5 and a note saying so.
+        only one class present, threshold 0.5 and a note saying so (the rates nan).
     """
-    y = np.asarray(y_true, dtype=float) > 0.5
-    s = np.asarray(scores, dtype=float)
-    if y.all() or (~y).all():
-        return {
-            "threshold": 0.5,
-            "balanced_accuracy": float("nan"),
-            "sensitivity": float("nan"),
-            "specificity": float("nan"),
-            "note": "validation cases hold one grade only, so the threshold stays at 0.5",
-        }
-    u = np.unique(s)
-    candidates = np.concatenate([[u[0]], (u[:-1] + u[1:]) / 2, [np.nextafter(u[-1], np.inf)]])
-    best = None
-    for t in candidates:
-        pred = s >= t
-        sens = float((pred & y).sum() / y.sum())
-        spec = float((~pred & ~y).sum() / (~y).sum())
-        key = (round(sens + spec, 12), -abs(t - 0.5))
-        if best is None or key > best[0]:
-            best = (key, float(t), sens, spec)
-    _, t, sens, spec = best
+    labels = (np.asarray(y_true, dtype=float) > 0.5).astype(np.int64)
+    chosen = choose_threshold_youden(labels, np.asarray(scores, dtype=float))
     return {
-        "threshold": t,
-        "balanced_accuracy": (sens + spec) / 2,
-        "sensitivity": sens,
-        "specificity": spec,
-        "note": "maximises Youden's J on the validation patients",
+        "threshold": chosen.threshold,
+        "balanced_accuracy": chosen.balanced_accuracy,
+        "sensitivity": chosen.sensitivity,
+        "specificity": chosen.specificity,
+        "note": chosen.note,
     }
 
 

@@ -21,15 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from GliomaCompareLib.data import load_case
+from GliomaCompareLib.data import load_case, region_mask
 from GliomaCompareLib.data.provenance import prior_challenge_ids, weights_overlap
 from GliomaCompareLib.data.slices import ORACLE_MODES
-from GliomaCompareLib.metrics import (
-    classification_report,
-    image_diagonal_mm,
-    mcnemar,
-    score_label_maps,
-)
+from GliomaCompareLib.metrics import image_diagonal_mm, score_label_maps
 from GliomaCompareLib.pipeline.case_files import (
     LOCALISATION_TASKS,
     write_case_files,
@@ -37,8 +32,20 @@ from GliomaCompareLib.pipeline.case_files import (
 )
 from GliomaCompareLib.pipeline.cohort import load_cohort, load_splits, usable_test_ids
 from GliomaCompareLib.pipeline.config import RunConfig
+from GliomaCompareLib.pipeline.grading import (
+    MethodGrades,
+    by_size_rows,
+    calibration_rows,
+    classification_rows,
+    cnn_grades,
+    comparison_rows,
+    roc_rows,
+    small_test_set_banner,
+    vlm_grades,
+)
 from GliomaCompareLib.pipeline.localisation import LocalisationScorer, training_baseline
 from GliomaCompareLib.pipeline.outputs import (
+    VLM_STAGES,
     ArmOutputs,
     CnnOutputs,
     MethodOutputs,
@@ -54,9 +61,6 @@ __all__ = ["CaseScores", "aggregate_run"]
 
 log = logging.getLogger("gliomacompare.metrics")
 
-#: The methods compared pairwise (McNemar), in this order.
-_COMPARED = ("cnn", "vlm_base", "vlm_finetuned")
-
 
 @dataclass
 class CaseScores:
@@ -69,6 +73,7 @@ class CaseScores:
         grade_rows: ``grades`` rows, patient by patient.
         predictions: method -> case id -> (predicted grade, P(HGG)).
         diagonal: case id -> the volume diagonal in mm (the HD95 of a missing prediction).
+        wt_ml: case id -> the reference whole-tumour volume in ml (for the size breakdown).
         failures: case id -> why it could not be loaded.
         seen: ``seg`` / ``cls`` -> the test patients the given pretrained weights of that
             network were trained on (``cnn.weights_trained_on``; empty without weights).
@@ -80,6 +85,7 @@ class CaseScores:
     grade_rows: list[dict] = field(default_factory=list)
     predictions: dict[str, dict[str, tuple]] = field(default_factory=lambda: defaultdict(dict))
     diagonal: dict[str, float] = field(default_factory=dict)
+    wt_ml: dict[str, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     seen: dict[str, frozenset] = field(default_factory=dict)
     sensitivity: dict[str, LocalisationScorer] = field(default_factory=dict)
@@ -108,17 +114,24 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
     for outputs in arms.vlm.values():
         seg_rows += _vlm_seg_rows(outputs, scored_ids, scores.diagonal)
 
-    # classification on the test patients of known grade, and paired comparisons
+    # classification on the test patients of known grade, under both decision rules, and
+    # paired comparisons
     graded = [c for c in test_ids if truth.get(c) in ("HGG", "LGG")]
-    models = {"cnn": arms.cnn.model, **{m: o.model for m, o in arms.vlm.items()}}
-    class_rows = _classification_rows(scores.predictions, truth, graded, models, config)
-    comparisons = _comparison_rows(scores.predictions, truth, graded)
+    methods = _method_grades(run_dir, scores, arms, grades, config)
+    boot = (config.metrics.n_bootstrap, config.seed)
+    class_rows = classification_rows(methods, truth, graded, *boot)
+    small_test_set = small_test_set_banner(truth, graded) if graded else None
+    if small_test_set:
+        log.warning("metrics: %s", small_test_set)
 
     # the tables
     tables = {
         "classification": class_rows,
         "grades": scores.grade_rows,
-        "comparisons": comparisons,
+        "comparisons": comparison_rows(methods, truth, graded, *boot),
+        "grading_by_size": by_size_rows(methods, truth, graded, scores.wt_ml),
+        "roc": roc_rows(methods, truth, graded),
+        "calibration": calibration_rows(methods, truth, graded),
         "segmentation": seg_rows,
         "segmentation_summary": _summary_rows(seg_rows),
         "localisation": scores.localisation.rows(config.metrics.n_bootstrap, config.seed),
@@ -136,9 +149,13 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
         "case_failures": scores.failures,
         "warnings": scores.warnings,
         "classification": {
-            r["method"]: {k: r.get(k) for k in ("accuracy", "specificity", "balanced_accuracy")}
+            f"{r['method']}/{r['decision']}": {
+                k: r.get(k)
+                for k in ("accuracy", "specificity", "balanced_accuracy", "mcnemar_vs_majority_p")
+            }
             for r in class_rows
         },
+        "small_test_set": small_test_set,
     }
 
 
@@ -158,6 +175,9 @@ def _score_cases(run_dir: Path, cohort, test_ids, arms: ArmOutputs, config: RunC
             log.warning("metrics: %s", exc)
             continue
         scores.diagonal[case_id] = image_diagonal_mm(case.shape, case.spacing)
+        if case.label is not None:
+            wt = np.count_nonzero(region_mask(case.label, "WT", case.convention))
+            scores.wt_ml[case_id] = float(wt * np.prod(case.spacing) / 1000.0)
         case_metrics: dict[str, Any] = {"case_id": case_id, "grade": case.grade}
         gallery: dict[str, GradePrediction] = {}
         cnn_label = None
@@ -332,75 +352,34 @@ def _vlm_seg_rows(outputs: MethodOutputs, test_ids, diagonal: dict[str, float]) 
     return rows
 
 
-def _classification_row(method: str, model: str, truth, preds, scores, n_bootstrap, seed) -> dict:
-    """One ``classification`` row: counts, rates, AUC and their bootstrap intervals."""
-    have_scores = all(s is not None for s in scores) and len(set(truth)) == 2
-    report = classification_report(
-        truth, preds, scores if have_scores else None, n_bootstrap=n_bootstrap, seed=seed
-    )
-    data = report.to_dict()
-    row = {
-        "method": method,
-        "model": model,
-        "sensitivity": data.get("recall"),
-        "ci_level": data.get("ci_level"),
-        "n_bootstrap": data.get("n_bootstrap"),
-    }
-    for key in ("n", "tp", "fp", "tn", "fn", "n_invalid", "accuracy", "precision", "specificity",
-                "f1", "balanced_accuracy", "auc", "majority_baseline_accuracy"):  # fmt: skip
-        row[key] = data.get(key)
-    ci = data.get("ci") or {}
-    for name, key in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced_accuracy"),
-                      ("sensitivity", "recall"), ("specificity", "specificity"), ("auc", "auc")):  # fmt: skip
-        low, high = ci.get(key, ci.get(name, (None, None)))
-        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
-    return row
+def _method_grades(run_dir: Path, scores: CaseScores, arms: ArmOutputs, grades, config):
+    """Every method's test grades under both decision rules (see :mod:`.grading`)."""
+    out: list[MethodGrades] = []
+    for method, preds in scores.predictions.items():
+        if method == "cnn":
+            thresholds = [
+                float(r["threshold"])
+                for r in arms.cnn.records.values()
+                if as_float(r.get("threshold")) is not None
+            ]
+            out += cnn_grades(method, arms.cnn.model, preds, thresholds)
+            continue
+        outputs = arms.vlm[method]
+        test_rows = {c: r for c, r in _vlm_patient_grade(outputs).items() if c in preds}
+        val_rows = _vlm_val_grade_rows(run_dir, method)
+        out += vlm_grades(method, outputs.model, test_rows, val_rows, grades,
+                          config.metrics.vlm_grade_score)  # fmt: skip
+    return out
 
 
-def _classification_rows(predictions, truth, graded, models, config: RunConfig) -> list[dict]:
-    """``classification``: one row per method that graded, on the patients of known grade."""
-    if not graded:
-        return []
-    rows = []
-    for method, preds in predictions.items():
-        y_true = [truth[c] for c in graded]
-        y_pred = [preds.get(c, (None, None))[0] for c in graded]
-        scores = [preds.get(c, (None, None))[1] for c in graded]
-        rows.append(
-            _classification_row(
-                method, models[method], y_true, y_pred, scores,
-                config.metrics.n_bootstrap, config.seed,
-            )
-        )  # fmt: skip
-    return rows
-
-
-def _comparison_rows(predictions, truth, graded) -> list[dict]:
-    """``comparisons``: McNemar's test for each pair of methods, on the same patients."""
-    if not graded:
-        return []
-    rows = []
-    names = [m for m in _COMPARED if m in predictions]
-    y_true = [truth[c] for c in graded]
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            data = mcnemar(
-                y_true,
-                [predictions[a].get(c, (None,))[0] for c in graded],
-                [predictions[b].get(c, (None,))[0] for c in graded],
-            ).to_dict()
-            rows.append(
-                {
-                    "method_a": a,
-                    "method_b": b,
-                    "n": len(graded),
-                    "b": data.get("b"),
-                    "c": data.get("c"),
-                    "statistic": data.get("statistic"),
-                    "p_value": data.get("p_value"),
-                    "test": data.get("method"),
-                }
-            )
+def _vlm_val_grade_rows(run_dir: Path, method: str) -> dict[str, dict]:
+    """A VLM method's grade rows on the validation patients (its stage's ``out_val/``)."""
+    rows: dict[str, dict] = {}
+    folder = run_dir / "stages" / VLM_STAGES[method] / "out_val"
+    for path in sorted(folder.glob("*/metrics/vlm_patients.csv")):
+        for row in read_csv(path):
+            if row.get("task") == "grade" and str(row.get("run")) == "0":
+                rows[row["case_id"]] = row
     return rows
 
 

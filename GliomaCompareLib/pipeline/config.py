@@ -199,7 +199,7 @@ _SPLIT_KEYS = ("file", "fractions", "seed")
 _CNN_KEYS = ("enabled", "seg", "cls", "weights", "weights_trained_on")
 _CONSISTENCY_KEYS = ("enabled", "runs", "temperature", "tasks", "max_cases", "methods")
 _SENSITIVITY_KEYS = ("enabled", "slice_rules", "tasks", "prompt_variant")
-_METRICS_KEYS = ("n_bootstrap",)
+_METRICS_KEYS = ("n_bootstrap", "vlm_grade_score")
 
 
 @dataclass(frozen=True)
@@ -347,9 +347,12 @@ class MetricsSection:
 
     Attributes:
         n_bootstrap: bootstrap resamples of the classification intervals.
+        vlm_grade_score: the VLM patient score its validation threshold is chosen on:
+            ``vote_share`` (HGG share of the valid slice answers) or ``mean_p`` (mean P(HGG)).
     """
 
     n_bootstrap: int = 2000
+    vlm_grade_score: str = "vote_share"
 
 
 @dataclass(frozen=True)
@@ -613,7 +616,12 @@ def _metrics_section(config: Mapping[str, Any]) -> MetricsSection:
     metrics = _section(config, "metrics")
     _refuse_unknown("metrics", metrics, _METRICS_KEYS)
     n_bootstrap = metrics.get("n_bootstrap", MetricsSection.n_bootstrap)
-    return MetricsSection(n_bootstrap=_convert("metrics.n_bootstrap", int, n_bootstrap))
+    score = str(metrics.get("vlm_grade_score", MetricsSection.vlm_grade_score))
+    if score not in ("vote_share", "mean_p"):
+        raise ValueError(f"run config: metrics.vlm_grade_score {score!r}: use vote_share or mean_p")
+    return MetricsSection(
+        n_bootstrap=_convert("metrics.n_bootstrap", int, n_bootstrap), vlm_grade_score=score
+    )
 
 
 def _report_section(config: Mapping[str, Any]) -> ReportOptions:

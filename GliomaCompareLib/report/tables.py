@@ -12,8 +12,10 @@ row; nothing is ever invented.
 Tables (the Markdown file is ``metrics/<key>.md``):
 
 - ``classification``: accuracy, precision, sensitivity, specificity, F1, balanced accuracy, AUC
-  with 95% CIs, per method, and the majority-class baseline, with the published figures.
-- ``comparisons``: McNemar tests between methods, with a verdict in words.
+  with 95% CIs, per method and decision rule (fixed, and a threshold chosen on validation
+  patients), McNemar against the majority-class baseline, with the published figures.
+- ``comparisons``: McNemar tests between methods under the same decision rule, with the
+  bootstrap intervals of the paired differences and a verdict in words.
 - ``segmentation``: 3D Dice / HD95 per method, task and region (CNN WT/TC/ET, VLM point / box /
   polygon stacked over slices), with the published Dice.
 - ``localisation``: slice-level (2D) scores of the VLM answers.
@@ -30,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from GliomaCompareLib.data.slices import SliceRule
+from GliomaCompareLib.metrics import small_test_set_warning
 from GliomaCompareLib.report.cells import (
     DASH,
     NOT_RUN,
@@ -206,16 +209,53 @@ def _abstract_findings(published: Published, topic: str) -> list[str]:
 
 # --------------------------------------------------------------------------- classification
 
+_DECISIONS = {"fixed": "fixed", "val_threshold": "validation threshold"}
+_SCORES = {"p_hgg": "P(HGG)", "vote_share": "HGG vote share", "mean_p": "mean P(HGG)"}
+
+
+def _decision_cell(row: Mapping[str, Any]) -> str:
+    """The decision rule of a classification row, in a few words."""
+    decision, threshold = row.get("decision"), num(row.get("threshold"))
+    if decision is None:
+        return DASH
+    if decision == "fixed" and row.get("method") in VLM_METHODS:
+        ties = num(row.get("n_ties"))
+        return "fixed: majority vote" + (f" ({int(ties)} tied)" if ties else "")
+    score = _SCORES.get(row.get("threshold_on") or "p_hgg", row.get("threshold_on"))
+    text = f"{_DECISIONS.get(decision, decision)}: {score} ≥ {fmt(threshold)}"
+    n_val = num(row.get("threshold_n_val"))
+    return text + (f" (chosen on {int(n_val)} val)" if n_val is not None else "")
+
+
+def _auc_cell(row: Mapping[str, Any]) -> str:
+    """AUC [CI], with the patients it was computed on when some had no score."""
+    text = with_ci("auc")(row)
+    n, n_auc = num(row.get("n")), num(row.get("auc_n"))
+    return text if n_auc is None or n_auc == n else f"{text} (n = {int(n_auc)})"
+
+
+def _vs_majority_cell(row: Mapping[str, Any]) -> str:
+    """McNemar against the majority baseline: p (b: method right and baseline wrong, c)."""
+    p = num(row.get("mcnemar_vs_majority_p"))
+    if p is None:
+        return DASH
+    b, c = fmt_int(row.get("mcnemar_vs_majority_b")), fmt_int(row.get("mcnemar_vs_majority_c"))
+    return f"p = {p:.3g} (b {b}, c {c})"
+
+
 CLASSIFICATION = TableSpec(
     "classification",
     "Classification: LGG vs HGG (HGG positive)",
-    "Patient-level grade per method on the test patients, with percentile-bootstrap "
-    "confidence intervals (patients resampled), beside the study's published figures.",
+    "Patient-level grade per method on the test patients under two decision rules (fixed, "
+    "and a threshold chosen on the validation patients), with Wilson intervals for accuracy, "
+    "sensitivity and specificity and percentile-bootstrap intervals (patients resampled) for "
+    "balanced accuracy and AUC, beside the study's published figures.",
     ("classification",),
     (
         Column("Method", lambda r: label(r.get("method") or "?"), label="method"),
         _SOURCE,
         _MODEL,
+        Column("Decision rule", _decision_cell),
         _count("n", "n"),
         Column(
             "TP / FP / TN / FN",
@@ -244,12 +284,14 @@ CLASSIFICATION = TableSpec(
             numeric=True,
             figure=("balanced_accuracy",),
         ),
-        Column("AUC [95% CI]", with_ci("auc"), numeric=True, figure=("auc",)),
+        Column("AUC [95% CI]", _auc_cell, numeric=True, figure=("auc",)),
+        _number("Brier", "brier"),
         _number(
             "Majority baseline",
             "majority_baseline_accuracy",
             figure=("majority_baseline_accuracy",),
         ),
+        Column("vs majority (McNemar)", _vs_majority_cell, numeric=True),
     ),
 )
 
@@ -269,13 +311,57 @@ def classification_table(run: RunData, published: Published, options: ReportOpti
     lines += _majority_lines(by_method.get("majority", []), rows_in)
     figures = published.figures_for("classification", "majority")
     lines += _published_lines(figures, published)
+    warning = _small_test_set_note(run)
     notes = [
+        *([warning] if warning else []),
         _classification_definitions(rows_in),
         *_called_hgg_notes(by_method),
+        *_vs_majority_notes(rows_in, options.alpha),
         *_published_notes([*used, *figures], published),
     ]
     produced, tiny = _produced_by(run, _methods_in(rows_in))
     return build_table(CLASSIFICATION, lines, produced_by=produced, notes=notes, tiny=tiny)
+
+
+def _small_test_set_note(run: RunData) -> str | None:
+    """The small-test-set warning, from the test patients' true grades (``grades``)."""
+    truth = {r.get("case_id"): r.get("grade_true") for r in run.rows("grades")}
+    n_lgg = sum(g == "LGG" for g in truth.values())
+    n_hgg = sum(g == "HGG" for g in truth.values())
+    if not n_lgg + n_hgg:
+        return None
+    warning = small_test_set_warning(n_lgg, n_hgg)
+    return f"Warning: {warning}" if warning else None
+
+
+def _vs_majority_notes(rows_in: Sequence[Mapping[str, Any]], alpha: float) -> list[str]:
+    """Which methods grade significantly better than always answering the majority grade."""
+    tested = [r for r in rows_in if num(r.get("mcnemar_vs_majority_p")) is not None]
+    if not tested:
+        return []
+    better = [
+        f"{label(r.get('method'))} ({_DECISIONS.get(r.get('decision'), r.get('decision'))})"
+        for r in tested
+        if _beats_majority(r, alpha)
+    ]
+    verdict = (
+        f"significantly better than always answering the majority grade at α = {alpha:g}: "
+        + ", ".join(better)
+        if better
+        else f"no method is significantly better than always answering the majority grade at "
+        f"α = {alpha:g}"
+    )
+    return [
+        "vs majority: McNemar's test of each method against the majority-class baseline on the "
+        "same patients (b: patients the method gets right and the baseline wrong, c: the "
+        f"reverse; exact binomial when b + c < 25). {verdict[0].upper()}{verdict[1:]}."
+    ]
+
+
+def _beats_majority(row: Mapping[str, Any], alpha: float) -> bool:
+    p = num(row.get("mcnemar_vs_majority_p"))
+    b, c = num(row.get("mcnemar_vs_majority_b")) or 0, num(row.get("mcnemar_vs_majority_c")) or 0
+    return p is not None and p < alpha and b > c
 
 
 def _classification_order(by_method: Mapping[str, Any]) -> list[str]:
@@ -330,16 +416,24 @@ def _majority_lines(majority_rows: Sequence[dict], rows_in: Sequence[dict]) -> l
 def _classification_definitions(rows_in: Sequence[Mapping[str, Any]]) -> str:
     level = {r.get("ci_level") for r in rows_in if r.get("ci_level") is not None}
     boots = {r.get("n_bootstrap") for r in rows_in if r.get("n_bootstrap") is not None}
+    levels = ", ".join(f"{100 * float(x):g}%" for x in sorted(level))
     ci_text = (
-        f"{', '.join(f'{100 * float(x):g}%' for x in sorted(level))} percentile-bootstrap "
-        f"intervals over patients ({', '.join(str(int(b)) for b in sorted(boots))} resamples)"
+        f"{levels} Wilson intervals for accuracy, sensitivity and specificity; {levels} "
+        "percentile-bootstrap intervals over patients for balanced accuracy and AUC "
+        f"({', '.join(str(int(b)) for b in sorted(boots))} resamples)"
         if level and boots
         else "confidence intervals as given in metrics/classification.csv"
     )
     return (
         "HGG is the positive class: sensitivity = HGG recall, specificity = LGG recall. Invalid "
         "answers (no usable grade) count as wrong in accuracy, sensitivity and specificity and "
-        f"are left out of precision. [..] = {ci_text}."
+        f"are left out of precision. [..] = {ci_text}. Decision rules, the same kind for both "
+        "arms: fixed (the CNN calls HGG at P(HGG) ≥ 0.5; the VLM takes the majority vote of its "
+        "slice answers, ties broken by the configured tie rule and counted), and a threshold "
+        "chosen on the validation patients by Youden's J and applied unchanged to the test "
+        "patients (the CNN's on P(HGG), the VLM's on its patient score from its answers on the "
+        "validation patients). AUC and Brier score are computed on the patients with a score "
+        "(n given when some had none) and do not depend on the rule."
     )
 
 
@@ -350,8 +444,10 @@ def _called_hgg_notes(by_method: Mapping[str, list[dict]]) -> list[str]:
             n = num(row.get("n")) or 0
             called_hgg = (num(row.get("tp")) or 0) + (num(row.get("fp")) or 0)
             if n:
+                rule = _DECISIONS.get(row.get("decision"), row.get("decision"))
                 notes.append(
-                    f"{label(method)} called HGG for {int(called_hgg)} of {int(n)} patients "
+                    f"{label(method)}{f' ({rule})' if rule else ''} called HGG for "
+                    f"{int(called_hgg)} of {int(n)} patients "
                     f"({pct(called_hgg, n)}); {fmt_int(row.get('n_invalid'))} gave no valid "
                     "grade."
                 )
@@ -368,21 +464,32 @@ _TESTS = {
 COMPARISONS = TableSpec(
     "comparisons",
     "Paired comparisons of grading accuracy (McNemar)",
-    "Each pair of methods graded the same patients; only the patients one got right and the "
-    "other wrong (b, c) decide the test.",
+    "Each pair of methods graded the same patients under the same decision rule; only the "
+    "patients one got right and the other wrong (b, c) decide the test. The differences A − B "
+    "carry percentile-bootstrap intervals (the same patients resampled for both methods).",
     ("comparisons",),
     (
         Column("Method A", lambda r: label(r.get("method_a"))),
         Column("Method B", lambda r: label(r.get("method_b"))),
+        Column("Decision rule", lambda r: _DECISIONS.get(r.get("decision"), DASH)),
         _count("n", "n"),
         _count("b: A right, B wrong", "b"),
         _count("c: A wrong, B right", "c"),
         _number("Statistic", "statistic"),
         _number("p-value", "p_value", 4),
         Column("Test", lambda r: _TESTS.get(r.get("test") or "", r.get("test") or DASH)),
+        Column("Accuracy A − B [95% CI]", with_ci("accuracy_diff"), numeric=True),
+        Column("Balanced accuracy A − B [95% CI]", with_ci("balanced_accuracy_diff"), numeric=True),
         Column("Verdict", "verdict"),
     ),
 )
+
+
+def _pair(row: Mapping[str, Any]) -> str:
+    """``A vs B`` (and the decision rule, when the row has one)."""
+    rule = _DECISIONS.get(row.get("decision"))
+    text = f"{label(row.get('method_a'))} vs {label(row.get('method_b'))}"
+    return f"{text} ({rule} rule)" if rule else text
 
 
 def _verdict(row: Mapping[str, Any], alpha: float) -> str:
@@ -414,10 +521,7 @@ def comparisons_table(run: RunData, published: Published, options: ReportOptions
     rows_in = [{**r, "verdict": _verdict(r, options.alpha)} for r in run.rows("comparisons")]
     if not rows_in:
         return unavailable_table(COMPARISONS, NOT_RUN, "no comparison rows")
-    notes = [
-        f"{label(r.get('method_a'))} vs {label(r.get('method_b'))}: {r['verdict']}."
-        for r in rows_in
-    ]
+    notes = [f"{_pair(r)}: {r['verdict']}." for r in rows_in]
     notes.append(
         "The exact test is used when b + c < 25, otherwise the χ² test with continuity "
         "correction; invalid answers count as wrong. No paired test is among the study's "
@@ -1014,12 +1118,8 @@ def build_tables(run: RunData, published: Published, options: ReportOptions) -> 
 def headline(run: RunData, published: Published, options: ReportOptions) -> list[str]:
     """A few sentences with the main numbers of this run beside the study's."""
     out = [w for w in (_seen_by_weights([*run.rows("segmentation"), *run.rows("grades")]),) if w]
-    out += _grading_sentences(run, published)
-    out += [
-        f"{label(row.get('method_a'))} vs {label(row.get('method_b'))}: "
-        f"{_verdict(row, options.alpha)}."
-        for row in run.rows("comparisons")
-    ]
+    out += _grading_sentences(run, published, options.alpha)
+    out += [f"{_pair(row)}: {_verdict(row, options.alpha)}." for row in run.rows("comparisons")]
     out += _like_for_like_sentences(run)
     out += _dice_sentences(run, published)
     out += [
@@ -1030,28 +1130,38 @@ def headline(run: RunData, published: Published, options: ReportOptions) -> list
     return out
 
 
-def _grading_sentences(run: RunData, published: Published) -> list[str]:
-    """Each method's accuracy and specificity, the majority baseline, the study's figures."""
-    cls = {r.get("method"): r for r in run.rows("classification")}
-    parts = [
-        f"{label(m)} {fmt(cls[m].get('accuracy'))} (specificity {fmt(cls[m].get('specificity'))})"
-        for m in METHODS
-        if m in cls
-    ]
-    if not parts:
+def _grading_sentences(run: RunData, published: Published, alpha: float = 0.05) -> list[str]:
+    """Each method's accuracy and specificity under each decision rule (methods compared under
+    the same kind of rule), the majority baseline and whether a method beats it (McNemar), the
+    study's figures."""
+    rows = run.rows("classification")
+    out = []
+    for decision in (*_DECISIONS, None):
+        parts = [
+            f"{label(r.get('method'))} {fmt(r.get('accuracy'))} "
+            f"(specificity {fmt(r.get('specificity'))})"
+            for m in METHODS
+            for r in rows
+            if r.get("method") == m and r.get("decision") == decision
+        ]
+        if parts:
+            rule = {
+                "fixed": ", fixed rule (CNN P(HGG) ≥ 0.5, VLM majority vote)",
+                "val_threshold": ", threshold chosen on the validation patients",
+            }.get(decision or "", "")
+            out.append(f"Grading accuracy{rule}: " + "; ".join(parts) + ".")
+    if not out:
         return []
     baseline = next(
         (
             fmt(r.get("majority_baseline_accuracy"))
-            for r in cls.values()
+            for r in rows
             if num(r.get("majority_baseline_accuracy")) is not None
         ),
         None,
     )
-    text = "Grading accuracy: " + "; ".join(parts)
     if baseline:
-        text += f"; always answering the majority grade: {baseline}"
-    out = [text + "."]
+        out.append(f"Always answering the majority grade: {baseline}. " + _vs_majority(rows, alpha))
     pub = [
         f"{label(f.method)} {f.metric} {f.text}"
         for f in published.figures_for("classification")
@@ -1082,6 +1192,21 @@ def _like_for_like_sentences(run: RunData) -> list[str]:
             f"({fmt_int(r.get('n_patients'))} patients): " + "; ".join(parts) + "."
         )
     return out
+
+
+def _vs_majority(rows: Sequence[Mapping[str, Any]], alpha: float) -> str:
+    """Whether any method grades significantly better than the majority baseline."""
+    if not any(num(r.get("mcnemar_vs_majority_p")) is not None for r in rows):
+        return ""
+    better = [
+        f"{label(r.get('method'))} ({_DECISIONS.get(r.get('decision'), r.get('decision'))}, "
+        f"McNemar p = {num(r.get('mcnemar_vs_majority_p')):.3g})"
+        for r in rows
+        if _beats_majority(r, alpha)
+    ]
+    if better:
+        return f"Significantly better than that at α = {alpha:g}: {', '.join(better)}."
+    return f"No method is significantly better than that (McNemar, α = {alpha:g})."
 
 
 def _dice_sentences(run: RunData, published: Published) -> list[str]:

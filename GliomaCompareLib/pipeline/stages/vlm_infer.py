@@ -2,6 +2,9 @@
 
 - ``vlm-base`` (per case): the base model's answers for every task;
 - ``vlm-finetuned`` (per case): the same queries with the LoRA adapter of ``vlm-finetune``;
+  both also ask the grade task on the split's validation patients, into ``out_val/`` (never
+  mixed with the test answers in ``out/``): the ``metrics`` stage chooses the VLM's
+  validation-tuned grade threshold on them, as the CNN's is chosen on its validation patients;
 - ``consistency`` (not sharded: its statistics need every repeat of a case in one table):
   repeated identical queries on a seeded, grade-stratified sample of the test patients
   (``sample.json``), at the sampling temperature and at the decoding the comparison evaluated.
@@ -13,13 +16,14 @@ show the most tumour; those label maps also give label-free slices to unlabelled
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 
 from tqdm.auto import tqdm
 
 from GliomaCompareLib.data.sampling import stratified_sample
 from GliomaCompareLib.fileio import atomic_write_json
-from GliomaCompareLib.pipeline.cohort import load_cohort, usable_test_ids
+from GliomaCompareLib.pipeline.cohort import load_cohort, load_splits, usable_test_ids
 from GliomaCompareLib.pipeline.config import RunConfig
 from GliomaCompareLib.pipeline.runner import Stage, StageContext
 from GliomaCompareLib.pipeline.stages.vlm_finetune import adapter_dir, finetune_enabled
@@ -80,7 +84,12 @@ def _with_predictions(ctx: StageContext, config: VLMConfig) -> VLMConfig:
 
 
 def run_vlm_queries(
-    ctx: StageContext, name: str, config: VLMConfig, adapter: str | None, case_ids
+    ctx: StageContext,
+    name: str,
+    config: VLMConfig,
+    adapter: str | None,
+    case_ids,
+    folder: str = "out",
 ) -> dict:
     backend = _backend(ctx.config, adapter)
     config = replace(_with_predictions(ctx, config), cache_dir=str(ctx.dir / "cache"))
@@ -90,7 +99,7 @@ def run_vlm_queries(
             load_cohort(ctx.run_dir),
             backend,
             config,
-            ctx.shard_dir("out"),
+            ctx.shard_dir(folder),
             case_ids=case_ids,
             progress=bar,
         )
@@ -111,17 +120,52 @@ def run_vlm_queries(
     }
 
 
+# ------------------------------------------------------------------------------ validation
+def usable_val_ids(ctx: StageContext) -> list[str]:
+    """The split's validation patients that are usable cases of the cohort, in split order."""
+    usable = {c.case_id for c in load_cohort(ctx.run_dir).usable}
+    return [c for c in load_splits(ctx.run_dir).ids("val") if c in usable]
+
+
+def _with_val_grades(
+    ctx: StageContext, name: str, config: VLMConfig, adapter: str | None, summary: dict
+) -> dict:
+    """Ask the grade task on this stage's share of the validation patients (``out_val/``) and
+    add what it cost to the stage summary (``summary["val"]``)."""
+    if "grade" not in config.tasks:
+        return summary
+    cases = ctx.cases(usable_val_ids(ctx))
+    if not cases:
+        summary["val"] = {"cases": 0, "queries": 0, "seconds": 0.0}
+        return summary
+    start = time.perf_counter()
+    val = run_vlm_queries(ctx, f"{name} (val)", replace(config, tasks=("grade",)), adapter, cases,
+                   folder="out_val")  # fmt: skip
+    summary["val"] = {
+        "cases": len(cases),
+        "queries": val["queries"],
+        "failed": val["failed"],
+        "case_errors": val["case_errors"],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return summary
+
+
 # ------------------------------------------------------------------------------ vlm-base
 def run_vlm_base(ctx: StageContext) -> dict:
     cases = ctx.cases(usable_test_ids(ctx.run_dir))
-    return run_vlm_queries(ctx, "vlm-base", ctx.config.vlm.inference, None, cases)
+    config = ctx.config.vlm.inference
+    summary = run_vlm_queries(ctx, "vlm-base", config, None, cases)
+    return _with_val_grades(ctx, "vlm-base", config, None, summary)
 
 
 # ------------------------------------------------------------------------------ vlm-finetuned
 def run_vlm_finetuned(ctx: StageContext) -> dict:
     config = replace(ctx.config.vlm.inference, tasks=ctx.config.finetune.tasks)
     cases = ctx.cases(usable_test_ids(ctx.run_dir))
-    return run_vlm_queries(ctx, "vlm-finetuned", config, str(adapter_dir(ctx)), cases)
+    adapter = str(adapter_dir(ctx))
+    summary = run_vlm_queries(ctx, "vlm-finetuned", config, adapter, cases)
+    return _with_val_grades(ctx, "vlm-finetuned", config, adapter, summary)
 
 
 # ------------------------------------------------------------------------------ consistency
