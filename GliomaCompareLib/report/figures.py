@@ -121,7 +121,13 @@ def confusion_figure(run: RunData, options: ReportOptions) -> ReportFigure:
     ``metrics/classification.csv``; a "no valid grade" column is added when a method gave
     invalid answers (split by true grade from ``metrics/grades.csv`` when present)."""
     key, title = "fig-confusion", "Confusion matrices"
-    rows = {r.get("method"): r for r in run.rows("classification")}
+    # one rule for every method: the fixed one (CNN P(HGG) >= 0.5, VLM majority vote); the
+    # validation-tuned rule's counts are in the classification table
+    rows = {
+        r.get("method"): r
+        for r in run.rows("classification")
+        if r.get("decision") in (None, "", "fixed")
+    }
     methods = [m for m in METHODS if m in rows]
     if not methods:
         return ReportFigure(key, title, "", None, status_detail="no classification rows")
@@ -169,7 +175,7 @@ def confusion_figure(run: RunData, options: ReportOptions) -> ReportFigure:
         if any(is_tiny(m) for m in run.model_labels().get(method, [])):
             sub += f"\n{TINY_LABEL}"
         ax.set_title(sub, fontsize=9)
-    _suptitle(fig, "Confusion matrices (shares of each true grade)", tiny)
+    _suptitle(fig, "Confusion matrices, fixed rule (shares of each true grade)", tiny)
     caption = (
         "Rows: true grade; columns: predicted grade; colour: share of the true grade. From "
         f"metrics/classification.csv. Produced by {models or 'models not recorded'}."
