@@ -13,9 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from GliomaCompareLib.data.statuses import USABLE_STATUSES
 from GliomaCompareLib.report.cells import label, models_of, num
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.rundata import RunData
+from GliomaCompareLib.vlm.parsing import PARSE_STATUSES
 
 __all__ = [
     "ANSWER_STATUSES",
@@ -33,11 +35,9 @@ __all__ = [
     "summarise_segmentation",
 ]
 
-#: Answer-format statuses in display order (those of ``GliomaCompareLib.vlm.parsing.STATUSES``);
-#: any other status found in a run is shown after them.
-ANSWER_STATUSES = ("ok", "repaired", "pattern", "invalid", "refused", "empty", "error")
-#: Statuses whose answer is used for scoring (``vlm.parsing.USABLE_STATUSES``).
-USABLE_STATUSES = ("ok", "repaired", "pattern")
+#: Answer-format statuses in display order (the parser's own list); any other status found in a
+#: run is shown after them.
+ANSWER_STATUSES = PARSE_STATUSES
 VLM_METHODS = ("vlm_base", "vlm_finetuned")
 #: the CNN and its untrained baseline (same network, random initialisation), shown together
 CNN_METHODS = ("cnn", "cnn_untrained")

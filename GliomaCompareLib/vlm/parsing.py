@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from GliomaCompareLib import geometry as g
+from GliomaCompareLib.data.statuses import USABLE_STATUSES
 from GliomaCompareLib.vlm.tasks import Prompt, TaskSpec
 
 __all__ = [
@@ -53,8 +54,6 @@ PARSE_STATUSES: tuple[str, ...] = (
     "empty",
     "error",
 )
-#: Statuses whose value is used for scoring.
-USABLE_STATUSES: tuple[str, ...] = ("ok", "repaired", "pattern")
 #: Statuses scored as failures.
 FAILED_STATUSES: tuple[str, ...] = ("invalid", "refused", "empty", "error")
 
