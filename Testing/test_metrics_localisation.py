@@ -320,6 +320,29 @@ def test_localisation_rows_columns_and_like_for_like_rules():
     assert empty["n_patients"] == 0 and empty["dice_slices_mean"] is None
 
 
+def test_cnn_minus_vlm_dice_is_paired_per_patient_and_tested_with_wilcoxon():
+    from scipy.stats import wilcoxon
+
+    vlm = [0.1, 0.0, 0.3, 0.2, 0.05, 0.4, 0.0, 0.15]
+    cnn = [0.8, 0.7, 0.6, 0.9, 0.75, 0.5, 0.85, 0.65]
+    cases = {
+        ("vlm_base", "box"): [
+            case(f"p{i}", [v, v], cnn_dice=(c, c))
+            for i, (v, c) in enumerate(zip(vlm, cnn, strict=True))
+        ]
+    }
+    (row,) = loc.localisation_rows(cases, n_bootstrap=2000, seed=0)
+    diff = np.array(cnn) - np.array(vlm)
+    assert row["cnn_minus_vlm_dice"] == pytest.approx(diff.mean())
+    assert row["cnn_minus_vlm_ci_low"] < diff.mean() < row["cnn_minus_vlm_ci_high"]
+    assert row["cnn_minus_vlm_ci_low"] > 0  # the CNN is better on every patient
+    assert row["wilcoxon_p"] == pytest.approx(wilcoxon(cnn, vlm).pvalue)
+    assert row["wilcoxon_n"] == 8
+    # without the CNN on those slices there is nothing to pair
+    (alone,) = loc.localisation_rows({("m", "box"): [case("a", [0.5])]}, n_bootstrap=10)
+    assert alone["cnn_minus_vlm_dice"] is None and alone["wilcoxon_p"] is None
+
+
 def test_bootstrap_interval_is_deterministic_and_matches_scipy():
     from scipy.stats import bootstrap
 

@@ -665,6 +665,27 @@ def test_centre_summary_without_clustering(tmp_path):
     assert s.ratio == pytest.approx(1.0, abs=0.05)
     assert s.r_x == pytest.approx(1.0, abs=1e-3) and s.r_y == pytest.approx(1.0, abs=1e-9)
     assert s.pred_to_true == pytest.approx(0.5 / W, abs=1e-9)
+    assert s.collapse == "not collapsed"
+
+
+def test_centres_collapsed_onto_two_places_are_called_collapsed(tmp_path):
+    """Points spread as far from the centre as the truth (so "not clustered near the centre"),
+    but all on two places: the collapse test says so, the old ratio test could not."""
+    from GliomaCompareLib.report.summaries import centre_sentence
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(30):
+        tx, ty = rng.uniform(2, W - 3, size=2)
+        px, py = (4.0, 4.0) if i % 2 else (W - 5.0, H - 5.0)
+        rows.append({"case_id": f"c{i}", "slice_index": 0, "method": "vlm_base",
+                     "model": REAL_VLM, "task": "point", "run": 0, "status": "ok",
+                     "pred_cx": px, "pred_cy": py, "true_cx": tx, "true_cy": ty,
+                     "width": W, "height": H})  # fmt: skip
+    write_table(tmp_path / "metrics" / "slices.csv", "slices", rows)
+    (s,) = centre_summaries(load_run(tmp_path), ReportOptions())
+    assert not s.clustered and s.collapse == "collapsed"
+    assert "the predictions have collapsed" in centre_sentence(s, ReportOptions())
 
 
 def test_gallery_shows_worst_and_best(tiny_report):

@@ -42,6 +42,7 @@ means (:func:`bootstrap_mean_ci`, deterministic seed).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ import numpy as np
 
 from GliomaCompareLib import geometry as g
 from GliomaCompareLib.data.slices import SliceGeometry
+from GliomaCompareLib.metrics.paired import paired_bootstrap_difference, wilcoxon_paired
 from GliomaCompareLib.metrics.segmentation import dice
 
 __all__ = [
@@ -97,6 +99,11 @@ LOCALISATION_COLUMNS: tuple[str, ...] = (
     "dice_slices_lenient_mean",
     "dice_3d_mean",
     "dice_3d_ceiling",
+    "cnn_minus_vlm_dice",
+    "cnn_minus_vlm_ci_low",
+    "cnn_minus_vlm_ci_high",
+    "wilcoxon_p",
+    "wilcoxon_n",
 )
 
 
@@ -635,7 +642,30 @@ def _row(
         "dice_slices_lenient_mean": _mean_of_patient_means(scored, "lenient_dice"),
         "dice_3d_mean": float(np.mean([c.dice_3d for c in scored])) if scored else None,
         "dice_3d_ceiling": float(np.mean([c.dice_3d_ceiling for c in scored])) if scored else None,
+        **_paired_with_cnn(scored, n_bootstrap, ci_level, seed),
     }
+
+
+def _paired_with_cnn(cases: Sequence[CaseLocalisation], n_bootstrap, ci_level, seed) -> dict:
+    """The CNN's minus the method's per-patient Dice on the same slices: the mean difference,
+    its patient-bootstrap percentile interval, and Wilcoxon's signed-rank test."""
+    pairs = [(m["cnn_dice"], m["dice"]) for m in (c.means() for c in cases)]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    out: dict = dict.fromkeys(
+        ("cnn_minus_vlm_dice", "cnn_minus_vlm_ci_low", "cnn_minus_vlm_ci_high", "wilcoxon_p",
+         "wilcoxon_n")
+    )  # fmt: skip
+    if not pairs:
+        return out
+    cnn, vlm = (np.array(v, dtype=float) for v in zip(*pairs, strict=True))
+    out["cnn_minus_vlm_dice"] = float(np.mean(cnn - vlm))
+    if n_bootstrap:
+        diff = paired_bootstrap_difference(cnn, vlm, np.mean, n_bootstrap, seed, ci_level)
+        out["cnn_minus_vlm_ci_low"], out["cnn_minus_vlm_ci_high"] = diff.ci_low, diff.ci_high
+    test = wilcoxon_paired(cnn, vlm)
+    out["wilcoxon_p"] = None if math.isnan(test.p_value) else test.p_value
+    out["wilcoxon_n"] = test.n
+    return out
 
 
 def localisation_rows(
@@ -661,6 +691,10 @@ def localisation_rows(
       the row has them.
     - ``dice_3d_mean``: mean over patients of the stacked answers' 3D Dice, beside
       ``dice_3d_ceiling``, the same for perfect answers on the same slices.
+    - ``cnn_minus_vlm_dice``: mean over patients of the CNN's minus the method's per-patient
+      Dice on the same slices, its patient-bootstrap interval ``cnn_minus_vlm_ci_low`` /
+      ``_high``, and Wilcoxon's signed-rank test of those pairs (``wilcoxon_p``, two-sided;
+      ``wilcoxon_n``: pairs that differ).
 
     Args:
         cases: ``(method, task)`` -> the patients' :class:`CaseLocalisation` (each patient

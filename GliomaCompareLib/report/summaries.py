@@ -13,7 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from GliomaCompareLib.data.statuses import USABLE_STATUSES
+from GliomaCompareLib.metrics import centre_collapse
 from GliomaCompareLib.report.cells import label, models_of, num
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.rundata import RunData
@@ -130,7 +133,12 @@ class CentreSummary:
         ratio: ``pred_from_centre / true_from_centre`` (None when the latter is 0).
         pred_to_true: mean distance between predicted and true centre.
         r_x, r_y: Pearson correlation of predicted with true u (and v); None when undefined.
-        clustered: whether ``ratio`` is below the report's ``centre_cluster_ratio``.
+        clustered: whether ``ratio`` is below the report's ``centre_cluster_ratio`` (the
+            study's "clustered near the image centre").
+        collapse: whether the predicted centres collapsed: their spread against the true
+            centres' spread, and how many distinct places they fall on
+            (:func:`GliomaCompareLib.metrics.centre_collapse`; ``collapsed``, ``not collapsed``
+            or ``undetermined``), and why.
     """
 
     method: str
@@ -144,6 +152,8 @@ class CentreSummary:
     r_x: float | None
     r_y: float | None
     clustered: bool
+    collapse: str = "undetermined"
+    collapse_reason: str = ""
 
 
 def normalised_centres(
@@ -193,6 +203,7 @@ def centre_summaries(run: RunData, options: ReportOptions) -> list[CentreSummary
             math.hypot(u - 0.5, v - 0.5) for u, v in zip(tu, tv, strict=False)
         )
         ratio = pred_c / true_c if true_c > 0 else None
+        collapse = centre_collapse(np.column_stack([pu, pv]), np.column_stack([tu, tv]))
         out.append(
             CentreSummary(
                 method=method or "?",
@@ -208,6 +219,8 @@ def centre_summaries(run: RunData, options: ReportOptions) -> list[CentreSummary
                 r_x=_pearson(pu, tu),
                 r_y=_pearson(pv, tv),
                 clustered=ratio is not None and ratio < options.centre_cluster_ratio,
+                collapse=collapse.verdict,
+                collapse_reason=collapse.reason,
             )
         )
     order = {(m, t): i for i, (m, t) in enumerate((m, t) for m in VLM_METHODS for t in VLM_TASKS)}
@@ -226,4 +239,7 @@ def centre_sentence(s: CentreSummary, options: ReportOptions) -> str:
             head + f" — {s.ratio:.2f} times as far: the predictions cluster near the image "
             f"centre (threshold {options.centre_cluster_ratio:g})."
         )
-    return head + f" — {s.ratio:.2f} times as far: no clustering near the centre by this measure."
+    text = head + f" — {s.ratio:.2f} times as far: no clustering near the centre by this measure"
+    if s.collapse == "collapsed":
+        return text + f"; but the predictions have collapsed ({s.collapse_reason})."
+    return text + "."

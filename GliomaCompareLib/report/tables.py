@@ -734,8 +734,24 @@ LIKE_FOR_LIKE = TableSpec(
         _number("Lenient (polygon hull)", "dice_slices_lenient_mean"),
         _number("3D Dice", "dice_3d_mean"),
         _number("3D ceiling", "dice_3d_ceiling"),
+        Column("CNN − VLM [95% CI]", lambda r: _paired_dice(r), numeric=True),
+        Column("Wilcoxon p", lambda r: _p_value(r.get("wilcoxon_p")), numeric=True),
     ),
 )
+
+
+def _paired_dice(row: Mapping[str, Any]) -> str:
+    diff = num(row.get("cnn_minus_vlm_dice"))
+    if diff is None:
+        return DASH
+    low, high = num(row.get("cnn_minus_vlm_ci_low")), num(row.get("cnn_minus_vlm_ci_high"))
+    ci = f" [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None else ""
+    return f"{diff:+.3f}{ci}"
+
+
+def _p_value(value: Any) -> str:
+    p = num(value)
+    return DASH if p is None else f"{p:.3g}"
 
 
 def like_for_like_table(run: RunData, published: Published, options: ReportOptions) -> Table:
@@ -898,6 +914,7 @@ CENTRES = TableSpec(
         _number("r(x)", "r_x", 2),
         _number("r(y)", "r_y", 2),
         Column("Clustered near centre", lambda r: "yes" if r["clustered"] else "no"),
+        Column("Collapsed", lambda r: r.get("collapse") or DASH),
     ),
 )
 
