@@ -202,6 +202,21 @@ TABLES: dict[str, tuple[str, ...]] = {
     # CI), beside the CNN, the oracle answer of that kind and a trivial baseline on exactly those
     # slices, and the stacked 3D Dice beside its coverage ceiling (metrics.localisation)
     "localisation": ("method", "model", *LOCALISATION_COLUMNS[1:]),
+    # mean Dice per patient group (grade HGG / LGG; tumour size at the median WT volume): the
+    # CNN's 3D Dice per region (scope 3d), the VLM's per-slice Dice on the slices it saw (scope
+    # slices) and the CNN's on those same slices (scope cnn_same_slices)
+    "dice_by_group": (
+        "method",
+        "model",
+        "task",
+        "region",
+        "scope",
+        "group",
+        "level",
+        "n",
+        "dice_mean",
+        "dice_median",
+    ),
     # the base VLM under the run's slice rule and each rule of `sensitivity.slice_rules`: one
     # grade row (voted accuracy) and one like-for-like row per localisation task, per rule
     "slice_sensitivity": (
@@ -292,6 +307,9 @@ TEXT_COLUMNS = frozenset(
     {
         "case_id",
         "slice_rule",
+        "scope",
+        "group",
+        "level",
         "method",
         "model",
         "task",
@@ -303,7 +321,6 @@ TEXT_COLUMNS = frozenset(
         "test",
         "method_a",
         "method_b",
-        "level",
         "decision",
         "size_group",
         "threshold_on",

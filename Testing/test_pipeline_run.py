@@ -245,6 +245,23 @@ def test_the_slice_rule_sensitivity_asks_the_same_patients_on_other_slices(finis
     assert vlm["config"]["slice_rule"]["mode"] == "brain"
 
 
+def test_dice_is_broken_down_by_grade_and_size(finished_run):
+    from GliomaCompareLib.runlayout import read_table
+
+    rows = read_table(finished_run / "metrics" / "dice_by_group.csv")
+    groups = {(r["group"], r["level"].split()[0]) for r in rows}
+    assert ("size", "small") in groups and ("size", "large") in groups
+    assert {g for g, _ in groups} == {"grade", "size"}
+    scopes = {(r["method"], r["scope"]) for r in rows}
+    assert {("cnn", "3d"), ("vlm_base", "slices"), ("vlm_base", "cnn_same_slices")} <= scopes
+    n_test = len(json.loads((finished_run / "splits.json").read_text())["test"])
+    for method, scope in scopes:  # the two size groups split the same patients
+        sizes = [
+            r["n"] for r in rows if (r["method"], r["scope"], r["group"]) == (method, scope, "size")
+        ]
+        assert sum(sizes) <= n_test and all(n >= 1 for n in sizes)
+
+
 def test_consistency_repeats_a_stratified_sample_at_both_decodings(finished_run):
     from GliomaCompareLib.runlayout import read_table
 

@@ -135,6 +135,7 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
         "segmentation": seg_rows,
         "segmentation_summary": _summary_rows(seg_rows),
         "localisation": scores.localisation.rows(config.metrics.n_bootstrap, config.seed),
+        "dice_by_group": _dice_by_group_rows(seg_rows, scores, truth),
         "slices": [r for o in arms.vlm.values() for r in _slice_rows(o)],
         "answer_status": [r for o in arms.vlm.values() for r in _status_rows(o)],
         "consistency": _consistency_rows(run_dir),
@@ -435,6 +436,48 @@ def _status_rows(outputs: MethodOutputs) -> list[dict]:
         for status, count in sorted(counter.items()):
             rows.append({"method": outputs.method, "model": outputs.model, "task": task,
                          "status": status, "count": count, "fraction": count / total})  # fmt: skip
+    return rows
+
+
+def _groups(truth: Mapping[str, str | None], volume_ml: Mapping[str, float]) -> dict:
+    """(group, level) -> test patients: by grade, and by reference WT volume at the median."""
+    out = {("grade", g): {c for c, t in truth.items() if t == g} for g in ("HGG", "LGG")}
+    sized = [c for c in truth if volume_ml.get(c) is not None]
+    if sized:
+        median = float(np.median([volume_ml[c] for c in sized]))
+        out[("size", f"small (<= {median:.1f} ml)")] = {c for c in sized if volume_ml[c] <= median}
+        out[("size", f"large (> {median:.1f} ml)")] = {c for c in sized if volume_ml[c] > median}
+    return out
+
+
+def _dice_by_group_rows(seg_rows, scores: CaseScores, truth) -> list[dict]:
+    """``dice_by_group``: mean Dice per patient group (grade; tumour size at the median): the
+    CNN's 3D Dice per region, and the VLM's per-slice Dice on the slices it saw beside the
+    CNN's on the same slices (like for like)."""
+    per_patient: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in seg_rows:
+        if r["method"] in ("cnn", "cnn_untrained") and r.get("dice") is not None:
+            key = (r["method"], r["model"], "seg", r["region"], "3d")
+            per_patient[key][r["case_id"]] = float(r["dice"])
+    for (method, task), cases in scores.localisation.cases.items():
+        model = scores.localisation.models.get(method, "")
+        for c in cases:
+            means = c.means()
+            if means["dice"] is not None:
+                per_patient[(method, model, task, "WT", "slices")][c.case_id] = means["dice"]
+            if means["cnn_dice"] is not None:
+                key = (method, model, task, "WT", "cnn_same_slices")
+                per_patient[key][c.case_id] = means["cnn_dice"]
+    rows = []
+    for (group, level), ids in _groups(truth, scores.wt_ml).items():
+        for (method, model, task, region, scope), values in per_patient.items():
+            chosen = [values[c] for c in sorted(ids) if c in values]
+            if not chosen:
+                continue
+            rows.append({"method": method, "model": model, "task": task, "region": region,
+                         "scope": scope, "group": group, "level": level, "n": len(chosen),
+                         "dice_mean": float(np.mean(chosen)),
+                         "dice_median": float(np.median(chosen))})  # fmt: skip
     return rows
 
 

@@ -81,6 +81,7 @@ from GliomaCompareLib.runlayout import METHODS
 __all__ = [
     "ANSWER_STATUS",
     "ANSWER_STATUSES",
+    "BY_GROUP",
     "CENTRES",
     "CLASSIFICATION",
     "COMPARISONS",
@@ -95,6 +96,7 @@ __all__ = [
     "Table",
     "answer_status_table",
     "build_tables",
+    "by_group_table",
     "centre_summaries",
     "centres_table",
     "classification_table",
@@ -783,6 +785,44 @@ def like_for_like_table(run: RunData, published: Published, options: ReportOptio
     return build_table(LIKE_FOR_LIKE, lines, produced_by=produced, notes=notes, tiny=tiny)
 
 
+_SCOPES = {
+    "3d": "3D, whole volume",
+    "slices": "slices the VLM saw",
+    "cnn_same_slices": "CNN on the VLM's slices",
+}
+
+BY_GROUP = TableSpec(
+    "dice_by_group",
+    "Dice by grade and by tumour size",
+    "Mean Dice per group of test patients (grade; reference whole-tumour volume below / above "
+    "the median): the CNN's 3D Dice per region, the VLM's per-slice Dice on the slices it saw and "
+    "the CNN's on those same slices.",
+    ("dice_by_group",),
+    (
+        _METHOD,
+        _TASK,
+        Column("Region", "region"),
+        Column("Scored on", lambda r: _SCOPES.get(r.get("scope"), r.get("scope") or DASH)),
+        Column("Group", lambda r: f"{r.get('group')}: {r.get('level')}"),
+        _count("Patients", "n"),
+        _number("Dice mean", "dice_mean"),
+        _number("Dice median", "dice_median"),
+    ),
+)
+
+
+def by_group_table(run: RunData, published: Published, options: ReportOptions) -> Table:
+    """``metrics/dice_by_group.csv``: Dice per grade and per tumour-size group."""
+    missing = missing_table(run, BY_GROUP)
+    if missing is not None:
+        return missing
+    rows_in = list(run.rows("dice_by_group"))
+    produced, tiny = _produced_by(run, _methods_in(rows_in))
+    notes = ["Small groups (a few LGG patients) give means that can move a lot with one patient."]
+    lines = [Line(row=r) for r in rows_in]
+    return build_table(BY_GROUP, lines, produced_by=produced, notes=notes, tiny=tiny)
+
+
 def _rule_name(row: Mapping[str, Any]) -> str:
     kind = "oracle" if num(row.get("oracle")) else "label-free"
     return f"{row.get('slice_rule')} ({kind})"
@@ -1100,6 +1140,7 @@ _BUILDERS = (
     segmentation_table,
     like_for_like_table,
     localisation_table,
+    by_group_table,
     sensitivity_table,
     centres_table,
     answer_status_table,
