@@ -257,7 +257,10 @@ def test_dice_is_broken_down_by_grade_and_size(finished_run):
     n_test = len(json.loads((finished_run / "splits.json").read_text())["test"])
     for method, scope in scopes:  # the two size groups split the same patients
         sizes = [
-            r["n"] for r in rows if (r["method"], r["scope"], r["group"]) == (method, scope, "size")
+            r["n"]
+            for r in rows
+            if (r["method"], r["scope"], r["group"], r["region"]) == (method, scope, "size", "WT")
+            and r["task"] in ("seg", "box")
         ]
         assert sum(sizes) <= n_test and all(n >= 1 for n in sizes)
 
