@@ -110,7 +110,9 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
 
     # the VLM's localisation as 3D masks, scored beside the CNN
     seg_rows = list(scores.seg_rows)
-    scored_ids = [c for c in test_ids if c in scores.diagonal]
+    # patients without reference labels have nothing to be scored against (not a Dice of 0)
+    labelled = {c.case_id for c in cohort.usable if c.label_path is not None}
+    scored_ids = [c for c in test_ids if c in scores.diagonal and c in labelled]
     for outputs in arms.vlm.values():
         seg_rows += _vlm_seg_rows(outputs, scored_ids, scores.diagonal)
 
@@ -250,6 +252,8 @@ def _score_cnn(case, arms: ArmOutputs, scores: CaseScores, case_metrics, gallery
 def _cnn_seg_rows(case, source: CnnOutputs, label, seen: bool = False) -> list[dict]:
     """Per-region rows of a CNN label map (a missing one scored as empty, as BraTS does);
     ``seen``: the pretrained weights were trained on this patient."""
+    if case.label is None:  # no reference to score against: no row, not a Dice of 0
+        return []
     status = "ok" if label is not None else "missing_prediction"
     pred = label if label is not None else np.zeros(case.shape, np.uint8)
     return [

@@ -92,30 +92,16 @@ def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None
     out = []
     if seconds is not None:
         out.append(f"Finished in {int(seconds) // 60} min {int(seconds) % 60} s.")
-    path = metrics / "classification.csv"
-    rows = read_table(path) if path.is_file() else []
-    if rows:
-        out.append("\nGrading (test patients, HGG positive):")
-        out.append(f"  {'method':<20} {'n':>3} {'acc':>6} {'sens':>6} {'spec':>6} {'bal.acc':>8} "
-                   f"{'AUC':>6}  model")  # fmt: skip
-        for r in rows:
-            out.append(
-                f"  {METHOD_LABELS.get(r['method'], r['method']):<20} {_n(r['n']):>3} "
-                f"{_f(r['accuracy'])} {_f(r['sensitivity'])} {_f(r['specificity'])} "
-                f"{_f(r['balanced_accuracy'], 8)} {_f(r['auc'])}  {r['model']}"
-            )
-        out.append(
-            f"  majority-class baseline accuracy: {_f(rows[0]['majority_baseline_accuracy'])}"
-        )
+    out += _grading_lines(metrics)
+    out += _localisation_lines(metrics)
     path = metrics / "segmentation_summary.csv"
-    rows = read_table(path) if path.is_file() else []
+    rows = [r for r in (read_table(path) if path.is_file() else []) if r["task"] == "seg"]
     if rows:
-        out.append("\nSegmentation / localisation (3D Dice against the reference, mean):")
+        out.append("\nSegmentation (3D Dice against the reference, mean):")
         for r in rows:
             out.append(
-                f"  {METHOD_LABELS.get(r['method'], r['method']):<20} {r['task']:<8} "
-                f"{r['region']:<3} Dice {_f(r['dice_mean'])}  HD95 {_f(r['hd95_mean'], 7, 1)} mm"
-                f"  (n={_n(r['n'])})"
+                f"  {METHOD_LABELS.get(r['method'], r['method']):<20} {r['region']:<3} Dice "
+                f"{_f(r['dice_mean'])}  HD95 {_f(r['hd95_mean'], 7, 1)} mm  (n={_n(r['n'])})"
             )
     path = metrics / "answer_status.csv"
     rows = read_table(path) if path.is_file() else []
@@ -136,6 +122,49 @@ def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None
         out.append(f"Report:     {report.resolve()}")
     out.append(f"Slicer:     {run_dir / 'cases'} (open a case's *.seg.nrrd / *.mrk.json)")
     print("\n".join(out), file=stream)
+
+
+_RULES = {"fixed": "0.5 / vote", "val_threshold": "val. thr."}
+
+
+def _grading_lines(metrics: Path) -> list[str]:
+    """Each method under each decision rule, with McNemar against the majority baseline."""
+    path = metrics / "classification.csv"
+    rows = read_table(path) if path.is_file() else []
+    if not rows:
+        return []
+    out = ["\nGrading (test patients, HGG positive; p: McNemar against always the majority grade):"]
+    out.append(f"  {'method':<18} {'rule':<10} {'n':>3} {'acc':>6} {'sens':>6} {'spec':>6} "
+               f"{'bal.acc':>8} {'AUC':>6} {'p':>6}  model")  # fmt: skip
+    for r in rows:
+        out.append(
+            f"  {METHOD_LABELS.get(r['method'], r['method']):<18} "
+            f"{_RULES.get(r.get('decision'), r.get('decision') or '-'):<10} {_n(r['n']):>3} "
+            f"{_f(r['accuracy'])} {_f(r['sensitivity'])} {_f(r['specificity'])} "
+            f"{_f(r['balanced_accuracy'], 8)} {_f(r['auc'])} "
+            f"{_f(r.get('mcnemar_vs_majority_p'))}  {r['model']}"
+        )
+    out.append(f"  majority-class baseline accuracy: {_f(rows[0]['majority_baseline_accuracy'])}")
+    return out
+
+
+def _localisation_lines(metrics: Path) -> list[str]:
+    """The VLM's per-slice Dice on the slices it saw beside the CNN, oracle and baseline there."""
+    path = metrics / "localisation.csv"
+    rows = read_table(path) if path.is_file() else []
+    if not rows:
+        return []
+    out = ["\nLocalisation, like for like (mean per-slice Dice on the slices the VLM saw):"]
+    out.append(f"  {'method':<18} {'task':<8} {'slices':>6} {'VLM':>6} {'CNN':>6} "
+               f"{'oracle':>6} {'blind':>6}")  # fmt: skip
+    for r in rows:
+        out.append(
+            f"  {METHOD_LABELS.get(r['method'], r['method']):<18} {r['task']:<8} "
+            f"{_n(r['n_slices']):>6} {_f(r['dice_slices_mean'])} "
+            f"{_f(r['cnn_dice_same_slices'])} {_f(r['oracle_dice_same_slices'])} "
+            f"{_f(r['baseline_dice_same_slices'])}"
+        )
+    return out
 
 
 def _f(value, width: int = 6, digits: int = 3) -> str:
