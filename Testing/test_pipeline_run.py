@@ -221,6 +221,8 @@ def test_localisation_is_scored_like_for_like(finished_run):
     assert {r["task"] for r in rows if r["dice_slices_lenient_mean"] is not None} == {"polygon"}
     report = (finished_run / "report.html").read_text()
     assert "Localisation, like for like" in report and "oracle slice selection" in report
+    roc = report[report.index('id="fig-roc"') :]
+    assert "data:image/png;base64," in roc[:3000] and "ROC curves and calibration" in roc[:3000]
 
 
 def test_the_slice_rule_sensitivity_asks_the_same_patients_on_other_slices(finished_run):

@@ -21,6 +21,7 @@ from GliomaCompareLib.report.figures import (
     confusion_figure,
     dice_figure,
     gallery_png,
+    roc_calibration_figure,
 )
 from GliomaCompareLib.report.gallery import CaseGallery, read_gallery, select_gallery_cases
 from GliomaCompareLib.report.html import GalleryItem, GallerySection, render_page
@@ -224,6 +225,7 @@ def _figures(run: RunData, published: Published, options: ReportOptions, problem
     out = {}
     plan = (
         ("classification", lambda: confusion_figure(run, options)),
+        ("comparisons", lambda: roc_calibration_figure(run, options)),
         ("segmentation", lambda: dice_figure(run, published, options)),
         ("centres", lambda: centre_figure(run, options)),
     )

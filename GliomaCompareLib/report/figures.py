@@ -42,6 +42,7 @@ __all__ = [
     "confusion_figure",
     "dice_figure",
     "gallery_png",
+    "roc_calibration_figure",
 ]
 
 #: Colours per method (and the ground truth) used in every figure.
@@ -179,6 +180,71 @@ def confusion_figure(run: RunData, options: ReportOptions) -> ReportFigure:
     caption = (
         "Rows: true grade; columns: predicted grade; colour: share of the true grade. From "
         f"metrics/classification.csv. Produced by {models or 'models not recorded'}."
+    )
+    return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
+
+
+# --------------------------------------------------------------------------- ROC and calibration
+
+
+def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure:
+    """ROC curves of P(HGG) per method (AUC and the number of patients scored in the legend)
+    and a reliability diagram (Brier score in the legend), from ``metrics/roc.csv`` and
+    ``metrics/calibration.csv``."""
+    key, title = "fig-roc", "ROC curves and calibration of P(HGG)"
+    roc, cal = run.rows("roc"), run.rows("calibration")
+    methods = [m for m in METHODS if any(r.get("method") == m for r in roc)]
+    if not methods:
+        return ReportFigure(key, title, "", None, status_detail="no ROC rows")
+    fixed = {
+        r.get("method"): r
+        for r in run.rows("classification")
+        if r.get("decision") in (None, "", "fixed")
+    }
+    models, tiny = _model_text(run, methods)
+    fig = _figure(8.4, 3.9)
+    left, right = fig.subplots(1, 2)
+    for method in methods:
+        points = sorted(
+            (r for r in roc if r.get("method") == method), key=lambda r: num(r.get("point")) or 0
+        )
+        info = fixed.get(method, {})
+        auc, n = num(info.get("auc")), num(info.get("auc_n")) or num(info.get("n"))
+        name = _label(method).replace("\n", " ")
+        legend = f"{name}: AUC {auc:.3f} (n={int(n or 0)})" if auc is not None else name
+        left.step(
+            [num(r.get("fpr")) for r in points], [num(r.get("tpr")) for r in points],
+            where="post", label=legend, color=METHOD_COLOURS.get(method),
+        )  # fmt: skip
+        bins = [r for r in cal if r.get("method") == method]
+        brier = num(info.get("brier"))
+        right.plot(
+            [num(r.get("mean_predicted")) for r in bins],
+            [num(r.get("observed")) for r in bins],
+            marker="o",
+            color=METHOD_COLOURS.get(method),
+            label=f"{name}: Brier {brier:.3f}" if brier is not None else name,
+        )
+    left.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    right.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
+    for ax, xlabel, ylabel in (
+        (left, "1 − specificity (LGG called HGG)", "sensitivity (HGG recall)"),
+        (right, "mean predicted P(HGG) in the bin", "observed share of HGG"),
+    ):
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(xlabel, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=10)
+        ax.tick_params(labelsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    left.set_title("ROC", fontsize=10)
+    right.set_title("Reliability diagram", fontsize=10)
+    _suptitle(fig, title, tiny)
+    caption = (
+        "Left: ROC of each method's patient-level P(HGG) on the test patients (AUC on the "
+        "patients with a score). Right: test patients binned by P(HGG); a calibrated method lies "
+        "on the diagonal. From metrics/roc.csv and metrics/calibration.csv. Produced by "
+        f"{models or 'models not recorded'}."
     )
     return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
 
