@@ -304,10 +304,10 @@ def test_qlora_trains_on_cuda(cohort, tmp_path):
 
 @pytest.mark.slow
 def test_overfitting_reproduces_exact_answers_and_the_adapter_round_trips(cohort, tmp_path):
-    from GliomaCompareLib.vlm.backend import DecodingConfig, Query
     from GliomaCompareLib.vlm.hf_backend import TransformersBackend, read_adapter
     from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
     from GliomaCompareLib.vlm.tiny import tiny_model_id
+    from GliomaCompareLib.vlm.types import DecodingConfig, Query
 
     splits = _splits(cohort, [HGG, LGG], [])
     config = FinetuneConfig(

@@ -49,7 +49,7 @@ def score_answer(example, answer, spec, point_radius_mm: float = 10.0) -> dict:
     Args:
         example: the :class:`~GliomaCompareLib.vlm.finetune_data.FinetuneExample` asked (its
             ``mask`` is needed for localisation tasks).
-        answer: the backend's :class:`~GliomaCompareLib.vlm.backend.Answer`.
+        answer: the backend's :class:`~GliomaCompareLib.vlm.types.Answer`.
         spec: the task's :class:`~GliomaCompareLib.vlm.tasks.TaskSpec`.
         point_radius_mm: disc radius giving point answers a Dice (as the VLM arm).
 
