@@ -11,8 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from GliomaCompareLib.argtypes import split_fractions
-from GliomaCompareLib.cli import CommandError
+from GliomaCompareLib.argtypes import CommandError, split_fractions
 from GliomaCompareLib.cnn.config import load_cnn_config
 from GliomaCompareLib.cnn.inference import load_classifier, load_segmenter, predict_cases
 from GliomaCompareLib.cnn.scoring import score_predictions
