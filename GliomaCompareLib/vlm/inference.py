@@ -57,7 +57,7 @@ from GliomaCompareLib.metrics.segmentation import score_masks
 from GliomaCompareLib.versions import library_versions
 from GliomaCompareLib.vlm.cache import AnswerCache, answer_key
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
-from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, ParsedAnswer, parse_answer
+from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, USABLE_STATUSES, ParsedAnswer, parse_answer
 from GliomaCompareLib.vlm.scoring import TIE_RULES, majority_vote, score_slice
 from GliomaCompareLib.vlm.tasks import (
     PROMPT_VARIANTS,
@@ -350,7 +350,7 @@ class SliceRecord:
 
     @property
     def usable(self) -> bool:
-        return self.status in ("ok", "repaired", "pattern")
+        return self.status in USABLE_STATUSES
 
     def to_json(self, model_label: str, backend: str, model_id: str) -> dict:
         """The ``answers.jsonl`` object of this query."""
