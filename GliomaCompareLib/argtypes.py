@@ -1,6 +1,7 @@
 """Command-line helpers shared by the ``gliomacompare`` subcommands.
 
 - argparse ``type=`` callables (:func:`positive_int`, :func:`comma_list` ...);
+- :class:`CommandError`, the error a command reports as one line (exit status 2);
 - options generated from config dataclasses (:func:`add_dataclass_arguments`,
   :func:`dataclass_from_args`) and the reverse, :func:`to_cli_args`.
 
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "CommandError",
     "add_dataclass_arguments",
     "comma_list",
     "count_or_none",
@@ -29,6 +31,13 @@ __all__ = [
     "split_fractions",
     "to_cli_args",
 ]
+
+
+class CommandError(Exception):
+    """An error to report to the user as one line, without a traceback (exit status 2).
+
+    It lives here, not in :mod:`GliomaCompareLib.cli`, so that it is one class also when the
+    cli module runs as ``__main__`` (``python -m GliomaCompareLib.cli``)."""
 
 
 def _whole(text: str) -> int:

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from GliomaCompareLib import __version__
+from GliomaCompareLib.argtypes import CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -26,10 +27,6 @@ COMMAND_MODULES = (
     "GliomaCompareLib.report.commands",
     "GliomaCompareLib.pipeline.commands",
 )
-
-
-class CommandError(Exception):
-    """An error to report to the user as one line, without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ Coordinate conventions (used everywhere in GliomaCompare for 2D geometry):
 
 Validation never fixes silently: :func:`validate_point`, :func:`validate_box` and
 :func:`validate_polygon` return ``(geometry_or_None, status)`` with a status from
-:data:`STATUSES`; when they clip, the status is ``"clipped"``. Whether a geometry lies so far
+:data:`GEOMETRY_STATUSES`; when they clip, the status is ``"clipped"``. Whether a geometry lies so far
 beyond the image that it should be refused rather than clipped is :func:`beyond_image`'s
 question (tolerance :data:`OUTSIDE_TOLERANCE` of the side).
 """
@@ -39,8 +39,8 @@ from GliomaCompareLib.masks import dice, mask_surface
 
 __all__ = [
     "COORDINATE_SYSTEMS",
+    "GEOMETRY_STATUSES",
     "OUTSIDE_TOLERANCE",
-    "STATUSES",
     "Box",
     "Geometry",
     "Overshoot",
@@ -76,7 +76,7 @@ COORDINATE_SYSTEMS: dict[str, float | None] = {
 }
 
 #: Every status a ``validate_*`` function can return.
-STATUSES: tuple[str, ...] = (
+GEOMETRY_STATUSES: tuple[str, ...] = (
     "ok",  # valid as given
     "clipped",  # partly outside the image; clipped to it (the geometry returned is the clipped one)
     "partly_outside",  # partly outside the image and clip=False: rejected

@@ -29,21 +29,47 @@ from GliomaCompareLib.fileio import atomic_write
 from GliomaCompareLib.metrics.localisation import LOCALISATION_COLUMNS
 
 __all__ = [
+    "CASES_DIR",
     "CASE_GALLERY_FILE",
+    "CASE_METRICS_FILE",
+    "CNN_SEG_FILE",
+    "GT_SEG_FILE",
     "LOG_FILE",
+    "MANIFEST_FILE",
     "METHODS",
     "METHOD_LABELS",
+    "METRICS_DIR",
     "REPORT_FILE",
     "SPLITS_FILE",
     "TABLES",
     "TEXT_COLUMNS",
+    "VLM_BOX_FILE",
+    "VLM_POINT_FILE",
+    "VLM_POLYGON_FILE",
     "read_table",
     "write_table",
 ]
 
+# --- the run folder's names (the run, the report and the Slicer module all use these) --------
 REPORT_FILE = "report.html"
 LOG_FILE = "run.log"
 SPLITS_FILE = "splits.json"
+#: Run manifest.
+MANIFEST_FILE = "manifest.json"
+#: Folder of CSV tables inside a run folder.
+METRICS_DIR = "metrics"
+#: Folder of per-case results inside a run folder (one sub-folder per case).
+CASES_DIR = "cases"
+#: CNN segmentation of one case (segments by region).
+CNN_SEG_FILE = "cnn.seg.nrrd"
+#: Ground truth of one case (segments by label).
+GT_SEG_FILE = "ground_truth.seg.nrrd"
+#: VLM answers of one case: fiducials (one control point per slice), ROI(s), closed curve(s).
+VLM_POINT_FILE = "vlm_point.mrk.json"
+VLM_BOX_FILE = "vlm_box.mrk.json"
+VLM_POLYGON_FILE = "vlm_polygon.mrk.json"
+#: Per-case scores and predictions.
+CASE_METRICS_FILE = "metrics.json"
 CASE_GALLERY_FILE = "gallery.npz"
 
 METHODS = ("cnn", "vlm_base", "vlm_finetuned")

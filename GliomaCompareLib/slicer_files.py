@@ -53,6 +53,17 @@ from GliomaCompareLib.data.nrrd import (
     read_seg_nrrd,
 )
 from GliomaCompareLib.fileio import atomic_write_bytes
+from GliomaCompareLib.runlayout import (  # re-exported: the Slicer module reads them from here
+    CASE_METRICS_FILE,
+    CASES_DIR,
+    CNN_SEG_FILE,
+    GT_SEG_FILE,
+    MANIFEST_FILE,
+    METRICS_DIR,
+    VLM_BOX_FILE,
+    VLM_POINT_FILE,
+    VLM_POLYGON_FILE,
+)
 
 __all__ = [
     "CASES_DIR",
@@ -85,24 +96,6 @@ __all__ = [
     "write_roi_markup",
     "write_seg_nrrd",
 ]
-
-# --- run folder layout (one place; the run and the Slicer module both use these) -------------
-#: Folder of per-case results inside a run folder.
-CASES_DIR = "cases"
-#: Folder of CSV tables inside a run folder.
-METRICS_DIR = "metrics"
-#: Run manifest.
-MANIFEST_FILE = "manifest.json"
-#: CNN segmentation of one case (segments by region, :func:`write_seg_nrrd` ``segments="regions"``).
-CNN_SEG_FILE = "cnn.seg.nrrd"
-#: Ground truth of one case (segments by label).
-GT_SEG_FILE = "ground_truth.seg.nrrd"
-#: VLM answers of one case: fiducials (one control point per slice), ROI(s), closed curve(s).
-VLM_POINT_FILE = "vlm_point.mrk.json"
-VLM_BOX_FILE = "vlm_box.mrk.json"
-VLM_POLYGON_FILE = "vlm_polygon.mrk.json"
-#: Per-case scores and predictions.
-CASE_METRICS_FILE = "metrics.json"
 
 #: The markups JSON schema id Slicer writes (Slicer accepts any ``markups-schema-v1.x.y``).
 MARKUPS_SCHEMA = (

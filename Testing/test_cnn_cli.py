@@ -263,3 +263,65 @@ def test_ddp_training_with_two_cpu_processes(data_dir, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     # every validation case was scored once across the two ranks
     assert len(info["metrics"]["val_cases"]) == 2
+
+
+#: Every option train-cnn had before its training options were generated from TrainSettings.
+TRAIN_OPTIONS = [
+    "--data", "--task", "--out", "--splits", "--split-fractions", "--split-seed", "--config",
+    "--epochs", "--device", "--weights", "--resume", "--overwrite", "--convention", "--quiet",
+]  # fmt: skip
+TRAIN = ["train-cnn", "--data", "d", "--task", "seg", "--out", "o"]
+
+
+def _train_parser():
+    import argparse
+
+    from GliomaCompareLib.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, sub.choices["train-cnn"]
+
+
+def test_every_former_train_option_still_parses_to_the_same_setting(tmp_path):
+    from dataclasses import fields, replace
+
+    from GliomaCompareLib.cnn.commands import _read_config, train_settings_given
+    from GliomaCompareLib.cnn.config import TrainSettings
+
+    parser, train_cnn = _train_parser()
+    assert [o for o in TRAIN_OPTIONS if o not in train_cnn._option_string_actions] == []
+    # every TrainSettings field is an option (a new field becomes one with no other change)
+    dests = {a.dest for a in train_cnn._actions}
+    assert {f.name for f in fields(TrainSettings)} <= dests
+    # not given: the config's train: values stay; --epochs overrides only the epochs
+    assert train_settings_given(parser.parse_args(TRAIN)) == {}
+    args = parser.parse_args([*TRAIN, "--epochs", "0", "--split-seed", "3", "--resume"])
+    assert train_settings_given(args) == {"epochs": 0}
+    assert args.split_seed == 3 and args.resume and args.split_fractions == (0.6, 0.2, 0.2)
+    config = tmp_path / "cnn.yaml"
+    config.write_text(CONFIG)
+    seg = _read_config(str(config))[0].seg
+    assert replace(seg.train, **train_settings_given(args)) == replace(seg.train, epochs=0)
+    assert seg.train.learning_rate == 0.003  # from the config, untouched by the options
+    # the generated options, each to its field
+    argv = [*TRAIN, "--lr", "1e-3", "--batch-size", "2", "--no-amp", "--deterministic"]
+    argv += ["--cache", "none", "--scheduler", "constant", "--seed", "4", "--num-workers", "1"]
+    argv += ["--weight-decay", "0"]
+    assert train_settings_given(parser.parse_args(argv)) == {
+        "learning_rate": 1e-3, "batch_size": 2, "amp": False, "deterministic": True,
+        "cache": "none", "scheduler": "constant", "seed": 4, "num_workers": 1,
+        "weight_decay": 0.0,
+    }  # fmt: skip
+    assert train_settings_given(parser.parse_args([*TRAIN, "--learning-rate", "2e-4"])) == {
+        "learning_rate": 2e-4
+    }
+
+
+@pytest.mark.parametrize("bad", [["--epochs", "-1"], ["--batch-size", "0"], ["--cache", "x"]])
+def test_bad_train_values_are_usage_errors(bad, capsys):
+    parser, _ = _train_parser()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([*TRAIN, *bad])
+    assert exc.value.code == 2
+    assert bad[0] in capsys.readouterr().err

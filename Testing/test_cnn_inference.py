@@ -17,10 +17,10 @@ from GliomaCompareLib.cnn.inference import (
     Segmenter,
     effective_roi,
     predict_cases,
-    resolve_device,
 )
 from GliomaCompareLib.data.case import Case
 from GliomaCompareLib.data.conventions import load_convention
+from GliomaCompareLib.distributed import resolve_device
 
 CONV = load_convention("brats2020")
 

@@ -22,9 +22,8 @@ import torch
 from monai.metrics import compute_roc_auc
 
 from GliomaCompareLib import __version__
-from GliomaCompareLib.cnn.history import EpochRecord, write_history
 from GliomaCompareLib.cnn.tasks import ClsTask, choose_threshold, selection_auc
-from GliomaCompareLib.cnn.train import _better
+from GliomaCompareLib.cnn.train import CNNEpoch, _better, write_epochs
 from GliomaCompareLib.metrics.classification import auc_score
 from GliomaCompareLib.versions import LIBRARIES, _version, library_versions
 
@@ -95,16 +94,40 @@ def test_choose_threshold_is_reexported_by_train():
     assert train.choose_threshold is choose_threshold
 
 
+def _epoch(epoch, train_loss, val, score, lr, seconds, best):
+    return CNNEpoch(
+        epoch=epoch, seconds=seconds, metrics=val, train_loss=train_loss, score=score, lr=lr,
+        best=best,
+    )  # fmt: skip
+
+
 def test_history_csv_columns_and_formats(tmp_path):
+    # what cnn/history.py wrote before the CNN moved to the shared GliomaCompareLib.history
     records = [
-        EpochRecord(1, 0.5, {"auc": 0.75, "loss": 0.61}, 0.75, 1e-3, 1.234, True),
-        EpochRecord(2, 0.25, {"auc": 0.5}, 0.5, 5e-4, 2.0, False),
+        _epoch(0, float("nan"), {"auc": np.float64(0.5), "loss": 0.7}, 0.5, 0.0, 0.5, True),
+        _epoch(1, 0.5, {"auc": 0.75, "loss": 0.61}, 0.75, 1e-3, 1.234, True),
+        _epoch(2, 0.25, {"auc": 0.5, "threshold": 0.4}, 0.5, 5e-4, 2.0, False),
     ]
-    write_history(tmp_path / "history.csv", records)
+    write_epochs(tmp_path / "history.csv", records)
     rows = list(csv.reader((tmp_path / "history.csv").open()))
-    assert rows[0] == ["epoch", "train_loss", "score", "auc", "loss", "lr", "seconds", "best"]
-    assert rows[1] == ["1", "0.500000", "0.750000", "0.750000", "0.610000", "0.001", "1.23", "1"]
-    assert rows[2][4] == "nan" and rows[2][-1] == "0"
+    assert rows == [
+        ["epoch", "train_loss", "score", "auc", "loss", "threshold", "lr", "seconds", "best"],
+        ["0", "nan", "0.500000", "0.500000", "0.700000", "nan", "0", "0.50", "1"],
+        ["1", "0.500000", "0.750000", "0.750000", "0.610000", "nan", "0.001", "1.23", "1"],
+        ["2", "0.250000", "0.500000", "0.500000", "nan", "0.400000", "0.0005", "2.00", "0"],
+    ]
+    assert records[1].val == {"auc": 0.75, "loss": 0.61}
+
+
+def test_epoch_records_round_trip_through_the_training_state():
+    from dataclasses import asdict
+
+    record = _epoch(3, 0.25, {"dice_mean": 0.8}, 0.8, 1e-4, 3.0, False)
+    assert CNNEpoch.from_state(asdict(record)) == record
+    # last.pt written before the shared history kept the validation metrics as "val"
+    old = {"epoch": 3, "train_loss": 0.25, "val": {"dice_mean": 0.8}, "score": 0.8,
+           "lr": 1e-4, "seconds": 3.0, "best": False}  # fmt: skip
+    assert CNNEpoch.from_state(old) == record
 
 
 def test_library_versions_hold_what_model_json_recorded_and_more():

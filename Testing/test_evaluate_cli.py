@@ -298,3 +298,29 @@ def test_unexpected_labels_and_bad_references_are_reported(tmp_path):
     write_nifti(tmp_path / "frac.nii.gz", ref * 0.3, AFFINE)
     rows = evaluate_case(CaseFiles("c", tmp_path / "pred.nii.gz", tmp_path / "frac.nii.gz"))
     assert {r.status for r in rows} == {"unreadable_reference"} and "non-integer" in rows[0].note
+
+
+@pytest.mark.parametrize("module", ["GliomaCompareLib.cli", "GliomaCompareLib"])
+def test_command_error_is_one_line_and_exit_2_under_python_m(module, tmp_path):
+    # under `python -m GliomaCompareLib.cli` cli.py runs as __main__; the commands' CommandError
+    # must still be the class main() catches (it lives in argtypes)
+    import subprocess
+    import sys
+
+    args = ["--pred", str(tmp_path), "--ref", str(tmp_path), "--out", str(tmp_path / "x.csv")]
+    done = subprocess.run(
+        [sys.executable, "-m", module, "evaluate", *args, "--jobs", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "gliomacompare evaluate: error: --jobs must be >= 1, got 0"
+    ]
+
+
+def test_cli_reexports_the_one_command_error():
+    from GliomaCompareLib import argtypes, cli
+
+    assert cli.CommandError is argtypes.CommandError

@@ -295,7 +295,7 @@ def test_validate_box_statuses():
     assert g.validate_box(Box(-4, -2, 3, 3), w, h) == (Box(0, 0, 3, 3), "clipped")
     assert g.validate_box(Box(-4, -2, 3, 3), w, h, clip=False) == (None, "partly_outside")
     for status in ("ok", "clipped", "inverted", "degenerate", "out_of_bounds", "not_finite"):
-        assert status in g.STATUSES
+        assert status in g.GEOMETRY_STATUSES
 
 
 def test_validate_polygon_statuses():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from GliomaCompareLib.pipeline.config import apply_overrides, deep_merge, load_run_config
-from GliomaCompareLib.pipeline.manifest import build_manifest, device_info, library_versions
+from GliomaCompareLib.pipeline.manifest import build_manifest, device_info
+from GliomaCompareLib.versions import library_versions
 
 
 def test_extends_and_overrides(tmp_path):

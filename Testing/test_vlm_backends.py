@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from GliomaCompareLib.vlm.backend import DecodingConfig, Query, make_backend
+from GliomaCompareLib.vlm.backends import make_backend
 from GliomaCompareLib.vlm.hf_backend import (
     ADAPTER_META_FILE,
     TransformersBackend,
@@ -24,6 +24,7 @@ from GliomaCompareLib.vlm.tiny import (
     save_tiny_model,
     tiny_model_id,
 )
+from GliomaCompareLib.vlm.types import DecodingConfig, Query
 
 GREEDY = DecodingConfig(max_new_tokens=24)
 

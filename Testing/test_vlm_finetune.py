@@ -304,10 +304,10 @@ def test_qlora_trains_on_cuda(cohort, tmp_path):
 
 @pytest.mark.slow
 def test_overfitting_reproduces_exact_answers_and_the_adapter_round_trips(cohort, tmp_path):
-    from GliomaCompareLib.vlm.backend import DecodingConfig, Query
     from GliomaCompareLib.vlm.hf_backend import TransformersBackend, read_adapter
     from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
     from GliomaCompareLib.vlm.tiny import tiny_model_id
+    from GliomaCompareLib.vlm.types import DecodingConfig, Query
 
     splits = _splits(cohort, [HGG, LGG], [])
     config = FinetuneConfig(
@@ -531,3 +531,19 @@ def test_two_processes_train_the_same_adapter_as_one(cohort, tmp_path):
     b = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
     for key in a:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=2e-5, rtol=1e-3)
+
+
+def test_adapter_metadata_records_the_same_versions_as_before():
+    # the adapter's fingerprint (its model id) hashes these, so they must not gain keys
+    import importlib.metadata as md
+    import platform
+
+    from GliomaCompareLib.vlm.finetune import _adapter_versions
+
+    before = {"python": platform.python_version()}
+    for name in ("gliomacompare", "torch", "transformers", "peft", "accelerate", "numpy"):
+        try:
+            before[name] = md.version(name)
+        except md.PackageNotFoundError:
+            before[name] = None
+    assert _adapter_versions() == before

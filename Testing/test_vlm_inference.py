@@ -15,12 +15,12 @@ from GliomaCompareLib import geometry as g
 from GliomaCompareLib.cli import main
 from GliomaCompareLib.data import discover_cases, load_case
 from GliomaCompareLib.data.splits import make_splits
-from GliomaCompareLib.vlm.backend import DecodingConfig
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
 from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
 from GliomaCompareLib.vlm.openai_backend import OpenAIBackend
 from GliomaCompareLib.vlm.scoring import majority_vote, score_slice
 from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL
+from GliomaCompareLib.vlm.types import DecodingConfig
 
 FAST = DecodingConfig(max_new_tokens=16)
 REQUIRED = ("case_id", "slice_index", "task", "run", "status", "raw_text", "value", "model_label")
@@ -201,7 +201,7 @@ class JitteryOracle:
         return {"backend": self.name, "model_id": "oracle-v1"}
 
     def answer(self, queries, decoding):
-        from GliomaCompareLib.vlm.backend import Answer
+        from GliomaCompareLib.vlm.types import Answer
 
         out = []
         for q in queries:

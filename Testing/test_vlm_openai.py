@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from GliomaCompareLib.vlm.backend import DecodingConfig, Query
 from GliomaCompareLib.vlm.openai_backend import OpenAIBackend, RemoteURLRefused, is_loopback_url
 from GliomaCompareLib.vlm.parsing import parse_answer
 from GliomaCompareLib.vlm.tasks import load_tasks
+from GliomaCompareLib.vlm.types import DecodingConfig, Query
 
 DECODING = DecodingConfig(max_new_tokens=64)
 

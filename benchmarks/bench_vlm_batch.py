@@ -30,7 +30,7 @@ def _slices(n: int):
 
 
 def _queries(slices, tasks):
-    from GliomaCompareLib.vlm.backend import Query
+    from GliomaCompareLib.vlm.types import Query
 
     out = []
     for image in slices:
@@ -61,9 +61,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from GliomaCompareLib.vlm.backend import DecodingConfig
     from GliomaCompareLib.vlm.hf_backend import TransformersBackend
     from GliomaCompareLib.vlm.tasks import load_tasks
+    from GliomaCompareLib.vlm.types import DecodingConfig
 
     case_id, slices = _slices(args.slices)
     backend = TransformersBackend.tiny(seed=0)

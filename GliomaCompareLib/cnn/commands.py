@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
-from GliomaCompareLib.argtypes import split_fractions
-from GliomaCompareLib.cli import CommandError
-from GliomaCompareLib.cnn.config import load_cnn_config
+from GliomaCompareLib.argtypes import (
+    CommandError,
+    add_dataclass_arguments,
+    given,
+    split_fractions,
+)
+from GliomaCompareLib.cnn.config import TrainSettings, load_cnn_config
 from GliomaCompareLib.cnn.inference import load_classifier, load_segmenter, predict_cases
 from GliomaCompareLib.cnn.scoring import score_predictions
 from GliomaCompareLib.cnn.train import train_classifier, train_segmenter
@@ -53,7 +57,6 @@ def register(sub) -> None:
         help="YAML with a cnn: section: a run config (or preset name, e.g. demo; its "
         "cnn.weights are used too) or a file with seg: / cls:",
     )
-    p.add_argument("--epochs", type=int, help="override train.epochs (0: no training)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (default auto)")
     p.add_argument(
         "--weights",
@@ -64,6 +67,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start again where a model exists")
     p.add_argument("--convention", default="brats2020", help="label convention (default brats2020)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    # every TrainSettings field (--epochs, --lr, --batch-size ...), generated from its metadata
+    add_dataclass_arguments(p, TrainSettings)
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -114,8 +119,6 @@ def _train(args) -> int:
     tasks = ["seg", "cls"] if args.task == "both" else [args.task]
     if args.weights and len(tasks) > 1:
         raise ValueError("--weights belongs to one network; use --task seg or --task cls")
-    if args.epochs is not None and args.epochs < 0:
-        raise ValueError(f"--epochs {args.epochs}: must be >= 0")
     ctx = init_distributed(args.device)
     out = Path(args.out)
     cohort = discover_cases(args.data, args.convention)
@@ -130,10 +133,11 @@ def _train(args) -> int:
     ctx.barrier()
     if not ctx.is_main:
         splits = load_or_make_splits(cohort, split_path, create=False)
+    train_overrides = train_settings_given(args)
     for task in tasks:
         task_config = getattr(config, task)
-        if args.epochs is not None:
-            task_config = replace(task_config, train=replace(task_config.train, epochs=args.epochs))
+        if train_overrides:
+            task_config = replace(task_config, train=replace(task_config.train, **train_overrides))
         trainer = train_segmenter if task == "seg" else train_classifier
         try:
             result = trainer(
@@ -164,6 +168,12 @@ def _train(args) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+def train_settings_given(args) -> dict:
+    """The :class:`~GliomaCompareLib.cnn.config.TrainSettings` fields given as options (those
+    not given keep the config's values)."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainSettings) if given(args, f.name)}
 
 
 def _read_config(source: str | None):

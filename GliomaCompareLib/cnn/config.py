@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from GliomaCompareLib.argtypes import non_negative_int, positive_int
+
 __all__ = [
     "BUNDLE_CHANNELS",
     "BUNDLE_REGIONS",
@@ -94,6 +96,16 @@ def _jsonable(value):
     return value
 
 
+#: The argument group of the ``train-cnn`` options made from :class:`TrainSettings`.
+TRAIN_OPTIONS_GROUP = "training (overrides the config's train: section)"
+
+
+def _train_option(help_text: str, **meta: Any) -> dict[str, Any]:
+    """Metadata making a :class:`TrainSettings` field a ``train-cnn`` option; its default is the
+    config's, so the dataclass default is not shown."""
+    return {"group": TRAIN_OPTIONS_GROUP, "help": help_text, "show_default": False, **meta}
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """How a network is trained (shared by segmentation and classification).
@@ -112,16 +124,38 @@ class TrainSettings:
             ``"memory"`` (``CacheDataset``) or ``"none"``.
     """
 
-    epochs: int = 300
-    batch_size: int = 1
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-5
-    scheduler: str = "cosine"
-    num_workers: int = 0
-    amp: bool = True
-    deterministic: bool = False
-    seed: int = 0
-    cache: str = "disk"
+    # the metadata makes each field a ``train-cnn`` option (argtypes.add_dataclass_arguments)
+    # that overrides the config's ``train:`` value for the trained networks
+    epochs: int = field(
+        default=300, metadata=_train_option("passes (0: no training)", type=non_negative_int)
+    )
+    batch_size: int = field(
+        default=1, metadata=_train_option("cases / patches per step", type=positive_int)
+    )
+    learning_rate: float = field(
+        default=1e-4,
+        metadata=_train_option("Adam learning rate", flags=("--lr", "--learning-rate")),
+    )
+    weight_decay: float = field(default=1e-5, metadata=_train_option("Adam weight decay"))
+    scheduler: str = field(
+        default="cosine",
+        metadata=_train_option("learning-rate schedule", choices=("cosine", "constant")),
+    )
+    num_workers: int = field(
+        default=0, metadata=_train_option("DataLoader workers", type=non_negative_int)
+    )
+    amp: bool = field(
+        default=True, metadata=_train_option("no mixed precision on CUDA", flags="--no-amp")
+    )
+    deterministic: bool = field(
+        default=False,
+        metadata=_train_option("deterministic CUDA algorithms instead of cudnn.benchmark"),
+    )
+    seed: int = field(default=0, metadata=_train_option("seed of weights, sampling, augmentation"))
+    cache: str = field(
+        default="disk",
+        metadata=_train_option("cache of prepared cases", choices=("disk", "memory", "none")),
+    )
 
     def __post_init__(self):
         if self.epochs < 0:

@@ -77,7 +77,6 @@ __all__ = [
     "load_classifier",
     "load_segmenter",
     "predict_cases",
-    "resolve_device",
     "segment_logits",
 ]
 

@@ -21,8 +21,8 @@ What one call does (:func:`train_segmenter`, :func:`train_classifier`):
 
 :func:`_train` is the workflow, a list of steps; each step is a method of :class:`_Trainer`,
 which holds what the steps share. What differs between the two tasks is in
-:mod:`GliomaCompareLib.cnn.tasks`; the epoch records and ``history.csv`` in
-:mod:`GliomaCompareLib.cnn.history`.
+:mod:`GliomaCompareLib.cnn.tasks`. Epochs are :class:`CNNEpoch` records, written to ``history.csv``
+by the shared :func:`GliomaCompareLib.history.write_history`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -53,7 +53,6 @@ from GliomaCompareLib.cnn.checkpoint import (
 )
 from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, config_hash, config_to_dict
 from GliomaCompareLib.cnn.datasets import prepare_data
-from GliomaCompareLib.cnn.history import HISTORY_FILE, EpochRecord, write_history
 from GliomaCompareLib.cnn.inference import autocast
 from GliomaCompareLib.cnn.networks import (
     build_network,
@@ -65,8 +64,10 @@ from GliomaCompareLib.cnn.networks import (
 from GliomaCompareLib.cnn.tasks import ClsTask, SegTask, choose_threshold
 from GliomaCompareLib.data.discovery import Cohort, discover_cases
 from GliomaCompareLib.distributed import DistContext, init_distributed
+from GliomaCompareLib.history import EpochRecord, write_history
 
 __all__ = [
+    "CNNEpoch",
     "EpochRecord",
     "TrainResult",
     "TrainingCallback",
@@ -76,6 +77,70 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.csv"
+#: ``history.csv``: these first, the validation metrics, then :data:`_HISTORY_LAST`.
+_HISTORY_FIRST = ("epoch", "train_loss", "score")
+_HISTORY_LAST = ("lr", "seconds", "best")
+_HISTORY_OPTIONS: dict[str, Any] = {
+    "first": _HISTORY_FIRST,
+    "last": _HISTORY_LAST,
+    "float_format": ".6f",
+    "formats": {"lr": ".3g", "seconds": ".2f"},
+    "missing": "nan",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CNNEpoch(EpochRecord):
+    """One finished CNN epoch (an :class:`~GliomaCompareLib.history.EpochRecord`).
+
+    Attributes:
+        epoch: 1-based epoch number (0: evaluation of given / untrained weights, no training).
+        seconds: wall time of the epoch including validation.
+        metrics: the validation metrics, also as :attr:`val` (segmentation: ``dice_mean``,
+            ``dice_<region>``; classification: ``auc``, ``loss``, ``balanced_accuracy``,
+            ``sensitivity``, ``specificity``, ``threshold``).
+        train_loss: mean training loss (nan for epoch 0).
+        score: the selection metric (``dice_mean`` / ``auc``), nan without validation cases.
+        lr: learning rate used in the epoch.
+        best: whether this epoch's weights became the model.
+    """
+
+    train_loss: float
+    score: float
+    lr: float
+    best: bool
+
+    @property
+    def val(self) -> dict[str, float]:
+        return dict(self.metrics)
+
+    def row(self) -> dict[str, Any]:
+        """``epoch, train_loss, score, <val keys>, lr, seconds, best`` (floats as floats)."""
+        return {
+            "epoch": self.epoch,
+            "train_loss": float(self.train_loss),
+            "score": float(self.score),
+            **{k: float(v) for k, v in self.metrics.items()},
+            "lr": float(self.lr),
+            "seconds": float(self.seconds),
+            "best": bool(self.best),
+        }
+
+    @classmethod
+    def from_state(cls, data: dict) -> CNNEpoch:
+        """A record from ``last.pt``'s history (also the older layout with ``val``)."""
+        data = dict(data)
+        if "val" in data:
+            data["metrics"] = data.pop("val")
+        return cls(**data)
+
+
+def write_epochs(path: str | Path, history: Sequence[CNNEpoch]) -> Path:
+    """Write the CNN's ``history.csv``: ``epoch, train_loss, score, <val keys>, lr, seconds,
+    best`` (a val key missing from a record is written as nan)."""
+    return write_history(path, history, **_HISTORY_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -104,7 +169,7 @@ class TrainResult:
     score_name: str
     best_score: float
     threshold: float | None
-    history: tuple[EpochRecord, ...]
+    history: tuple[CNNEpoch, ...]
     resumed_from: int | None
     train_cases: tuple[str, ...]
     val_cases: tuple[str, ...]
@@ -121,7 +186,7 @@ class TrainingCallback(Protocol):
     """Called by rank 0 after each epoch, once ``last.pt`` is safely on disk (progress
     displays, early stopping by raising, tests that interrupt a run)."""
 
-    def on_epoch_end(self, record: EpochRecord) -> None: ...
+    def on_epoch_end(self, record: CNNEpoch) -> None: ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +312,7 @@ class _Trainer:
         # the training state (a resumed run starts from its own)
         self.start_epoch = 0
         self.best: dict | None = None
-        self.history: list[EpochRecord] = []
+        self.history: list[CNNEpoch] = []
         self.resumed_from: int | None = None
 
     # ---- the model folder, the model and its state
@@ -332,7 +397,7 @@ class _Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"])
         self.best = dict(state["best"]) if state.get("best") else None
-        self.history = [EpochRecord(**h) for h in state.get("history", [])]
+        self.history = [CNNEpoch.from_state(h) for h in state.get("history", [])]
         self.resumed_from = self.start_epoch
         if self.show:
             _write_line(
@@ -376,15 +441,23 @@ class _Trainer:
         """Epoch 0: validate the given (or untrained) weights once and keep them."""
         t0 = time.perf_counter()
         val, score, tiebreak = self.validate()
-        record = EpochRecord(0, float("nan"), val, score, 0.0, time.perf_counter() - t0, True)
+        record = CNNEpoch(
+            epoch=0,
+            seconds=time.perf_counter() - t0,
+            metrics=val,
+            train_loss=float("nan"),
+            score=score,
+            lr=0.0,
+            best=True,
+        )
         self.history.append(record)
         self.best = {"epoch": 0, "score": score, "tiebreak": tiebreak}
         if self.ctx.is_main:
             self.save_best(record)
-            write_history(self.model_dir / HISTORY_FILE, self.history)
+            write_epochs(self.model_dir / HISTORY_FILE, self.history)
         self.ctx.barrier()
 
-    def run_epoch(self, epoch: int) -> EpochRecord:
+    def run_epoch(self, epoch: int) -> CNNEpoch:
         """Train one epoch (re-seeded from (seed, epoch, rank)), validate, keep the best."""
         t0 = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -393,8 +466,14 @@ class _Trainer:
         improved = _better(score, tiebreak, self.best)
         if improved:
             self.best = {"epoch": epoch + 1, "score": score, "tiebreak": tiebreak}
-        record = EpochRecord(
-            epoch + 1, train_loss, val, score, lr, time.perf_counter() - t0, improved
+        record = CNNEpoch(
+            epoch=epoch + 1,
+            seconds=time.perf_counter() - t0,
+            metrics=val,
+            train_loss=train_loss,
+            score=score,
+            lr=lr,
+            best=improved,
         )
         self.history.append(record)
         return record
@@ -446,7 +525,7 @@ class _Trainer:
 
     # ---- what is written
 
-    def save_best(self, record: EpochRecord) -> None:
+    def save_best(self, record: CNNEpoch) -> None:
         """``model.safetensors`` + ``model.json`` of the network as it is after ``record``."""
         task, config, data, weights = self.task, self.config, self.data, self.weights
         if record.epoch:
@@ -478,13 +557,13 @@ class _Trainer:
         )
         save_model(self.model_dir, self.network.state_dict(), info)
 
-    def checkpoint(self, record: EpochRecord) -> None:
+    def checkpoint(self, record: CNNEpoch) -> None:
         """Rank 0: the best model when ``record`` improved it, ``last.pt``, ``history.csv``."""
         if self.ctx.is_main:
             if record.best:
                 self.save_best(record)
             save_training_state(self.state_path, self.training_state(record.epoch))
-            write_history(self.model_dir / HISTORY_FILE, self.history)
+            write_epochs(self.model_dir / HISTORY_FILE, self.history)
             if self.show:
                 _write_line(_epoch_line(self.task, record, self.best, self.epochs))
         self.ctx.barrier()
@@ -502,7 +581,7 @@ class _Trainer:
             "run_key": self.run_key,
         }
 
-    def notify(self, callbacks: Sequence[TrainingCallback], record: EpochRecord) -> None:
+    def notify(self, callbacks: Sequence[TrainingCallback], record: CNNEpoch) -> None:
         """Rank 0: each callback's ``on_epoch_end`` (after ``last.pt`` is on disk)."""
         if self.ctx.is_main:
             for callback in callbacks:
@@ -621,7 +700,7 @@ def _better(score: float, tiebreak: float, best: dict | None) -> bool:
     return abs(score - best["score"]) <= 1e-12 and tiebreak > best["tiebreak"] + 1e-12
 
 
-def _epoch_line(task, record: EpochRecord, best: dict | None, epochs: int) -> str:
+def _epoch_line(task, record: CNNEpoch, best: dict | None, epochs: int) -> str:
     shown = ", ".join(f"{k} {v:.3f}" for k, v in record.val.items() if k != "threshold")
     mark = " *" if record.best else ""
     best_text = f" (best {best['score']:.3f} @ {best['epoch']})" if best else ""

@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from GliomaCompareLib.cli import CommandError
+from GliomaCompareLib.argtypes import CommandError
 from GliomaCompareLib.data.conventions import REGIONS, load_convention
 from GliomaCompareLib.metrics.evaluation import evaluate_folders, summarise, write_csv
 

@@ -55,7 +55,7 @@ from GliomaCompareLib.metrics.segmentation import bounding_box, score_label_maps
 __all__ = [
     "CSV_COLUMNS",
     "NOT_SCORED",
-    "STATUSES",
+    "SCORE_STATUSES",
     "CaseFiles",
     "EvaluationResult",
     "EvaluationRow",
@@ -71,7 +71,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Every per-row status (see the module docstring).
-STATUSES: tuple[str, ...] = (
+SCORE_STATUSES: tuple[str, ...] = (
     "ok",
     "missing_prediction",
     "unreadable",

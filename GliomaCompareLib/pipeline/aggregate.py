@@ -54,7 +54,7 @@ from GliomaCompareLib.pipeline.outputs import (
     read_csv,
 )
 from GliomaCompareLib.report import GradePrediction
-from GliomaCompareLib.runlayout import METHODS, write_table
+from GliomaCompareLib.runlayout import METHODS, METRICS_DIR, write_table
 from GliomaCompareLib.vlm.tasks import load_tasks
 
 __all__ = ["CaseScores", "aggregate_run"]
@@ -96,7 +96,7 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
     """Write ``metrics/*.csv`` and ``cases/<id>/`` from the arms' outputs; return a summary."""
     # the test patients and what the arms wrote
     run_dir = Path(run_dir)
-    metrics_dir = run_dir / "metrics"
+    metrics_dir = run_dir / METRICS_DIR
     metrics_dir.mkdir(parents=True, exist_ok=True)
     cohort = load_cohort(run_dir)
     test_ids = usable_test_ids(run_dir, cohort)

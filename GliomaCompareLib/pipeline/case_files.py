@@ -22,9 +22,8 @@ from GliomaCompareLib.report import (
     write_gallery,
 )
 from GliomaCompareLib.report.gallery import geometry_from_dict
+from GliomaCompareLib.runlayout import CASE_METRICS_FILE, CNN_SEG_FILE, GT_SEG_FILE
 from GliomaCompareLib.slicer_files import (
-    CNN_SEG_FILE,
-    GT_SEG_FILE,
     PointsMarkup,
     case_dir,
     closed_curve_from_pixels,
@@ -111,7 +110,7 @@ def write_case_files(run_dir, case, cnn_label, vlm: dict[str, MethodOutputs], me
                 write_markups(path, markups)
             else:
                 path.unlink(missing_ok=True)
-    atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_json(folder / CASE_METRICS_FILE, metrics)
 
 
 def _gallery_slice(case, vlm: dict[str, MethodOutputs], wt: np.ndarray) -> int | None:

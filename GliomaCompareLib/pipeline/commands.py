@@ -8,7 +8,7 @@ from pathlib import Path
 from GliomaCompareLib.pipeline.config import read_run_config
 from GliomaCompareLib.pipeline.run import STAGE_NAMES, run_comparison
 from GliomaCompareLib.pipeline.runner import ConfigChangedError, Shard
-from GliomaCompareLib.runlayout import METHOD_LABELS, read_table
+from GliomaCompareLib.runlayout import METHOD_LABELS, METRICS_DIR, REPORT_FILE, read_table
 
 __all__ = ["print_summary", "register"]
 
@@ -88,7 +88,7 @@ def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None
     """One screen: what was compared, the headline numbers, and where everything is."""
     stream = stream or sys.stdout
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics"
+    metrics = run_dir / METRICS_DIR
     out = []
     if seconds is not None:
         out.append(f"Finished in {int(seconds) // 60} min {int(seconds) % 60} s.")
@@ -117,7 +117,7 @@ def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None
             "pipeline and say nothing about real vision-language models."
         )
     out.append(f"\nRun folder: {run_dir}")
-    report = run_dir / "report.html"
+    report = run_dir / REPORT_FILE
     if report.is_file():
         out.append(f"Report:     {report.resolve()}")
     out.append(f"Slicer:     {run_dir / 'cases'} (open a case's *.seg.nrrd / *.mrk.json)")

@@ -7,44 +7,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from GliomaCompareLib import __version__
+from GliomaCompareLib.versions import library_versions
 
-__all__ = ["LIBRARIES", "build_manifest", "device_info", "git_revision", "library_versions"]
-
-#: Distributions whose versions every manifest records.
-LIBRARIES = (
-    "torch",
-    "monai",
-    "transformers",
-    "tokenizers",
-    "peft",
-    "accelerate",
-    "numpy",
-    "scipy",
-    "nibabel",
-    "SimpleITK",
-    "scikit-image",
-    "nilearn",
-    "safetensors",
-    "pillow",
-    "matplotlib",
-    "PyYAML",
-    "bitsandbytes",
-)
-
-
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0], "gliomacompare": __version__}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+__all__ = ["build_manifest", "device_info", "git_revision"]
 
 
 def git_revision(path: Path | None = None) -> dict[str, Any]:

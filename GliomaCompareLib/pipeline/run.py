@@ -53,7 +53,7 @@ from GliomaCompareLib.pipeline.stages.sensitivity import SLICE_SENSITIVITY
 from GliomaCompareLib.pipeline.stages.split import SPLIT
 from GliomaCompareLib.pipeline.stages.vlm_finetune import VLM_FINETUNE
 from GliomaCompareLib.pipeline.stages.vlm_infer import CONSISTENCY, VLM_BASE, VLM_FINETUNED
-from GliomaCompareLib.runlayout import LOG_FILE
+from GliomaCompareLib.runlayout import LOG_FILE, MANIFEST_FILE, REPORT_FILE
 
 __all__ = [
     "STAGES",
@@ -191,7 +191,7 @@ def _write_manifest(
         config, config_path, device=device, models=models, stages=stages,
         shard=f"{shard.index}/{shard.count}",
     )  # fmt: skip
-    atomic_write_json(run_dir / "manifest.json", manifest)
+    atomic_write_json(run_dir / MANIFEST_FILE, manifest)
 
 
 def run_comparison(
@@ -242,7 +242,7 @@ def run_comparison(
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
-    report = run_dir / "report.html"
+    report = run_dir / REPORT_FILE
     return RunOutcome(
         run_dir, summaries, time.monotonic() - t0, report if report.is_file() else None
     )

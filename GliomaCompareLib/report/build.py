@@ -31,7 +31,7 @@ from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny, load_run
 from GliomaCompareLib.report.table import Table
 from GliomaCompareLib.report.tables import build_tables, headline
-from GliomaCompareLib.runlayout import METHOD_LABELS, REPORT_FILE
+from GliomaCompareLib.runlayout import METHOD_LABELS, METRICS_DIR, REPORT_FILE
 
 __all__ = ["GALLERY_RANKINGS", "SUMMARY_MARKDOWN", "build_report", "write_markdown_tables"]
 
@@ -88,7 +88,7 @@ def write_markdown_tables(
         options, _ = ReportOptions.from_config(run.config.get("report"))
     if tables is None:
         tables = build_tables(run, published, options)
-    folder = run.run_dir / "metrics"
+    folder = run.run_dir / METRICS_DIR
     written = []
     for table in tables:
         path = folder / f"{table.key}.md"

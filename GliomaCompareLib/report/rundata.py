@@ -18,10 +18,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from GliomaCompareLib.runlayout import CASE_GALLERY_FILE, TABLES, read_table
+from GliomaCompareLib.runlayout import (
+    CASE_GALLERY_FILE,
+    CASES_DIR,
+    MANIFEST_FILE,
+    METRICS_DIR,
+    TABLES,
+    read_table,
+)
 
 __all__ = [
-    "MANIFEST_FILE",
     "TINY_LABEL",
     "RunData",
     "TableData",
@@ -31,7 +37,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
 #: What every output of the tiny random-weight VLM says in its ``model`` column; the same text
 #: as :data:`GliomaCompareLib.vlm.tiny.TINY_MODEL_LABEL` (checked by the tests).
 TINY_LABEL = "tiny random-weight model"
@@ -124,7 +129,7 @@ class RunData:
         return bool(isinstance(data, dict) and data.get("synthetic"))
 
     def gallery_path(self, case_id: str) -> Path:
-        return self.run_dir / "cases" / case_id / CASE_GALLERY_FILE
+        return self.run_dir / CASES_DIR / case_id / CASE_GALLERY_FILE
 
     def stage_timings(self) -> dict[str, float]:
         """Stage name -> seconds, from the manifest's ``stages`` or the stage markers."""
@@ -222,7 +227,7 @@ def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
-    metrics = run_dir / "metrics"
+    metrics = run_dir / METRICS_DIR
     if not (run_dir / MANIFEST_FILE).exists() and not metrics.is_dir():
         raise FileNotFoundError(
             f"{run_dir}: not a run folder (it has neither {MANIFEST_FILE} nor metrics/); "
@@ -231,6 +236,6 @@ def load_run(run_dir: str | Path) -> RunData:
     problems: list[str] = []
     manifest = _read_manifest(run_dir / MANIFEST_FILE, problems)
     tables = _read_tables(metrics, problems)
-    cases = run_dir / "cases"
+    cases = run_dir / CASES_DIR
     case_dirs = {p.name: p for p in sorted(cases.iterdir()) if p.is_dir()} if cases.is_dir() else {}
     return RunData(run_dir, manifest, tables, case_dirs, tuple(problems))

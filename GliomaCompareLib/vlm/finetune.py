@@ -63,6 +63,7 @@ from GliomaCompareLib.data.discovery import Cohort, discover_cases
 from GliomaCompareLib.data.splits import Splits, load_or_make_splits
 from GliomaCompareLib.distributed import DistContext, init_distributed
 from GliomaCompareLib.fileio import jsonable
+from GliomaCompareLib.versions import library_versions
 from GliomaCompareLib.vlm.finetune_config import (
     BALANCE_MODES,
     DEFAULT_TARGET_MODULES,
@@ -97,6 +98,12 @@ __all__ = [
     "finetune",
     "resolve_splits",
 ]
+
+#: The libraries an adapter's metadata records (as before issue 12): the adapter's fingerprint,
+#: its model id, hashes them, so more keys would change every fine-tuned model's id.
+_ADAPTER_VERSIONS = (
+    "python", "gliomacompare", "torch", "transformers", "peft", "accelerate", "numpy",
+)  # fmt: skip
 
 #: Settings that do not change what is trained (ignored when checking a resumed run).
 _NOT_RESULT_FIELDS = ("jobs", "eval_batch_size")
@@ -204,17 +211,12 @@ class DefaultLoader:
 # --------------------------------------------------------------------------- small helpers
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version()}
-    for name in ("gliomacompare", "torch", "transformers", "peft", "accelerate", "numpy"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+def _adapter_versions() -> dict:
+    """The versions the adapter's metadata records: these keys only, because the adapter's
+    fingerprint (its model id) hashes them; the run manifest has all of
+    :func:`~GliomaCompareLib.versions.library_versions`."""
+    versions = library_versions()
+    return {name: versions[name] for name in _ADAPTER_VERSIONS}
 
 
 def resolve_splits(
@@ -408,7 +410,7 @@ def _finetune(dist: DistContext, req: _Request, specs) -> FinetuneResult:
         base_meta=_base_meta(trainer.info, req.config),
         data_meta=_data_meta(cohort, train_set, val_set),
         split_meta=_split_meta(splits, split_path),
-        versions=_versions(),
+        versions=_adapter_versions(),
     )
     # train
     trainer.fit(train_set, val_set, specs, book)

@@ -548,7 +548,7 @@ class FinetuneCollator:
     """Examples -> model inputs with masked ``labels`` (see module docstring).
 
     The text of an example is the processor's chat template applied to
-    :func:`~GliomaCompareLib.vlm.backend.build_messages` ``(prompt, answer)``; its first part,
+    :func:`~GliomaCompareLib.vlm.types.build_messages` ``(prompt, answer)``; its first part,
     the template applied to the prompt alone with the generation prompt, is exactly what the
     ``transformers`` backend sends at inference, and its token ids are checked to be a prefix of
     the example's ids. Padding is on the right (training positions then start at 0 in every

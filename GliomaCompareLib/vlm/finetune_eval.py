@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from GliomaCompareLib.metrics.classification import classification_report
-from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, ParsedAnswer, parse_answer
+from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, USABLE_STATUSES, ParsedAnswer, parse_answer
 from GliomaCompareLib.vlm.scoring import majority_vote, score_slice
 
 __all__ = ["PRIMARY_METRICS", "monitor_value", "score_answer", "summarize_validation"]
@@ -49,7 +49,7 @@ def score_answer(example, answer, spec, point_radius_mm: float = 10.0) -> dict:
     Args:
         example: the :class:`~GliomaCompareLib.vlm.finetune_data.FinetuneExample` asked (its
             ``mask`` is needed for localisation tasks).
-        answer: the backend's :class:`~GliomaCompareLib.vlm.backend.Answer`.
+        answer: the backend's :class:`~GliomaCompareLib.vlm.types.Answer`.
         spec: the task's :class:`~GliomaCompareLib.vlm.tasks.TaskSpec`.
         point_radius_mm: disc radius giving point answers a Dice (as the VLM arm).
 
@@ -121,11 +121,10 @@ def summarize_validation(rows: Sequence[dict], tasks: Sequence[str]) -> dict[str
     for task in tasks:
         items = [r for r in rows if r["task"] == task]
         counts = Counter(r["status"] for r in items)
-        usable = ("ok", "repaired", "pattern")
         m: dict[str, Any] = {
             "n": len(items),
             "ok_rate": counts["ok"] / len(items) if items else None,
-            "usable_rate": sum(counts[s] for s in usable) / len(items) if items else None,
+            "usable_rate": sum(counts[s] for s in USABLE_STATUSES) / len(items) if items else None,
             "exact_rate": _rate(float(r["exact"]) for r in items),
             "status_counts": {s: counts.get(s, 0) for s in PARSE_STATUSES},
         }

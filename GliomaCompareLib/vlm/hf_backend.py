@@ -7,7 +7,7 @@ float32 on CPU; optional 4-bit NF4 base weights (bitsandbytes, CUDA only); optio
 folder (peft), refused when its recorded base model or task does not fit.
 
 Decoding: batched, left-padded generation with an explicit ``GenerationConfig`` built from the
-:class:`~GliomaCompareLib.vlm.backend.DecodingConfig` (greedy unless a temperature is given), so
+:class:`~GliomaCompareLib.vlm.types.DecodingConfig` (greedy unless a temperature is given), so
 a checkpoint's sampling defaults (Llama 3.2: temperature 0.6, top_p 0.9) never apply silently.
 Sampled answers in a batch share one seed (the first query's), so with sampling, answers depend
 on how queries were batched; greedy answers do not.
@@ -346,7 +346,7 @@ def _state_fingerprint(model) -> str:
 
 
 class TransformersBackend:
-    """A local Hugging Face vision-language model as a :class:`~GliomaCompareLib.vlm.backend.
+    """A local Hugging Face vision-language model as a :class:`~GliomaCompareLib.vlm.types.
     VLMBackend` (see module docstring). Build with the constructor (a model id / folder),
     :meth:`tiny`, or :meth:`from_model` (an already loaded model and processor).
 

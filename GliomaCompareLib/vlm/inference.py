@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import math
-import platform
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -55,9 +54,10 @@ from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
 from GliomaCompareLib.metrics import consistency as c
 from GliomaCompareLib.metrics.classification import classification_report
 from GliomaCompareLib.metrics.segmentation import score_masks
+from GliomaCompareLib.versions import library_versions
 from GliomaCompareLib.vlm.cache import AnswerCache, answer_key
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
-from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, ParsedAnswer, parse_answer
+from GliomaCompareLib.vlm.parsing import PARSE_STATUSES, USABLE_STATUSES, ParsedAnswer, parse_answer
 from GliomaCompareLib.vlm.scoring import TIE_RULES, majority_vote, score_slice
 from GliomaCompareLib.vlm.tasks import (
     PROMPT_VARIANTS,
@@ -350,7 +350,7 @@ class SliceRecord:
 
     @property
     def usable(self) -> bool:
-        return self.status in ("ok", "repaired", "pattern")
+        return self.status in USABLE_STATUSES
 
     def to_json(self, model_label: str, backend: str, model_id: str) -> dict:
         """The ``answers.jsonl`` object of this query."""
@@ -1435,18 +1435,6 @@ def _manifest(run: _Inference, cohort, chosen, split_info, tables: _Tables, seco
         "failed": sum(r.status == "error" for r in run.records),
         "status_counts": tables.status,
         "seconds": round(seconds, 3),
-        "versions": _versions(),
+        "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("gliomacompare", "torch", "transformers", "peft", "numpy"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
