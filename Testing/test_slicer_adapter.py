@@ -250,7 +250,10 @@ def test_real_gliomacompare_command_runs_in_background(tiny_data):  # noqa: F811
     assert seen == job.log
 
 
-def test_cancel_stops_a_running_process_and_its_children():
+@pytest.mark.parametrize("with_psutil", [True, False], ids=["psutil", "no-psutil"])
+def test_cancel_stops_a_running_process_and_its_children(monkeypatch, with_psutil):
+    if not with_psutil:  # the fallback: the process group (POSIX), taskkill /T (Windows)
+        monkeypatch.setitem(sys.modules, "psutil", None)
     code = (
         "import subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
@@ -268,12 +271,97 @@ def test_cancel_stops_a_running_process_and_its_children():
     child = int(job.log[0])
     started = time.monotonic()
     job.cancel()
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < POLL_INTERVAL_S  # cancel() never waits
+    while not job.done and time.monotonic() - started < 10:
+        job.poll()
+        time.sleep(0.02)
     assert job.done and job.cancelled and not job.succeeded and "cancelled" in job.summary()
     deadline = time.monotonic() + 5
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)  # the grandchild was in the process group, so it was stopped too
+
+
+#: The GUI polls a job every 200 ms; nothing the GUI calls may block for longer.
+POLL_INTERVAL_S = 0.2
+
+# A launcher (like PythonSlicer) whose child leaves the process group (as on Windows, where
+# there are none) and ignores SIGTERM: only a tree kill that escalates to SIGKILL stops it.
+_TREE = (
+    "import subprocess, sys, time\n"
+    "grandchild = (\n"
+    "    'import os, signal, sys, time\\n'\n"
+    "    'os.setsid()\\n'\n"
+    "    'signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n'\n"
+    "    'print(\"ready\", flush=True)\\n'\n"
+    "    'time.sleep(60)\\n'\n"
+    ")\n"
+    "child = subprocess.Popen([sys.executable, '-c', grandchild], stdout=subprocess.PIPE)\n"
+    "child.stdout.readline()\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the grandchild uses os.setsid and SIGTERM")
+def test_cancel_kills_the_whole_tree_and_escalates_without_blocking():
+    proc = process.SubprocessRunner().start([sys.executable, "-c", _TREE])
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while not lines and time.monotonic() < deadline:
+        lines += proc.read_output()
+        time.sleep(0.02)
+    grandchild = int(lines[0])
+    assert _alive(grandchild) and _alive(proc.pid)
+    started = time.monotonic()
+    proc.cancel(timeout=1.0)
+    assert time.monotonic() - started < POLL_INTERVAL_S
+    reads = []
+    while (proc.returncode is None or _alive(grandchild)) and time.monotonic() - started < 10:
+        before = time.monotonic()
+        proc.returncode  # noqa: B018  (what the GUI timer reads)
+        reads.append(time.monotonic() - before)
+        time.sleep(0.02)
+    assert proc.returncode is not None and proc.returncode != 0
+    assert not _alive(proc.pid)
+    assert not _alive(grandchild)  # ignored SIGTERM, outside the group: killed after 1 s
+    assert time.monotonic() - started > 0.9  # it was the escalation, not the SIGTERM
+    assert max(reads) < POLL_INTERVAL_S
+
+
+def test_returncode_is_stored_once_and_reading_it_is_fast():
+    proc = process.SubprocessRunner().start(
+        [sys.executable, "-c", "print('x'); raise SystemExit(3)"]
+    )
+    assert proc.wait(timeout=60) == 3
+    started = time.monotonic()
+    assert [proc.returncode for _ in range(10)] == [3] * 10
+    assert time.monotonic() - started < 0.5
+    assert proc.read_output() == ["x"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="uses os.setsid")
+def test_returncode_comes_although_a_grandchild_holds_the_output_pipe():
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(30)'])\n"
+        "print(p.pid, flush=True)\n"
+        "raise SystemExit(4)\n"
+    )
+    proc = process.SubprocessRunner().start([sys.executable, "-c", code])
+    started = time.monotonic()
+    reads = []
+    while proc.returncode is None and time.monotonic() - started < 20:
+        before = time.monotonic()
+        proc.returncode  # noqa: B018
+        reads.append(time.monotonic() - before)
+        time.sleep(0.02)
+    lines = proc.read_output()
+    try:
+        assert proc.returncode == 4 and max(reads) < POLL_INTERVAL_S
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(int(lines[0]), 9)
 
 
 def _alive(pid: int) -> bool:

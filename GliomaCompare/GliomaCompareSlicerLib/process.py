@@ -7,6 +7,7 @@ reader thread and the GUI never blocks), batch scripts call :meth:`Job.wait`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -57,7 +58,9 @@ class RunningProcess(Protocol):
         ...
 
     def cancel(self, timeout: float = 5.0) -> None:
-        """Stop the process (and its children): terminate, then kill after ``timeout`` s."""
+        """Start stopping the process and every process below it, without waiting: terminate
+        now, kill whatever still runs ``timeout`` s later. :attr:`returncode` says when it
+        ended."""
         ...
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -74,8 +77,43 @@ class ProcessRunner(Protocol):
     ) -> RunningProcess: ...
 
 
+#: How long after the process ended its output may still be arriving (a grandchild that
+#: inherited the pipe keeps it open); after that the exit status is reported anyway.
+_OUTPUT_GRACE_S = 1.0
+
+
+def _descendants(pid: int) -> list:
+    """``psutil.Process`` objects of every process below ``pid`` (empty without psutil or when
+    ``pid`` is gone). Listed before anything is stopped: once the launcher dies, its children are
+    re-parented and can no longer be found from it."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_all(procs: list, kill: bool) -> None:
+    """``terminate()`` (or ``kill()``) every process in ``procs`` that still runs."""
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):  # already gone, or not ours any more
+            proc.kill() if kill else proc.terminate()
+
+
 class _Popen:
-    """:class:`RunningProcess` over ``subprocess.Popen`` with a reader thread."""
+    """:class:`RunningProcess` over ``subprocess.Popen`` with a reader thread.
+
+    Nothing here blocks the caller: :attr:`returncode` is a poll (the exit status is stored once),
+    :meth:`cancel` signals the whole process tree and returns; a daemon thread escalates
+    terminate -> kill after ``timeout`` s. The tree is found with ``psutil`` on every platform
+    (inside Slicer the command runs under the ``PythonSlicer`` launcher, which starts the real
+    Python as its child); without psutil, the process group (POSIX) or ``taskkill /T`` (Windows).
+    """
 
     def __init__(self, argv: Sequence[str], cwd=None, env=None):
         kwargs: dict = {}
@@ -97,6 +135,9 @@ class _Popen:
         except OSError as exc:
             raise FileNotFoundError(f"cannot start {argv[0]!r}: {exc}") from exc
         self._lines: queue.Queue[str] = queue.Queue()
+        self._code: int | None = None
+        self._exited_at: float | None = None
+        self._escalation: threading.Thread | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -105,7 +146,10 @@ class _Popen:
         stream = self._proc.stdout
         assert stream is not None
         while True:
-            chunk = stream.read(4096)
+            try:
+                chunk = stream.read(4096)
+            except (OSError, ValueError):  # the pipe was closed under us
+                break
             if not chunk:
                 break
             pending += chunk
@@ -127,11 +171,19 @@ class _Popen:
 
     @property
     def returncode(self) -> int | None:
+        """The exit status once the process ended and its output was read (or
+        ``_OUTPUT_GRACE_S`` passed since it ended); None before. Never waits."""
+        if self._code is not None:
+            return self._code
         code = self._proc.poll()
         if code is None:
             return None
-        # report the end only once every line has been read
-        self._reader.join(timeout=5)
+        now = time.monotonic()
+        if self._exited_at is None:
+            self._exited_at = now
+        if self._reader.is_alive() and now - self._exited_at < _OUTPUT_GRACE_S:
+            return None  # report the end once every line has been read
+        self._code = code
         return code
 
     @property
@@ -139,33 +191,75 @@ class _Popen:
         return self._proc.pid
 
     def cancel(self, timeout: float = 5.0) -> None:
-        if self._proc.poll() is not None:
+        """Terminate the process and all its descendants and return at once; whatever still
+        runs ``timeout`` s later is killed (by a daemon thread)."""
+        if self._proc.poll() is not None or self._escalation is not None:
             return
-        try:
-            if os.name == "nt":
-                self._proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-            else:
-                os.killpg(self._proc.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError, OSError):
-            self._proc.terminate()
-        try:
+        tree = _descendants(self._proc.pid)
+        self._stop(tree, kill=False)
+        self._escalation = threading.Thread(
+            target=self._escalate, args=(tree, timeout), daemon=True
+        )
+        self._escalation.start()
+
+    def _escalate(self, tree: list, timeout: float) -> None:
+        """Runs in its own thread: wait up to ``timeout`` s, then kill what is left."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                if os.name == "nt":
-                    self._proc.kill()
-                else:
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, OSError):
-                self._proc.kill()
-            self._proc.wait()
+        alive = tree
+        if tree:
+            import psutil
+
+            _, alive = psutil.wait_procs(tree, timeout=max(0.0, deadline - time.monotonic()))
+        if alive or self._proc.poll() is None:
+            self._stop(alive, kill=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=timeout)
+
+    def _stop(self, tree: list, kill: bool) -> None:
+        """Signal the launcher and ``tree`` (psutil processes); on POSIX also the process
+        group (catches children started after ``tree`` was listed); on Windows without psutil,
+        ``CTRL_BREAK`` to the group, then ``taskkill /T /F``."""
+        if tree:
+            _signal_all(tree, kill)
+        try:
+            if os.name != "nt":
+                os.killpg(self._proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            elif _has_psutil():
+                self._proc.kill() if kill else self._proc.terminate()
+            elif kill:
+                subprocess.run(
+                    ["taskkill", "/F", "/T", "/PID", str(self._proc.pid)],
+                    capture_output=True,
+                    timeout=10,
+                    check=False,
+                )
+            else:
+                self._proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        except (OSError, subprocess.SubprocessError):  # the group is gone already
+            if self._proc.poll() is None:
+                self._proc.kill() if kill else self._proc.terminate()
 
     def wait(self, timeout: float | None = None) -> int | None:
+        end = None if timeout is None else time.monotonic() + timeout
         try:
             self._proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
-        return self.returncode
+        while self.returncode is None:  # at most _OUTPUT_GRACE_S for the last lines
+            if end is not None and time.monotonic() > end:
+                return None
+            time.sleep(0.01)
+        return self._code
+
+
+def _has_psutil() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class SubprocessRunner:
@@ -264,9 +358,11 @@ class Job:
     def succeeded(self) -> bool:
         return self.returncode == 0 and not self.cancelled
 
-    def cancel(self) -> None:
+    def cancel(self, timeout: float = 5.0) -> None:
+        """Start stopping the process tree (returns at once; see :meth:`RunningProcess.cancel`);
+        :attr:`done` turns true when it has ended."""
         self.cancelled = True
-        self.process.cancel()
+        self.process.cancel(timeout)
         self.poll()
 
     def wait(

@@ -114,6 +114,7 @@ def run_batch(args) -> int:
                 code = job.wait(timeout=args.timeout, on_lines=lambda lines: None)
                 if code is None:
                     job.cancel()
+                    job.wait(timeout=30)  # cancel() only starts stopping the process tree
                 logic.load_job_results(job)
             written = logic.save_case(out / case_id)
             record["files"] = {k: str(v) for k, v in written.items()}
