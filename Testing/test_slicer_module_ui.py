@@ -250,3 +250,43 @@ def test_top_level_cmake_declares_the_extension():
         r"include\(\$\{Slicer_EXTENSION_CPACK\}\)",
     ):
         assert re.search(pattern, text), pattern
+
+
+class _TableModel:
+    """What ``QTableWidget`` does with rows: ``clear()`` and ``clearContents()`` empty the cells
+    but keep the row count; only ``setRowCount`` changes it."""
+
+    def __init__(self, rows: int):
+        self.rowCount = rows
+        self.cells = {(r, 0): "old" for r in range(rows)}
+
+    def clear(self):
+        self.cells.clear()
+
+    def clearContents(self):
+        self.cells.clear()
+
+    def setRowCount(self, n):
+        self.rowCount = n
+
+
+def _function(tree, name):
+    return next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_loading_a_case_empties_the_metrics_table():
+    """Static (widget.py needs Qt): the previous case's score rows must not stay as blank rows
+    above the new ones (``show_results`` appends at ``rowCount``)."""
+    tree = ast.parse((LIB / "widget.py").read_text())
+    namespace: dict = {}
+    exec(compile(ast.Module([_function(tree, "_empty_table")], []), "widget.py", "exec"), namespace)
+    table = _TableModel(7)
+    namespace["_empty_table"](table)
+    assert table.rowCount == 0 and not table.cells
+    load = ast.unparse(_function(tree, "load"))
+    assert "_empty_table(self.ui.metricsTableWidget)" in load
+    # no function clears a table widget without also setting its row count
+    for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        text = ast.unparse(func)
+        if re.search(r"(TableWidget|\btable)\.clear\(\)", text):
+            assert "setRowCount" in text, func.name

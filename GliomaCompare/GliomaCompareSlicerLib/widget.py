@@ -29,6 +29,13 @@ _SHOW = {
 }
 
 
+def _empty_table(table) -> None:
+    """Remove every row of a ``QTableWidget`` (``clear()`` alone keeps the row count, so the
+    previous case's rows stayed as blank rows above the new ones)."""
+    table.clearContents()
+    table.setRowCount(0)
+
+
 def _is_set(path) -> bool:
     return path is not None and str(path) not in ("", ".")
 
@@ -189,7 +196,7 @@ class CompareWidget:
         if not self._need("load"):
             return
         self.ui.markerComboBox.clear()
-        self.ui.metricsTableWidget.clear()
+        _empty_table(self.ui.metricsTableWidget)
         self.ui.predictionsLabel.text = "-"
         loaded = None
         if self.logic.cohort is not None:
