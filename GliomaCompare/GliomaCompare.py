@@ -128,6 +128,8 @@ class GliomaCompareWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
+        if self.impl is not None:
+            self.impl.scene_closing()
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:

@@ -4,6 +4,7 @@ background runs with a real subprocess, tolerant readers, and ``Scripts/batch.py
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -913,3 +914,37 @@ def test_batch_script_with_plain_python(tiny_data, tiny_run, tmp_path):  # noqa:
         timeout=120,
     )
     assert bad.returncode == 2 and "--data or --run" in bad.stderr
+
+
+@needs_slicer
+def test_scene_close_forgets_the_loaded_case(scene, tiny_data, tiny_run, tmp_path):  # noqa: F811
+    """Closing the scene (``Clear`` emits ``StartCloseEvent`` under slicer-core as in Slicer)
+    leaves no reference to removed nodes: nothing to run on, nothing to save, and no storage
+    node gets attached to a removed volume."""
+    from GliomaCompareSlicerLib.logic import CompareLogic
+
+    logic = CompareLogic(scene)
+    logic.open_run(tiny_run)
+    loaded = logic.load_case(CASE1)
+    logic.load_run_results(CASE1)
+    assert logic.reference_volume() is loaded.volumes["flair"]
+    scene.Clear(0)
+    assert logic.loaded is None and logic.results == [] and logic.markers() == []
+    assert logic.reference_volume() is None
+    assert loaded.volumes["flair"].GetScene() is None  # the node really was removed
+    with pytest.raises(ValueError, match="nothing is loaded"):
+        logic.save_case(tmp_path / "after-close")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLStorageNode") == 0
+    assert not (tmp_path / "after-close").exists()
+    # the case list stays, and the next case loads into the emptied scene
+    assert [r.case_id for r in logic.rows] == [CASE1, CASE2]
+    again = logic.load_case(CASE2)
+    assert again.volumes["flair"].GetScene() is scene
+    logic.close()
+    logic.load_case(CASE1)
+    scene.Clear(0)
+    assert logic.loaded is not None  # no longer observing: close() removed the observer
+    other = CompareLogic(scene)  # a logic that is gone before the scene closes
+    del other
+    gc.collect()
+    scene.Clear(0)

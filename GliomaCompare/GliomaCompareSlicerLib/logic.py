@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,23 @@ class CompareLogic:
         self.notes: list[str] = []
         self.loaded: LoadedCase | None = None
         self.results: list[LoadedResults] = []
+        # closing the scene removes every node: forget them before they go, so nothing
+        # (Run buttons, saving) keeps using removed nodes
+        # (through a weak reference: a scene -> observer -> logic -> scene cycle is collected
+        # by Python's GC while VTK still calls the observer, which crashes)
+        self._close_tag = self.scene.AddObserver(self.scene.StartCloseEvent, _forget_on(self))
+
+    def forget_nodes(self) -> None:
+        """Drop every reference to scene nodes (the loaded case, loaded results), keeping the
+        case list and the open folders; called on the scene's ``StartCloseEvent``."""
+        self.loaded = None
+        self.results = []
+
+    def close(self) -> None:
+        """Stop observing the scene (the module widget's cleanup)."""
+        if self._close_tag is not None:
+            self.scene.RemoveObserver(self._close_tag)
+            self._close_tag = None
 
     # ------------------------------------------------------------------------ the case list
     def open_data(self, data_dir: str | Path) -> list[case_table.CaseRow]:
@@ -210,8 +228,7 @@ class CompareLogic:
     def clear(self) -> None:
         """Remove every node this module made."""
         mrml.remove_nodes(mrml.case_nodes(self.scene))
-        self.loaded = None
-        self.results = []
+        self.forget_nodes()
 
     def load_case(self, case_id: str) -> LoadedCase:
         """Load a case's four modalities (FLAIR as background) and ground truth; the slice views
@@ -619,6 +636,18 @@ class CompareLogic:
         self.scene.SetURL(str(scene_file))
         written["scene"] = scene_file
         return written
+
+
+def _forget_on(logic: CompareLogic):
+    """A scene observer calling ``logic.forget_nodes()`` while the logic lives."""
+    ref = weakref.ref(logic)
+
+    def observer(caller, event):
+        target = ref()
+        if target is not None:
+            target.forget_nodes()
+
+    return observer
 
 
 def _is_number(value) -> bool:

@@ -286,7 +286,9 @@ class CompareWidget:
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.setValue(1000 if job.succeeded else 0)
         self.append_log(job.summary())
-        if job.succeeded:
+        if job.succeeded and self.logic.loaded is None:
+            self.append_log(f"{job.name}: finished, but no case is loaded any more; not loaded")
+        elif job.succeeded:
             results = self._guard(
                 f"Loading the {job.name} results", self.logic.load_job_results, job
             )
@@ -355,8 +357,23 @@ class CompareWidget:
         if written:
             self.append_log(f"saved {len(written)} files; open {written['scene']} in Slicer")
 
+    def scene_closing(self) -> None:
+        """The scene is being closed: its nodes go, so the loaded case, its results, markers and
+        scores go too (the logic forgets its nodes on the same event); a running arm is
+        cancelled, since its results would have no case to go to."""
+        self.logic.forget_nodes()
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+            self.append_log(f"{self.job.name}: cancelled, the scene was closed")
+        self.ui.markerComboBox.clear()
+        _empty_table(self.ui.metricsTableWidget)
+        self.ui.predictionsLabel.text = "-"
+        self.ui.caseInfoLabel.text = "-"
+        self.update_buttons()
+
     def cleanup(self) -> None:
         self.timer.stop()
         if self.job is not None and not self.job.done:
             self.job.cancel()
         self.job = None
+        self.logic.close()
