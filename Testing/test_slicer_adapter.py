@@ -839,7 +839,16 @@ def test_save_case_writes_a_scene_that_reopens(scene, tiny_data, tiny_run, tmp_p
     logic.open_run(tiny_run)
     loaded = logic.load_case(CASE1)
     logic.load_run_results(CASE1)
+    user_scene = tmp_path / "user" / "MyPatient.mrml"
+    scene.SetURL(str(user_scene))
+    scene.SetRootDirectory(str(user_scene.parent))
+    node_ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     written = logic.save_case(tmp_path / CASE1)
+    # the user's scene is where it was, unchanged: not committed, not re-pointed, no new nodes
+    assert scene.GetURL() == str(user_scene) and scene.GetRootDirectory() == str(user_scene.parent)
+    assert not user_scene.parent.exists()
+    assert {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} == node_ids
+    assert all(v.GetStorageNode() is None for v in loaded.volumes.values())
     names = sorted(p.name for p in (tmp_path / CASE1).iterdir())
     assert names == sorted(
         [

@@ -582,6 +582,9 @@ class CompareLogic:
         (``.mrk.json``), tables (``.tsv``), and a scene file ``<case_id>.mrml`` that opens all of
         them in 3D Slicer, with the volumes read from the original image files.
 
+        Everything is written from copies in a separate scene: the user's scene keeps its URL and
+        root directory, and its nodes get no storage nodes.
+
         Returns:
             name -> file written.
         """
@@ -590,23 +593,18 @@ class CompareLogic:
         case_id = self.loaded.case_id if self.loaded else self.results[-1].case_id
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        saved = mrml.empty_scene_like(self.scene)
         written: dict[str, Path] = {}
-        nodes = [
-            n
-            for n in mrml.case_nodes(self.scene, case_id)
-            if n.GetAttribute(mrml.ATTR_METHOD) != "image"
-        ]
-        per_method = Counter(n.GetAttribute(mrml.ATTR_METHOD) for n in nodes)
-        used: set[str] = set()
-        for node in nodes:
-            method = node.GetAttribute(mrml.ATTR_METHOD)
-            # the run folder's file names when unambiguous, so the folder loads like a run's
-            stem = (
-                method if per_method[method] == 1 and method in METHODS else _safe(node.GetName())
-            )
-            while stem in used:
-                stem += "_"
-            used.add(stem)
+        if self.loaded is not None and self.loaded.case is not None:
+            for channel, node in self.loaded.volumes.items():
+                source = self.loaded.case.paths.get(channel)
+                if source is None:
+                    continue
+                copy = mrml.copy_to_scene(node, saved)
+                storage = saved.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+                storage.SetFileName(str(Path(source).resolve()))
+                copy.SetAndObserveStorageNodeID(storage.GetID())
+        for stem, node in _file_stems(mrml.case_nodes(self.scene, case_id)):
             if node.IsA("vtkMRMLSegmentationNode"):
                 path = out / f"{stem}.seg.nrrd"
             elif node.IsA("vtkMRMLMarkupsNode"):
@@ -615,27 +613,27 @@ class CompareLogic:
                 path = out / f"{stem}.tsv"
             else:
                 continue
-            written[node.GetName()] = mrml.save_node(node, path)
-        if self.loaded is not None and self.loaded.case is not None:
-            for channel, node in self.loaded.volumes.items():
-                source = self.loaded.case.paths.get(channel)
-                if source is None:
-                    continue
-                storage = node.GetStorageNode()
-                if storage is None:
-                    storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-                    node.SetAndObserveStorageNodeID(storage.GetID())
-                storage.SetFileName(str(Path(source).resolve()))
-        scene_file = out / f"{_safe(case_id)}.mrml"
-        tmp = out / f"{_safe(case_id)}.{os.getpid()}-tmp.mrml"  # Slicer needs a plain stem
-        self.scene.SetRootDirectory(str(out))
-        self.scene.SetURL(str(tmp))
-        if not self.scene.Commit():
-            raise OSError(f"{scene_file}: Slicer could not write the scene")
-        tmp.replace(scene_file)
-        self.scene.SetURL(str(scene_file))
-        written["scene"] = scene_file
+            written[node.GetName()] = mrml.save_node(mrml.copy_to_scene(node, saved), path)
+        written["scene"] = mrml.commit_scene(saved, out / f"{_safe(case_id)}.mrml")
+        saved.Clear(1)
         return written
+
+
+def _file_stems(nodes) -> list[tuple[str, object]]:
+    """(file stem, node) for a case's result nodes (not its images): the run folder's file names
+    (``cnn``, ``vlm_box`` ...) where a method has one node, so the folder loads like a run's."""
+    nodes = [n for n in nodes if n.GetAttribute(mrml.ATTR_METHOD) != "image"]
+    per_method = Counter(n.GetAttribute(mrml.ATTR_METHOD) for n in nodes)
+    used: set[str] = set()
+    out = []
+    for node in nodes:
+        method = node.GetAttribute(mrml.ATTR_METHOD)
+        stem = method if per_method[method] == 1 and method in METHODS else _safe(node.GetName())
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        out.append((stem, node))
+    return out
 
 
 def _forget_on(logic: CompareLogic):

@@ -39,6 +39,9 @@ __all__ = [
     "ATTR_METHOD",
     "array_from_volume_node",
     "case_nodes",
+    "commit_scene",
+    "copy_to_scene",
+    "empty_scene_like",
     "jump_slices",
     "label_map_from_segmentation_node",
     "load_markups_file",
@@ -507,6 +510,49 @@ def save_node(node, path: str | Path) -> Path:
         for leftover in path.parent.glob(f"{tmp_stem}*"):
             leftover.unlink()
     storage.SetFileName(str(path))
+    return path
+
+
+def empty_scene_like(scene):
+    """A new, separate scene that knows every node class ``scene`` knows (markups and
+    segmentations are registered per scene by their module logics), for writing scene files
+    without touching ``scene`` (the application's scene keeps its URL and root directory)."""
+    out = _slicer().vtkMRMLScene()
+    for i in range(scene.GetNumberOfRegisteredNodeClasses()):
+        prototype = scene.GetNthRegisteredNodeClass(i)
+        if out.CreateNodeByClass(prototype.GetClassName()) is None:
+            out.RegisterNodeClass(prototype)
+    return out
+
+
+def copy_to_scene(node, scene):
+    """Add a copy of ``node``'s content (shallow: image data is shared, not duplicated) to
+    ``scene``, with default display nodes; its references (storage, display) are not copied."""
+    copy = scene.CreateNodeByClass(node.GetClassName())
+    if copy is None:
+        raise TypeError(f"{node.GetName()}: {node.GetClassName()} is unknown to the scene")
+    copy.CopyContent(node, False)
+    copy.SetName(node.GetName())
+    scene.AddNode(copy)
+    if copy.IsA("vtkMRMLDisplayableNode"):
+        copy.CreateDefaultDisplayNodes()
+    return copy
+
+
+def commit_scene(scene, path: str | Path) -> Path:
+    """Write ``scene``'s ``.mrml`` to ``path`` (atomically), file names relative to its folder.
+
+    Raises:
+        OSError: naming the file, when Slicer cannot write it.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name[: -len('.mrml')]}.{os.getpid()}-tmp.mrml")  # plain stem
+    scene.SetRootDirectory(str(path.parent))
+    scene.SetURL(str(tmp))
+    if not scene.Commit():
+        raise OSError(f"{path}: Slicer could not write the scene")
+    tmp.replace(path)
+    scene.SetURL(str(path))
     return path
 
 
