@@ -178,7 +178,17 @@ class GliomaCompareTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        """Passes in a fresh Slicer: the MRML part needs only bundled packages; the part that
+        reads case files needs nibabel, which this test never installs, so it is skipped (and
+        says so) until the module installed it on first use."""
+        from GliomaCompareSlicerLib import dependencies, testing
+
         self.setUp()
+        testing.check_mrml_round_trip(slicer.mrmlScene)
+        need = dependencies.missing(dependencies.LOAD_REQUIREMENTS)
+        if need:
+            self.delayDisplay(f"Skipped the case-folder test: {', '.join(need)} not installed")
+            return
         self.test_load_case_and_run_results()
 
     def test_load_case_and_run_results(self):

@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:  # a missing package disables its commands, not the others
+            logging.getLogger(__name__).warning("%s: commands unavailable (%s)", name, exc)
+            continue
+        module.register(sub)
     return parser
 
 

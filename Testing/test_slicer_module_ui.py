@@ -7,13 +7,16 @@ and the in-Slicer dependency lists match pyproject.toml."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 import tomllib
+from packaging.requirements import Requirement
 from slicer_env import MODULE_DIR, REPO
 
 UI = REPO / "Resources" / "UI" / "GliomaCompare.ui"
@@ -290,3 +293,123 @@ def test_loading_a_case_empties_the_metrics_table():
         text = ast.unparse(func)
         if re.search(r"(TableWidget|\btable)\.clear\(\)", text):
             assert "setRowCount" in text, func.name
+
+
+# ------------------------------------------------------------------ dependencies, self-test, CLI
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(MODULE_DIR)])}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_each_action_asks_only_for_what_its_command_imports():
+    from GliomaCompareSlicerLib import dependencies as deps
+
+    for kind in ("cnn", "vlm", "load"):
+        names = {Requirement(r).name for r in deps.requirements(kind)}
+        assert not names & {"scikit-image", "nilearn", "matplotlib"}, kind
+    assert {"monai"} <= {Requirement(r).name for r in deps.requirements("cnn")}
+    vlm = {Requirement(r).name for r in deps.requirements("vlm")}
+    assert {"transformers", "peft"} <= vlm and "monai" not in vlm
+    with pytest.raises(ValueError, match="unknown kind"):
+        deps.requirements("everything")
+
+
+def test_torch_version_is_checked_without_importing_torch():
+    run = _run_python(
+        "import sys\n"
+        "from importlib import metadata\n"
+        "from packaging.version import Version\n"
+        "from GliomaCompareSlicerLib import dependencies as d\n"
+        "try:\n"
+        "    too_old = Version(metadata.version('torch').split('+')[0]) < Version('2.4')\n"
+        "except metadata.PackageNotFoundError:\n"
+        "    too_old = True\n"
+        "assert d.torch_missing() == too_old\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+def test_declined_installation_is_not_installed_not_an_error(monkeypatch):
+    import types
+
+    from GliomaCompareSlicerLib import dependencies as deps
+
+    absent = ["surely-not-installed-gc-pkg>=1"]
+
+    def declines(need, confirm):
+        raise RuntimeError("User declined package installation")
+
+    def skips(need, confirm):  # Slicer's pip_ensure in testing mode installs nothing
+        return None
+
+    def fails(need, confirm):
+        raise RuntimeError("pip failed: no such package")
+
+    assert deps.install(absent, installer=declines) is False
+    assert deps.install(absent, installer=skips) is False
+    with pytest.raises(RuntimeError, match="pip failed"):
+        deps.install(absent, installer=fails)
+    assert deps.install(["numpy>=1.0"], installer=skips) is True
+    # Slicer 5.11+: its pip_ensure gets Requirement objects, our prompt choice, our name
+    calls = []
+
+    def pip_ensure(reqs, prompt_install=True, requester=None):
+        calls.append((reqs, prompt_install, requester))
+        raise RuntimeError("User declined package installation")
+
+    monkeypatch.setitem(sys.modules, "slicer.pydeps", types.SimpleNamespace(pip_ensure=pip_ensure))
+    assert deps.install(absent, confirm=False) is False
+    ((reqs, prompt, requester),) = calls
+    assert [str(r) for r in reqs] == absent and isinstance(reqs[0], Requirement)
+    assert prompt is False and requester == "GliomaCompare"
+
+
+@pytest.mark.slicer
+def test_self_test_mrml_part_runs_without_nibabel():
+    """The registered self-test's first part must pass in a fresh Slicer (no nibabel); its
+    file part is skipped there with a message (checked statically below)."""
+    from slicer_env import slicer_core_available
+
+    ok, why = slicer_core_available()
+    if not ok:
+        pytest.skip(why)
+    run = _run_python(
+        "import sys\n"
+        "sys.modules['nibabel'] = None\n"
+        "import slicer\n"
+        "from GliomaCompareSlicerLib import mrml, testing\n"
+        "scene = mrml.setup_scene(slicer.vtkMRMLScene())\n"
+        "testing.check_mrml_round_trip(scene)\n"
+        "assert scene.GetNumberOfNodesByClass('vtkMRMLScalarVolumeNode') == 0\n"
+        "print('ok')\n"
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+    source = MODULE_FILE.read_text()
+    run_test = source[source.index("def runTest") : source.index("def test_load_case")]
+    assert run_test.index("check_mrml_round_trip") < run_test.index("LOAD_REQUIREMENTS")
+    assert "Skipped" in run_test and "return" in run_test
+
+
+def test_cli_without_fcntl_and_with_a_broken_command_module():
+    """Windows has no fcntl; a command module whose package is missing must not take the other
+    commands (and both Run buttons) down."""
+    run = _run_python(
+        "import sys; sys.modules['fcntl'] = None\n"
+        "from GliomaCompareLib.cli import build_parser\n"
+        "build_parser()\n"
+        "print('ok')\n"
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+    run = _run_python(
+        "import sys; sys.modules['GliomaCompareLib.report.commands'] = None\n"
+        "from GliomaCompareSlicerLib.process import available_commands\n"
+        "print(' '.join(sorted(available_commands())))\n"
+    )
+    assert run.returncode == 0, run.stderr
+    commands = set(run.stdout.split())
+    assert {"predict-cnn", "vlm", "inspect"} <= commands and "report" not in commands
+    assert "GliomaCompareLib.report.commands: commands unavailable" in run.stderr

@@ -22,7 +22,13 @@ from GliomaCompareLib.data.conventions import load_convention  # noqa: E402
 from GliomaCompareLib.data.io import write_nifti  # noqa: E402
 from GliomaCompareLib.data.slices import SliceGeometry  # noqa: E402
 
-__all__ = ["TINY_AFFINE", "TINY_SHAPE", "write_tiny_cohort", "write_tiny_run"]
+__all__ = [
+    "TINY_AFFINE",
+    "TINY_SHAPE",
+    "check_mrml_round_trip",
+    "write_tiny_cohort",
+    "write_tiny_run",
+]
 
 #: (X, Y, Z) of the tiny cases.
 TINY_SHAPE = (20, 24, 12)
@@ -152,3 +158,28 @@ def write_tiny_run(run_dir: str | Path, data_dir: str | Path, seed: int = 1) -> 
     manifest = {"note": "fabricated test data", "config": {"data": str(Path(data_dir).resolve())}}
     (run / slicer_files.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return run
+
+
+def check_mrml_round_trip(scene) -> None:
+    """The module's self-test part that needs only packages Slicer bundles (numpy, VTK, MRML; no
+    nibabel, no files): a tiny case's image and label map go into volume and segmentation nodes
+    and come back voxel for voxel, with the same geometry.
+
+    Raises:
+        AssertionError: naming what differs.
+    """
+    from GliomaCompareSlicerLib import mrml
+
+    images, label = _tiny_case(np.random.default_rng(0), "HGG")
+    volume = mrml.volume_node_from_array(
+        images["flair"], TINY_AFFINE, "self-test FLAIR", scene=scene
+    )
+    array, affine = mrml.array_from_volume_node(volume)
+    np.testing.assert_array_equal(array, images["flair"], err_msg="volume voxels")
+    np.testing.assert_allclose(affine, TINY_AFFINE, atol=1e-6, err_msg="volume geometry")
+    segmentation = mrml.segmentation_node_from_label_map(
+        label, TINY_AFFINE, "brats2020", "self-test labels", scene=scene
+    )
+    back = mrml.label_map_from_segmentation_node(segmentation, volume)
+    np.testing.assert_array_equal(back, label, err_msg="segment voxels / label values")
+    mrml.remove_nodes([volume, segmentation])

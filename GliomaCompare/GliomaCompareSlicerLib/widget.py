@@ -89,7 +89,11 @@ class CompareWidget:
             return None
 
     def _need(self, kind: str) -> bool:
-        return bool(self._guard("Installing Python packages", dependencies.ensure, kind))
+        ok = bool(self._guard("Installing Python packages", dependencies.ensure, kind))
+        if not ok:
+            needed = ", ".join(dependencies.missing(dependencies.requirements(kind)))
+            self.append_log(f"Not installed ({needed or 'torch'}); nothing was started.")
+        return ok
 
     def update_buttons(self) -> None:
         loaded = self.logic.loaded is not None and self.logic.loaded.case is not None
@@ -219,8 +223,8 @@ class CompareWidget:
         self.update_buttons()
 
     # ------------------------------------------------------------------------------- runs
-    def _start(self, name: str, starter, *args) -> None:
-        if not self._need("run"):
+    def _start(self, name: str, kind: str, starter, *args) -> None:
+        if not self._need(kind):
             return
         job = self._guard(f"Starting {name}", starter, *args)
         if job is None:
@@ -235,7 +239,7 @@ class CompareWidget:
         p = self.params()
         params = self._guard("CNN settings", lambda: CnnRunParams(str(p.cnnModelFolder), p.device))
         if params is not None:
-            self._start("the CNN", self.logic.start_cnn, self.logic.loaded.case_id, params)
+            self._start("the CNN", "cnn", self.logic.start_cnn, self.logic.loaded.case_id, params)
 
     def run_vlm(self) -> None:
         p = self.params()
@@ -266,7 +270,7 @@ class CompareWidget:
 
         params = self._guard("VLM settings", make)
         if params is not None:
-            self._start("the VLM", self.logic.start_vlm, self.logic.loaded.case_id, params)
+            self._start("the VLM", "vlm", self.logic.start_vlm, self.logic.loaded.case_id, params)
 
     def poll_job(self) -> None:
         job = self.job
