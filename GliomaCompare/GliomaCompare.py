@@ -5,6 +5,7 @@ Qt-free ``GliomaCompareSlicerLib`` (logic, MRML adapter, background runs) and th
 ``GliomaCompareLib``; long runs go to a background ``PythonSlicer -m GliomaCompareLib.cli``.
 """
 
+import logging
 import os
 import sys
 import tempfile
@@ -56,23 +57,34 @@ class GliomaCompare(ScriptedLoadableModule):
         icon = paths.icon_file()
         if icon is not None:
             self.parent.icon = qt.QIcon(str(icon))
+        reason = unsupported_reason()
+        if reason:
+            self.parent.helpText = f"<b>{reason}</b><br>" + self.parent.helpText
+            logging.warning(reason)
+
+
+def unsupported_reason():
+    """None on Slicer 5.10+ (Python 3.12); else what the module needs, in one sentence."""
+    app = getattr(slicer, "app", None)
+    version = (app.majorVersion, app.minorVersion) if app is not None else None
+    return paths.unsupported_reason(version)
 
 
 @parameterNodeWrapper
 class GliomaCompareParameterNode:
     """Everything the user chooses in the module panel (saved with the scene)."""
 
-    dataFolder: Path
-    runFolder: Path
-    saveFolder: Path
+    dataFolder: str = ""
+    runFolder: str = ""
+    saveFolder: str = ""
     worstFirst: bool = True
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
-    cnnModelFolder: Path
+    cnnModelFolder: str = ""
     vlmBackend: Annotated[str, Choice(["tiny", "transformers", "openai"])] = "tiny"
     vlmModel: str = ""
     vlmBaseUrl: str = ""
     vlmAllowRemote: bool = False
-    vlmAdapter: Path
+    vlmAdapter: str = ""
     taskGrade: bool = True
     taskPoint: bool = True
     taskBox: bool = True
@@ -98,11 +110,19 @@ class GliomaCompareWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        reason = unsupported_reason()
+        if reason:  # the rest needs Python 3.12: say plainly what is needed, load nothing
+            label = qt.QLabel(reason)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(str(paths.ui_file()))  # source tree or installed layout
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = GliomaCompareLogic()
+        # (also registers the connector that keeps unset path fields empty, before connectGui)
         from GliomaCompareSlicerLib.widget import CompareWidget
 
         self.impl = CompareWidget(self.ui, lambda: self._parameterNode, self.logic.compare)
@@ -136,7 +156,8 @@ class GliomaCompareWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self):
-        self.setParameterNode(self.logic.getParameterNode())
+        if self.logic is not None:  # None on an unsupported Slicer (see setup)
+            self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:

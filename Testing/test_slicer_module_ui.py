@@ -413,3 +413,74 @@ def test_cli_without_fcntl_and_with_a_broken_command_module():
     commands = set(run.stdout.split())
     assert {"predict-cnn", "vlm", "inspect"} <= commands and "report" not in commands
     assert "GliomaCompareLib.report.commands: commands unavailable" in run.stderr
+
+
+# ------------------------------------------------------------------ supported Slicer, metadata
+def test_supported_slicer_is_checked_and_said_plainly():
+    from GliomaCompareSlicerLib import paths
+
+    assert paths.unsupported_reason((5, 10), (3, 12)) is None
+    assert paths.unsupported_reason((5, 12), (3, 12, 10)) is None
+    old = paths.unsupported_reason((5, 8), (3, 9))
+    assert "3D Slicer 5.10 or later (Python 3.12)" in old and "this is Slicer 5.8" in old
+    assert "Python 3.9" in paths.unsupported_reason(None, (3, 9))
+    source = MODULE_FILE.read_text()
+    tree = ast.parse(source)
+    module_init = ast.unparse(_function(tree, "__init__"))  # GliomaCompare (the first class)
+    assert "unsupported_reason()" in module_init and "helpText" in module_init
+    setup = ast.unparse(_function(tree, "setup"))
+    # the check comes before anything that needs Python 3.12 (the UI, the logic)
+    assert setup.index("unsupported_reason()") < setup.index("loadUI")
+    assert "return" in setup[: setup.index("loadUI")]
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert "Requires 3D Slicer 5.10 or later (Python 3.12)" in cmake
+
+
+def test_unset_path_fields_stay_empty():
+    """Path parameters are ``str`` ("" when unset) behind a ctkPathLineEdit connector; as
+    ``pathlib.Path`` they showed "." in all five path fields."""
+    fields = parameter_fields()
+    paths_bound = {
+        prop.findtext("string")
+        for w in ui_widgets().values()
+        if w.get("class") == "ctkPathLineEdit"
+        for prop in w.findall("property")
+        if prop.get("name") == "SlicerParameterName"
+    }
+    assert len(paths_bound) == 5
+    assert all(fields[name] == "str" for name in paths_bound), fields
+    tree = ast.parse(MODULE_FILE.read_text())
+    cls = next(
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ClassDef) and n.name == "GliomaCompareParameterNode"
+    )
+    defaults = {
+        n.target.id: ast.literal_eval(n.value)
+        for n in cls.body
+        if isinstance(n, ast.AnnAssign) and n.value is not None
+    }
+    assert all(defaults[name] == "" for name in paths_bound)
+    widget = ast.parse((LIB / "widget.py").read_text())
+    connector = next(
+        n
+        for n in widget.body
+        if isinstance(n, ast.ClassDef) and n.name == "PathLineEditToStrConnector"
+    )
+    text = ast.unparse(connector)
+    assert "parameterNodeGuiConnector" in ast.unparse(connector.decorator_list[0])
+    assert "ctk.ctkPathLineEdit" in text and "is str" in text
+    assert "self._widget.currentPath = value or ''" in text
+
+
+def test_license_and_no_placeholder_urls():
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("BSD 3-Clause License") and "Neither the name" in text
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == {
+        "text": "BSD-3-Clause"
+    }
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    for name in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
+        value = re.search(rf'set\(EXTENSION_{name} "([^"]*)"\)', cmake)
+        assert value is not None, name
+        assert "GliomaCompare/GliomaCompare" not in value[1], name  # the old placeholder

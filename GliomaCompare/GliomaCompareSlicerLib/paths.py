@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "MINIMUM_PYTHON",
+    "MINIMUM_SLICER",
     "MODULE_DIR",
     "cli_command",
     "cli_environment",
@@ -25,7 +27,13 @@ __all__ = [
     "python_executable",
     "resources_root",
     "ui_file",
+    "unsupported_reason",
 ]
+
+#: The oldest 3D Slicer the module supports (5.10, Nov 2025, the first with Python 3.12).
+MINIMUM_SLICER = (5, 10)
+#: The Python it needs (the library uses 3.10+ syntax at run time; Slicer 5.10+ ship 3.12).
+MINIMUM_PYTHON = (3, 12)
 
 #: The folder holding ``GliomaCompare.py`` (``<repo>/GliomaCompare`` or ``qt-scripted-modules``).
 MODULE_DIR = Path(__file__).resolve().parent.parent
@@ -123,3 +131,26 @@ def cli_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     except FileNotFoundError:
         pass
     return env
+
+
+def unsupported_reason(
+    slicer_version: tuple[int, int] | None, python_version: tuple[int, ...] | None = None
+) -> str | None:
+    """None on a supported Slicer; else one plain sentence saying what the module needs.
+
+    Args:
+        slicer_version: (major, minor) of the running Slicer (None: not known, not checked).
+        python_version: default ``sys.version_info``.
+    """
+    python = tuple(python_version or sys.version_info[:2])[:2]
+    need = (
+        f"GliomaCompare needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or later "
+        f"(Python {MINIMUM_PYTHON[0]}.{MINIMUM_PYTHON[1]})"
+    )
+    if slicer_version is not None and tuple(slicer_version)[:2] < MINIMUM_SLICER:
+        have = ".".join(str(v) for v in tuple(slicer_version)[:2])
+        return f"{need}; this is Slicer {have}. Install a current Slicer from download.slicer.org."
+    if python < MINIMUM_PYTHON:
+        have = ".".join(str(v) for v in python)
+        return f"{need}; this Slicer runs Python {have}. Install a current Slicer."
+    return None

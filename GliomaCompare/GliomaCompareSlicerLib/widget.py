@@ -11,14 +11,16 @@ import html
 import math
 from pathlib import Path
 
+import ctk
 import qt
 import slicer
+from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector, unannotatedType
 
 from GliomaCompareSlicerLib import dependencies
 from GliomaCompareSlicerLib.logic import CompareLogic
 from GliomaCompareSlicerLib.process import CnnRunParams, VlmRunParams, available_commands
 
-__all__ = ["CompareWidget"]
+__all__ = ["CompareWidget", "PathLineEditToStrConnector"]
 
 _SHOW = {
     "showGroundTruthCheckBox": "ground_truth",
@@ -27,6 +29,40 @@ _SHOW = {
     "showVlmBoxCheckBox": "vlm_box",
     "showVlmPolygonCheckBox": "vlm_polygon",
 }
+
+
+@parameterNodeGuiConnector
+class PathLineEditToStrConnector(GuiConnector):
+    """A ``ctkPathLineEdit`` bound to a ``str`` parameter: an unset path stays "" (a
+    ``pathlib.Path`` parameter shows an unset path as ".")."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return isinstance(widget, ctk.ctkPathLineEdit) and unannotatedType(datatype) is str
+
+    @staticmethod
+    def create(widget, datatype):
+        ok = PathLineEditToStrConnector.canRepresent(widget, datatype)
+        return PathLineEditToStrConnector(widget) if ok else None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.currentPathChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.currentPathChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self):
+        return self._widget.currentPath
+
+    def write(self, value) -> None:
+        self._widget.currentPath = value or ""
 
 
 def _empty_table(table) -> None:
