@@ -97,6 +97,11 @@ class GliomaCompareParameterNode:
     showVlmPoint: bool = True
     showVlmBox: bool = True
     showVlmPolygon: bool = True
+    flairVolume: slicer.vtkMRMLScalarVolumeNode
+    t1Volume: slicer.vtkMRMLScalarVolumeNode
+    t1ceVolume: slicer.vtkMRMLScalarVolumeNode
+    t2Volume: slicer.vtkMRMLScalarVolumeNode
+    referenceSegmentation: slicer.vtkMRMLSegmentationNode
 
 
 class GliomaCompareWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -957,3 +957,68 @@ def test_scene_close_forgets_the_loaded_case(scene, tiny_data, tiny_run, tmp_pat
     del other
     gc.collect()
     scene.Clear(0)
+
+
+@needs_slicer
+def test_scene_volumes_of_any_patient_as_the_case(scene, tiny_data, tmp_path):  # noqa: F811
+    """A patient loaded some other way (e.g. DICOM): four volumes picked in the scene, with or
+    without a reference segmentation, become the case the arms run on and that is saved."""
+    import slicer
+    from GliomaCompareSlicerLib import mrml
+    from GliomaCompareSlicerLib.logic import CompareLogic
+
+    from GliomaCompareLib.data.case import load_case
+    from GliomaCompareLib.data.discovery import discover_cases
+
+    source = load_case(discover_cases(tiny_data, "brats2020").get(CASE1))
+    nodes = {
+        c: mrml.volume_node_from_array(source.modality(c), source.affine, f"DICOM {c}", scene=scene)
+        for c in source.channels
+    }
+    reference = mrml.segmentation_node_from_label_map(
+        source.label, source.affine, "brats2020", "my labels", scene=scene
+    )
+    runner = RecordingRunner()
+    logic = CompareLogic(scene, runner=runner, work_root=tmp_path / "work")
+    loaded = logic.use_scene_volumes(nodes, reference, case_id="Patient A", grade="HGG")
+    assert loaded.case_id == "BraTS20_Patient_A"  # the convention's folder pattern
+    np.testing.assert_array_equal(loaded.case.image, source.image)
+    np.testing.assert_array_equal(loaded.case.label, source.label)
+    np.testing.assert_allclose(loaded.case.affine, source.affine, atol=1e-6)
+    assert loaded.focus_ras == pytest.approx(logic_focus(source))
+    assert all(n.GetScene() is scene and not n.GetAttribute(mrml.ATTR_CASE) for n in nodes.values())
+    # the arms get a one-case BraTS folder written from the scene's voxels
+    job = logic.start_cnn("BraTS20_Patient_A", process.CnnRunParams(str(tmp_path / "model"), "cpu"))
+    assert job.wait(timeout=60) == 0
+    argv = runner.calls[0]["argv"]
+    written = load_case(
+        discover_cases(Path(argv[argv.index("--data") + 1])).get("BraTS20_Patient_A")
+    )
+    np.testing.assert_array_equal(written.image, source.image)
+    np.testing.assert_array_equal(written.label, source.label)
+    assert written.grade == "HGG"
+    # saved with the volumes written next to the scene (they have no files of their own)
+    saved = logic.save_case(tmp_path / "saved")
+    assert {"flair.nrrd", "t1.nrrd", "t1ce.nrrd", "t2.nrrd"} <= {p.name for p in saved.values()}
+    fresh = mrml.setup_scene(slicer.vtkMRMLScene())
+    fresh.SetURL(str(saved["scene"]))
+    fresh.Import()
+    flair = next(
+        v for v in mrml._nodes(fresh, "vtkMRMLScalarVolumeNode") if v.GetName().endswith("flair")
+    )
+    np.testing.assert_array_equal(mrml.array_from_volume_node(flair)[0], source.flair)
+    # an unlabelled patient; a volume on another grid; a channel not chosen
+    scene = mrml.setup_scene(scene)
+    unlabelled = logic.use_scene_volumes(nodes, case_id="Patient_B")
+    assert unlabelled.case.label is None and unlabelled.ground_truth is None
+    other = mrml.volume_node_from_array(source.flair[:-1], source.affine, "cropped", scene=scene)
+    with pytest.raises(ValueError, match=r"cropped \(T1\): its grid differs"):
+        logic.use_scene_volumes({**nodes, "t1": other})
+    with pytest.raises(ValueError, match="choose a volume for T2"):
+        logic.use_scene_volumes({c: n for c, n in nodes.items() if c != "t2"})
+
+
+def logic_focus(case):
+    from GliomaCompareSlicerLib.logic import focus_point
+
+    return focus_point(case)

@@ -56,6 +56,7 @@ def test_ui_parses_and_has_every_widget_the_code_uses():
     used = used_ui_names(MODULE_FILE) | used_ui_names(LIB / "widget.py")
     # the scan itself works: attribute use, and names reached through getattr tables
     assert {"runCnnButton", "cancelButton", "logTextEdit", "showVlmBoxCheckBox"} <= used
+    assert "useSceneVolumesButton" in used
     missing = sorted(used - set(widgets))
     assert missing == [], f"widgets used in code but not in {UI.name}: {missing}"
     # custom widget classes are declared
@@ -93,7 +94,7 @@ def test_parameter_bindings_match_the_parameter_node():
     assert "WithinRange" in fields["vlmTemperature"] and "WithinRange" in fields["vlmRuns"]
     # the code reads only parameters that exist
     code = (LIB / "widget.py").read_text()
-    read = set(re.findall(r"\bp\.([a-zA-Z]+)", code))
+    read = set(re.findall(r"\bp\.([a-zA-Z][a-zA-Z0-9]*)", code))
     assert read <= set(fields), sorted(read - set(fields))
 
 
@@ -484,3 +485,32 @@ def test_license_and_no_placeholder_urls():
         value = re.search(rf'set\(EXTENSION_{name} "([^"]*)"\)', cmake)
         assert value is not None, name
         assert "GliomaCompare/GliomaCompare" not in value[1], name  # the old placeholder
+
+
+def test_scene_selectors_pick_volumes_and_get_the_scene():
+    """The "Patient in the scene" selectors: volume / segmentation node types, bound to node
+    parameters, and each given the scene by the module widget (else they list nothing)."""
+    widgets = ui_widgets()
+    combos = {n: w for n, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert set(combos) == {
+        "flairVolumeSelector",
+        "t1VolumeSelector",
+        "t1ceVolumeSelector",
+        "t2VolumeSelector",
+        "referenceSegmentationSelector",
+    }
+    fields = parameter_fields()
+    for name, widget in combos.items():
+        props = {p.get("name"): p for p in widget.findall("property")}
+        node_type = props["nodeTypes"].find("stringlist").findtext("string")
+        param = props["SlicerParameterName"].findtext("string")
+        assert fields[param] == f"slicer.{node_type}", name
+    root = ET.parse(UI).getroot()
+    fed = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("sender") == "GliomaCompare"
+        and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert fed == set(combos)

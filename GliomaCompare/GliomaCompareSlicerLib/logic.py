@@ -9,6 +9,7 @@ runs in plain Python. Collaborators are injected: ``runner`` (a
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import tempfile
 import time
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from GliomaCompareLib import slicer_files  # noqa: E402
 from GliomaCompareLib.data.case import Case, load_case  # noqa: E402
 from GliomaCompareLib.data.conventions import load_convention  # noqa: E402
 from GliomaCompareLib.data.discovery import discover_cases  # noqa: E402
+from GliomaCompareLib.data.io import write_nifti  # noqa: E402
 from GliomaCompareLib.data.slices import SliceGeometry  # noqa: E402
 
 __all__ = ["METHODS", "CompareLogic", "LoadedCase", "LoadedResults", "Marker"]
@@ -267,6 +269,63 @@ class CompareLogic:
         self.loaded = LoadedCase(case_id, case.grade, case, volumes, gt, focus)
         return self.loaded
 
+    def use_scene_volumes(
+        self,
+        volumes: Mapping[str, object],
+        reference=None,
+        case_id: str = "Patient",
+        grade: str | None = None,
+    ) -> LoadedCase:
+        """Use volumes already in the scene (any patient, e.g. loaded from DICOM) as the case the
+        arms run on: ``volumes`` maps each channel of the convention (``flair, t1, t1ce, t2``) to
+        a volume node, ``reference`` is an optional segmentation with reference labels (read on
+        the FLAIR grid). The nodes stay the user's: they are neither tagged nor removed; other
+        nodes this module made are. ``case_id`` gets the convention's folder prefix where it
+        lacks it (``Patient`` -> ``BraTS20_Patient``), so the arms' commands find the case.
+
+        Raises:
+            ValueError: naming the channel without a volume, or the volume whose grid differs
+                from the FLAIR's (resample it onto the FLAIR first).
+        """
+        case_id = _fitting_case_id(case_id, self.convention.case_dir_glob)
+        channels = self.convention.channels
+        absent = [c.upper() for c in channels if volumes.get(c) is None]
+        if absent:
+            raise ValueError(f"choose a volume for {', '.join(absent)}")
+        first = volumes[channels[0]]
+        arrays = []
+        affine = None
+        for channel in channels:
+            array, grid = mrml.array_from_volume_node(volumes[channel])
+            if affine is None:
+                affine = grid
+            elif array.shape != arrays[0].shape or not np.allclose(grid, affine, atol=1e-3):
+                raise ValueError(
+                    f"{volumes[channel].GetName()} ({channel.upper()}): its grid differs from "
+                    f"{first.GetName()}'s; resample it onto the {channels[0].upper()} first"
+                )
+            arrays.append(array.astype(np.float32))
+        label = None
+        if reference is not None:
+            label = mrml.label_map_from_segmentation_node(reference, first, self.convention.name)
+        keep = {volumes[c].GetID() for c in channels}
+        mrml.remove_nodes([n for n in mrml.case_nodes(self.scene) if n.GetID() not in keep])
+        case = Case(
+            case_id,
+            grade,
+            np.stack(arrays),
+            label,
+            affine,
+            tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)),
+            tuple(channels),
+            self.convention,
+        )
+        focus = focus_point(case)
+        mrml.jump_slices(self.scene, focus, centered=True)
+        self.forget_nodes()
+        self.loaded = LoadedCase(case_id, grade, case, dict(volumes), reference, focus)
+        return self.loaded
+
     def reference_volume(self):
         """The loaded case's FLAIR node (the grid results are compared on), or None."""
         if self.loaded is None or not self.loaded.volumes:
@@ -370,6 +429,9 @@ class CompareLogic:
     def prepare_case_data(self, case_id: str, work: Path) -> Path:
         """A data folder holding only ``case_id`` (linked, or copied where links fail) and its
         ``name_mapping.csv`` row, so the CLI arms run on the loaded case alone."""
+        loaded = self.loaded
+        if loaded is not None and loaded.case_id == case_id and not loaded.case.paths:
+            return self._write_case_data(loaded.case, work / "data")
         if self.cohort is None:
             raise ValueError("open a BraTS folder first")
         record = self.cohort.get(case_id)
@@ -386,6 +448,22 @@ class CompareLogic:
             writer = csv.writer(handle)
             writer.writerow([conv.id_column, conv.grade_column])
             writer.writerow([case_id, record.grade or ""])
+        return data
+
+    def _write_case_data(self, case: Case, data: Path) -> Path:
+        """A BraTS-layout data folder holding ``case`` (from scene volumes, no files yet)."""
+        conv = self.convention
+        folder = data / case.case_id
+        for channel in case.channels:
+            path = folder / f"{conv.file_stem(case.case_id, channel)}.nii.gz"
+            write_nifti(path, case.modality(channel), case.affine)
+        if case.label is not None:
+            path = folder / f"{conv.file_stem(case.case_id, 'seg')}.nii.gz"
+            write_nifti(path, case.label, case.affine)
+        with (data / conv.name_mapping_file).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([conv.id_column, conv.grade_column])
+            writer.writerow([case.case_id, case.grade or ""])
         return data
 
     def _work_dir(self, case_id: str, name: str) -> Path:
@@ -598,7 +676,9 @@ class CompareLogic:
         if self.loaded is not None and self.loaded.case is not None:
             for channel, node in self.loaded.volumes.items():
                 source = self.loaded.case.paths.get(channel)
-                if source is None:
+                if source is None:  # a volume from the scene: written next to the scene file
+                    copy = mrml.copy_to_scene(node, saved)
+                    written[node.GetName()] = mrml.save_node(copy, out / f"{channel}.nrrd")
                     continue
                 copy = mrml.copy_to_scene(node, saved)
                 storage = saved.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
@@ -634,6 +714,14 @@ def _file_stems(nodes) -> list[tuple[str, object]]:
         used.add(stem)
         out.append((stem, node))
     return out
+
+
+def _fitting_case_id(case_id: str, pattern: str) -> str:
+    """``case_id`` made safe for a folder name and matching ``pattern`` (``BraTS20_*``)."""
+    safe = _safe(case_id)
+    if fnmatch.fnmatchcase(safe, pattern) or "*" not in pattern:
+        return safe
+    return pattern.replace("*", safe, 1).replace("*", "").replace("?", "_")
 
 
 def _forget_on(logic: CompareLogic):

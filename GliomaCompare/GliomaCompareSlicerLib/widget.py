@@ -99,6 +99,7 @@ class CompareWidget:
         ui.worstFirstCheckBox.connect("toggled(bool)", self.refresh_table)
         ui.caseTableWidget.connect("cellDoubleClicked(int,int)", lambda r, c: self.load_selected())
         ui.loadCaseButton.connect("clicked()", self.load_selected)
+        ui.useSceneVolumesButton.connect("clicked()", self.use_scene_volumes)
         ui.previousButton.connect("clicked()", lambda: self.step(-1))
         ui.nextButton.connect("clicked()", lambda: self.step(1))
         ui.runCnnButton.connect("clicked()", self.run_cnn)
@@ -256,6 +257,26 @@ class CompareWidget:
             if results is not None:
                 self.show_results(results)
         self.apply_visibility()
+        self.update_buttons()
+
+    def use_scene_volumes(self) -> None:
+        """The four volumes (and reference) picked in "Patient in the scene" become the case."""
+        p = self.params()
+        volumes = {"flair": p.flairVolume, "t1": p.t1Volume, "t1ce": p.t1ceVolume, "t2": p.t2Volume}
+        name = volumes["flair"].GetName() if volumes["flair"] is not None else "Patient"
+        loaded = self._guard(
+            "Using the scene volumes",
+            self.logic.use_scene_volumes,
+            volumes,
+            p.referenceSegmentation,
+            name,
+        )
+        self.ui.markerComboBox.clear()
+        _empty_table(self.ui.metricsTableWidget)
+        self.ui.predictionsLabel.text = "-"
+        if loaded is not None:
+            labels = "reference labels" if loaded.ground_truth is not None else "no labels"
+            self.ui.caseInfoLabel.text = f"{loaded.case_id} (from the scene, {labels})"
         self.update_buttons()
 
     # ------------------------------------------------------------------------------- runs
