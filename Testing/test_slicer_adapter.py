@@ -715,6 +715,7 @@ def test_live_cnn_and_vlm_outputs(scene, tiny_data, tmp_path):  # noqa: F811
             "run": 0,
             "status": "ok",
             "parsed": [[1, 1], [9, 2], [4, 12]],
+            "raw_text": 'The tumour outline:\n {"polygon": [[1, 1], [9, 2], [4, 12]]}',
         },
         {
             "case_id": CASE1,
@@ -772,6 +773,10 @@ def test_live_cnn_and_vlm_outputs(scene, tiny_data, tmp_path):  # noqa: F811
         np.testing.assert_allclose(sorted(set(np.round(corners[:, 2], 9))), [-0.5, 0.5])
     assert box_next.GetName() == f"VLM box k={k + 1}"
     (poly,) = res.nodes["vlm_polygon"]
+    # the model's own words and the parse status travel with the markup
+    description = poly.GetDescription() or poly.GetNthControlPointDescription(0)
+    assert "status ok" in description
+    assert 'answer: The tumour outline: {"polygon": [[1, 1], [9, 2], [4, 12]]}' in description
     np.testing.assert_allclose(
         mrml.markup_from_node(poly).points_ras,
         geometry.pixel_to_ras([1, 9, 4], [1, 2, 12]),

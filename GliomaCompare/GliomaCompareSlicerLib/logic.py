@@ -716,6 +716,12 @@ def _file_stems(nodes) -> list[tuple[str, object]]:
     return out
 
 
+def _shorten(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters (markup descriptions are shown in a table)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def _fitting_case_id(case_id: str, pattern: str) -> str:
     """``case_id`` made safe for a folder name and matching ``pattern`` (``BraTS20_*``)."""
     safe = _safe(case_id)
@@ -805,6 +811,8 @@ def _answers_to_markups(answers, case: Case, label: str, notes: list[str]) -> di
             continue
         geometry = SliceGeometry.axial(case.affine, case.shape, a.slice_index)
         note = f"slice {a.slice_index}, run {a.run}, status {a.status}{label}"
+        if a.raw_text:  # what the model said, so a reader can judge the parse
+            note += f"; answer: {_shorten(a.raw_text)}"
         tag = f"k={a.slice_index}" + (f" run {a.run}" if a.run else "")
         if a.pixels:
             pix = np.asarray(a.pixels, float)
