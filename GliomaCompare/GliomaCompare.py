@@ -97,6 +97,7 @@ class GliomaCompareParameterNode:
     showVlmPoint: bool = True
     showVlmBox: bool = True
     showVlmPolygon: bool = True
+    show3D: bool = False
     flairVolume: slicer.vtkMRMLScalarVolumeNode
     t1Volume: slicer.vtkMRMLScalarVolumeNode
     t1ceVolume: slicer.vtkMRMLScalarVolumeNode

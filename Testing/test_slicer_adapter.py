@@ -1027,3 +1027,20 @@ def logic_focus(case):
     from GliomaCompareSlicerLib.logic import focus_point
 
     return focus_point(case)
+
+
+@needs_slicer
+def test_show_3d_builds_surfaces_of_the_case_segmentations(scene, tiny_data, tiny_run):  # noqa: F811
+    from GliomaCompareSlicerLib.logic import CompareLogic
+
+    logic = CompareLogic(scene)
+    logic.open_run(tiny_run)
+    loaded = logic.load_case(CASE1)
+    logic.load_run_results(CASE1)
+    assert logic.set_show_3d(True) == 2  # ground truth and CNN
+    gt = loaded.ground_truth
+    assert gt.GetSegmentation().ContainsRepresentation("Closed surface")
+    surface = gt.GetClosedSurfaceInternalRepresentation(gt.GetSegmentation().GetNthSegmentID(0))
+    assert surface is not None and surface.GetNumberOfPoints() > 0
+    assert gt.GetDisplayNode().GetVisibility3D()
+    assert logic.set_show_3d(False) == 2 and not gt.GetDisplayNode().GetVisibility3D()

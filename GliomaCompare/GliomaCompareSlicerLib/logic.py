@@ -645,6 +645,22 @@ class CompareLogic:
             mrml.set_visibility(node, visible)
         return len(nodes)
 
+    def set_show_3d(self, on: bool) -> int:
+        """Show (or hide) every segmentation of the case in 3D views, building its closed
+        surface on first use; return how many segmentations changed."""
+        nodes = [n for n in mrml.case_nodes(self.scene) if n.IsA("vtkMRMLSegmentationNode")] + [
+            n
+            for n in [self.loaded.ground_truth if self.loaded else None]
+            if n is not None and not n.GetAttribute(mrml.ATTR_CASE)
+        ]
+        for node in nodes:
+            if on:
+                node.CreateClosedSurfaceRepresentation()
+            if node.GetDisplayNode() is None:
+                node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetVisibility3D(bool(on))
+        return len(nodes)
+
     def markers(self) -> list[Marker]:
         """Every place results can be jumped to (all loaded results)."""
         return [m for r in self.results for m in r.markers]

@@ -111,6 +111,7 @@ class CompareWidget:
             getattr(ui, name).connect(
                 "toggled(bool)", lambda on, m=method: self.logic.set_method_visible(m, on)
             )
+        ui.showThreeDCheckBox.connect("toggled(bool)", self.logic.set_show_3d)
         self.update_buttons()
 
     # ------------------------------------------------------------------------------ helpers
@@ -402,6 +403,8 @@ class CompareWidget:
     def apply_visibility(self) -> None:
         for name, method in _SHOW.items():
             self.logic.set_method_visible(method, bool(getattr(self.ui, name).checked))
+        if self.ui.showThreeDCheckBox.checked:
+            self.logic.set_show_3d(True)
 
     def jump(self) -> None:
         ras = self.ui.markerComboBox.itemData(self.ui.markerComboBox.currentIndex)
