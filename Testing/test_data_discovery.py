@@ -333,3 +333,20 @@ def test_a_compressed_image_claiming_too_much_is_refused(tmp_path):
         read_header(path)
     with pytest.raises(ImageReadError, match="header claims shape"):
         read_image(path)
+
+
+def test_a_short_compressed_image_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "short.nii.gz"  # 256^3 float32 = 64 MiB claimed, under the ceiling
+    path.write_bytes(gzip.compress(_huge_header_bytes((256, 256, 256))))
+    for read in (read_header, read_image):
+        with pytest.raises(ImageReadError, match=r"header claims shape .* holds only 100 bytes"):
+            read(path)
+    good = tmp_path / "good.nii.gz"
+    _save(good, _volume(1))
+    array, meta = read_image(good)
+    assert meta.shape == SHAPE and read_header(good).shape == SHAPE
+    # a valid file in two gzip members (its trailer holds only the last one's size)
+    raw = gzip.decompress(good.read_bytes())
+    two = tmp_path / "two.nii.gz"
+    two.write_bytes(gzip.compress(raw[:200]) + gzip.compress(raw[200:]))
+    np.testing.assert_array_equal(read_image(two)[0], array)

@@ -7,6 +7,7 @@ whose LPS geometry is converted to RAS here).
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,20 +94,50 @@ def _check_nifti_size(path: Path, img, max_bytes: int | None = None) -> None:
     shape = tuple(int(s) for s in header.get_data_shape())
     claimed = int(np.prod(shape, dtype=object)) * header.get_data_dtype().itemsize
     limit = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    offset = int(getattr(img.dataobj, "offset", 0))  # where the voxel data starts
+    real = None
     if image_suffix(path) == ".nii":
-        offset = int(getattr(img.dataobj, "offset", 0))  # where the voxel data starts
         real = path.stat().st_size - offset
-        if claimed > real:
-            raise ImageReadError(
-                f"{path}: the header claims shape {shape} ({claimed} bytes of voxel data) but "
-                f"the file holds only {max(real, 0)} bytes after the header; truncated or "
-                "corrupt file"
-            )
+    elif claimed <= limit and _gzip_size_hint(path) < offset + claimed:
+        # the gzip trailer says the data is short (or the file has several members): count
+        real = _gzip_bytes(path, offset + claimed) - offset
+    if real is not None and claimed > real:
+        raise ImageReadError(
+            f"{path}: the header claims shape {shape} ({claimed} bytes of voxel data) but "
+            f"the file holds only {max(real, 0)} bytes after the header; truncated or "
+            "corrupt file"
+        )
     if claimed > limit:
         raise ImageReadError(
             f"{path}: the header claims shape {shape} ({claimed} bytes of voxel data), more "
             f"than the {limit} bytes allowed (GliomaCompareLib.data.io.MAX_IMAGE_BYTES)"
         )
+
+
+def _gzip_size_hint(path: Path) -> int:
+    """The gzip trailer's ISIZE (uncompressed size mod 2**32 of the last member), or -1."""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() < 4:
+            return -1
+        handle.seek(-4, 2)
+        size = int.from_bytes(handle.read(4), "little")
+    return size if size else -1
+
+
+def _gzip_bytes(path: Path, needed: int) -> int:
+    """Decompressed bytes of a gzip file, counted in a stream up to ``needed`` (bounded memory)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < needed:
+                chunk = stream.read(min(1 << 20, needed - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError):
+        pass  # a truncated stream holds what was read so far
+    return total
 
 
 def read_header(path: str | Path) -> ImageMeta:
