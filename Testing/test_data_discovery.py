@@ -18,6 +18,7 @@ from GliomaCompareLib.data import (
     load_convention,
     region_masks,
 )
+from GliomaCompareLib.data.io import ImageReadError, read_header, read_image
 
 SHAPE = (12, 10, 8)
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -285,3 +286,67 @@ def test_inspect_exit_status_when_nothing_usable(tmp_path, capsys):
     assert main(["inspect", str(data), "--json"]) == 1
     assert main(["inspect", str(tmp_path / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _huge_header_bytes(shape=(1024, 1024, 1024)) -> bytes:
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    return header.binaryblock + b"\0" * 4 + b"\1" * 100  # 452 bytes, 4 GiB claimed
+
+
+def test_a_huge_header_on_a_tiny_file_is_reported_without_allocating(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "d"
+    folder = write_case(data, "BraTS20_Training_001", ext=".nii")
+    (folder / "BraTS20_Training_001_flair.nii").write_bytes(_huge_header_bytes())
+    write_case(data, "BraTS20_Training_002", ext=".nii", seed=3)
+    (data / "BraTS20_Training_002" / "BraTS20_Training_002_seg.nii").write_bytes(
+        _huge_header_bytes()
+    )
+    script = (
+        "import json, resource, sys, nibabel, SimpleITK\n"
+        "from GliomaCompareLib.cli import main\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"rc = main(['inspect', {str(data)!r}, '--json'])\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps([rc, (after - before) / 1024]), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    rc, grown_mb = json.loads(done.stderr.strip().splitlines()[-1])
+    assert rc == 1 and grown_mb < 300, (rc, grown_mb)
+    for case in json.loads(done.stdout):
+        assert not case["usable"]
+        assert any("header claims shape (1024, 1024, 1024)" in p for p in case["problems"])
+        assert any("holds only 100 bytes" in p for p in case["problems"])
+
+
+def test_a_compressed_image_claiming_too_much_is_refused(tmp_path):
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(_huge_header_bytes()))
+    with pytest.raises(ImageReadError, match=r"more than the \d+ bytes allowed"):
+        read_header(path)
+    with pytest.raises(ImageReadError, match="header claims shape"):
+        read_image(path)
+
+
+def test_a_short_compressed_image_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "short.nii.gz"  # 256^3 float32 = 64 MiB claimed, under the ceiling
+    path.write_bytes(gzip.compress(_huge_header_bytes((256, 256, 256))))
+    for read in (read_header, read_image):
+        with pytest.raises(ImageReadError, match=r"header claims shape .* holds only 100 bytes"):
+            read(path)
+    good = tmp_path / "good.nii.gz"
+    _save(good, _volume(1))
+    array, meta = read_image(good)
+    assert meta.shape == SHAPE and read_header(good).shape == SHAPE
+    # a valid file in two gzip members (its trailer holds only the last one's size)
+    raw = gzip.decompress(good.read_bytes())
+    two = tmp_path / "two.nii.gz"
+    two.write_bytes(gzip.compress(raw[:200]) + gzip.compress(raw[200:]))
+    np.testing.assert_array_equal(read_image(two)[0], array)

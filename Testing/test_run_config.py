@@ -205,3 +205,16 @@ def test_weights_trained_on_defaults_to_unknown_when_weights_are_given():
         cnn={"enabled": False, "weights": {"seg": "m.pt"}, "weights_trained_on": "brats2018"}
     )
     assert parse_run_config(named).cnn.weights_trained_on == "brats2018"
+
+
+def test_a_yaml_alias_bomb_or_a_huge_config_is_refused(tmp_path):
+    lines = ["seed: 1", "report:", "  a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"  {name}: &{name} [{', '.join([f'*{prev}'] * 6)}]")
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    assert (tmp_path / "bomb.yaml").stat().st_size < 500  # 9 * 6**8 (15 million) values
+    with pytest.raises(ValueError, match=r"bomb\.yaml: expands to more than"):
+        load_run_config(tmp_path / "bomb.yaml")
+    (tmp_path / "big.yaml").write_text("seed: 1\n" + "#" * (2 * 1024 * 1024) + "\n")
+    with pytest.raises(ValueError, match=r"big\.yaml: \d+ bytes is more than"):
+        load_run_config(tmp_path / "big.yaml")

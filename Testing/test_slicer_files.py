@@ -317,3 +317,51 @@ def test_read_image_gives_the_label_map_of_a_regions_file(tmp_path):
     nib.save(nib.Nifti1Image(label, AFFINE), str(tmp_path / "ref.nii.gz"))
     rows = evaluate_case(CaseFiles("c", path, tmp_path / "ref.nii.gz"))
     assert {r.region: r.dice for r in rows} == {"WT": 1.0, "TC": 1.0, "ET": 1.0}
+
+
+def _nrrd_bytes(type_, sizes, encoding, data: bytes, fields=()) -> bytes:
+    lines = [
+        "NRRD0004",
+        f"type: {type_}",
+        "dimension: 3",
+        "space: left-posterior-superior",
+        f"sizes: {' '.join(str(s) for s in sizes)}",
+        "space directions: (1,0,0) (0,1,0) (0,0,1)",
+        "kinds: domain domain domain",
+        f"encoding: {encoding}",
+        "space origin: (0,0,0)",
+        *fields,
+    ]
+    return ("\n".join(lines) + "\n\n").encode() + data
+
+
+def test_a_gzip_bomb_is_refused_without_decompressing_it(tmp_path):
+    path = tmp_path / "bomb.seg.nrrd"
+    bomb = gzip.compress(b"\0" * 50_000_000)  # ~50 KB -> 50 MB, the header claims 64 bytes
+    path.write_bytes(_nrrd_bytes("unsigned char", (4, 4, 4), "gzip", bomb))
+    with pytest.raises(
+        ValueError, match=r"bomb\.seg\.nrrd: gzip data decompresses to more than the 64 bytes"
+    ):
+        sf.read_seg_nrrd(path)
+    huge = tmp_path / "huge.seg.nrrd"
+    huge.write_bytes(_nrrd_bytes("unsigned char", (4096, 4096, 4096), "gzip", bomb))
+    with pytest.raises(ValueError, match=r"huge\.seg\.nrrd: header sizes .* more than the"):
+        sf.read_seg_nrrd(huge)
+    exact = tmp_path / "exact.seg.nrrd"
+    exact.write_bytes(_nrrd_bytes("unsigned char", (4, 4, 4), "gzip", gzip.compress(b"\1" * 64)))
+    assert sf.read_seg_nrrd(exact).label_map.sum() == 64
+
+
+def test_a_label_value_beyond_the_label_map_type_is_refused(tmp_path):
+    voxels = np.zeros((2, 2, 2), np.uint32)
+    voxels[0, 0, 0] = 70000
+    raw = voxels.astype("<u4").tobytes(order="F")
+    fields = ("Segment0_ID:=s1", "Segment0_LabelValue:=70000", "Segment0_Layer:=0")
+    path = tmp_path / "big.seg.nrrd"
+    path.write_bytes(_nrrd_bytes("unsigned int", (2, 2, 2), "raw", raw, fields))
+    with pytest.raises(ValueError, match=r"big\.seg\.nrrd: label values \[70000\] are outside"):
+        sf.read_seg_nrrd(path)
+    bare = tmp_path / "bare.seg.nrrd"  # no segment fields: the voxel values are the labels
+    bare.write_bytes(_nrrd_bytes("unsigned int", (2, 2, 2), "raw", raw))
+    with pytest.raises(ValueError, match=r"bare\.seg\.nrrd: label values \[70000\] are outside"):
+        sf.read_seg_nrrd(bare)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
@@ -349,3 +350,153 @@ def test_remote_servers_need_an_explicit_opt_in():
     assert backend.base_url == "https://api.example.org/v1"
     with pytest.raises(ValueError, match="http"):
         OpenAIBackend("ftp://127.0.0.1/x", model="m")
+
+
+# ---------------------------------------------------------------- hardening (issue 17)
+class RawServer:
+    """A recording HTTP server on 127.0.0.1 whose ``handle(handler)`` writes any reply."""
+
+    def __init__(self, handle):
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                server.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers),
+                     "body": body}
+                )  # fmt: skip
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    handle(self)  # the client may give up
+
+            do_GET = do_POST = do_CONNECT = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(handler, status, body: bytes, headers=None):
+    handler.send_response(status)
+    for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+KEY = "sk-secret-key-0123456789"
+
+
+def test_a_loopback_server_is_never_reached_through_a_proxy(tasks, monkeypatch):
+    with (
+        RawServer(lambda h: send(h, 502, b"proxy")) as proxy,
+        FakeVLMServer(ok('{"grade": "HGG"}')) as server,
+    ):
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        backend = backend_for(server.url, api_key=KEY, max_retries=0)
+        answer = backend.answer(make_queries(tasks, ["grade"]), DECODING)[0]
+    assert proxy.requests == []
+    assert answer.error is None and len(server.requests) == 1
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_an_error_and_not_followed(tasks, code):
+    with RawServer(lambda h: send(h, 200, json.dumps(reply('{"grade": "LGG"}')).encode())) as other:
+
+        def redirect(handler):
+            send(handler, code, b"", {"Location": other.url + "/v1" + handler.path[3:]})
+
+        with RawServer(redirect) as server:
+            backend = backend_for(server.url + "/v1", api_key=KEY, max_retries=2)
+            answer = backend.answer(make_queries(tasks, ["grade"]), DECODING)[0]
+            with pytest.raises(ValueError, match="redirect"):
+                OpenAIBackend(server.url, api_key=KEY, max_retries=0)  # GET /models
+    assert answer.text is None and f"HTTP {code}" in answer.error and "redirect" in answer.error
+    assert len(server.requests) == 2  # the chat request (not retried) and GET /models
+    assert other.requests == []
+
+
+def test_the_key_is_removed_from_errors_that_quote_a_reply(tasks):
+    def echo(handler):
+        auth = handler.headers.get("Authorization", "")
+        if handler.path.endswith("/chat/completions") and len(echo.seen) == 0:
+            body = f"<html>you sent {auth}</html>".encode()
+        else:
+            body = json.dumps({"unexpected": auth}).encode()
+        echo.seen.append(1)
+        send(handler, 200, body)
+
+    echo.seen = []
+    with RawServer(echo) as server:
+        backend = backend_for(server.url + "/v1", api_key=KEY, max_retries=0)
+        first, second = (
+            backend.answer(make_queries(tasks, [name]), DECODING)[0] for name in ("grade", "box")
+        )
+    assert "non-JSON" in first.error and "malformed reply" in second.error
+    for answer in (first, second):
+        assert KEY not in answer.error and "***" in answer.error
+
+
+def test_the_whole_request_has_a_deadline(tasks):
+    def drip(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        for _ in range(1000):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+    with RawServer(drip) as server:
+        backend = backend_for(server.url + "/v1", timeout_s=1.0, max_retries=0)
+        start = time.perf_counter()
+        answer = backend.answer(make_queries(tasks, ["grade"]), DECODING)[0]
+        elapsed = time.perf_counter() - start
+    assert answer.text is None and "timeout after 1 s" in answer.error
+    assert elapsed < 5.0
+
+
+def test_an_endless_reply_is_bounded(tasks):
+    def endless(handler):
+        handler.send_response(200)
+        handler.end_headers()
+        chunk = b"x" * 65536
+        for _ in range(100_000):  # 6.5 GB unless the client stops reading
+            handler.wfile.write(chunk)
+
+    with RawServer(endless) as server:
+        backend = backend_for(server.url + "/v1", max_retries=0, max_response_bytes=1 << 20)
+        answer = backend.answer(make_queries(tasks, ["grade"]), DECODING)[0]
+    assert answer.text is None and "larger than 1048576 bytes" in answer.error
+
+
+def test_urls_with_a_password_or_under_localhost_are_refused():
+    with pytest.raises(ValueError, match="user name or password") as caught:
+        OpenAIBackend("http://user:pw-s3cret@127.0.0.1:1/v1", model="m")
+    assert "pw-s3cret" not in str(caught.value)
+    for url in ("http://evil.localhost:8000", "http://localhost.localdomain:8000"):
+        with pytest.raises(ValueError, match="names under localhost"):
+            OpenAIBackend(url, model="m", allow_remote=True)
+    assert not is_loopback_url("http://evil.localhost:8000")

@@ -7,6 +7,7 @@ whose LPS geometry is converted to RAS here).
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from GliomaCompareLib.data.nrrd import read_seg_nrrd
 from GliomaCompareLib.fileio import atomic_path
 
 __all__ = [
+    "MAX_IMAGE_BYTES",
     "ImageMeta",
     "ImageReadError",
     "find_label_map",
@@ -28,6 +30,9 @@ __all__ = [
 
 _SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Largest voxel data a compressed image may claim (bytes); an uncompressed ``.nii`` must also
+#: hold all the data its header claims. Checked before anything is allocated.
+MAX_IMAGE_BYTES = 2 * 1024**3
 
 
 class ImageReadError(ValueError):
@@ -83,11 +88,64 @@ def _sitk_affine(image) -> np.ndarray:
     return _LPS_TO_RAS @ lps
 
 
+def _check_nifti_size(path: Path, img, max_bytes: int | None = None) -> None:
+    """Refuse a NIfTI whose header claims more data than the file (or the ceiling) holds."""
+    header = img.header
+    shape = tuple(int(s) for s in header.get_data_shape())
+    claimed = int(np.prod(shape, dtype=object)) * header.get_data_dtype().itemsize
+    limit = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    offset = int(getattr(img.dataobj, "offset", 0))  # where the voxel data starts
+    real = None
+    if image_suffix(path) == ".nii":
+        real = path.stat().st_size - offset
+    elif claimed <= limit and _gzip_size_hint(path) < offset + claimed:
+        # the gzip trailer says the data is short (or the file has several members): count
+        real = _gzip_bytes(path, offset + claimed) - offset
+    if real is not None and claimed > real:
+        raise ImageReadError(
+            f"{path}: the header claims shape {shape} ({claimed} bytes of voxel data) but "
+            f"the file holds only {max(real, 0)} bytes after the header; truncated or "
+            "corrupt file"
+        )
+    if claimed > limit:
+        raise ImageReadError(
+            f"{path}: the header claims shape {shape} ({claimed} bytes of voxel data), more "
+            f"than the {limit} bytes allowed (GliomaCompareLib.data.io.MAX_IMAGE_BYTES)"
+        )
+
+
+def _gzip_size_hint(path: Path) -> int:
+    """The gzip trailer's ISIZE (uncompressed size mod 2**32 of the last member), or -1."""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() < 4:
+            return -1
+        handle.seek(-4, 2)
+        size = int.from_bytes(handle.read(4), "little")
+    return size if size else -1
+
+
+def _gzip_bytes(path: Path, needed: int) -> int:
+    """Decompressed bytes of a gzip file, counted in a stream up to ``needed`` (bounded memory)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < needed:
+                chunk = stream.read(min(1 << 20, needed - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError):
+        pass  # a truncated stream holds what was read so far
+    return total
+
+
 def read_header(path: str | Path) -> ImageMeta:
     """Read only the geometry of an image file.
 
     Raises:
-        ImageReadError: naming the file, when it is missing or not a readable image.
+        ImageReadError: naming the file, when it is missing or not a readable image, or a NIfTI
+            header claims more voxel data than the file holds (or than :data:`MAX_IMAGE_BYTES`).
     """
     path = Path(path)
     if not path.is_file():
@@ -97,6 +155,7 @@ def read_header(path: str | Path) -> ImageMeta:
             import nibabel as nib
 
             img = nib.load(str(path))
+            _check_nifti_size(path, img)
             return ImageMeta(
                 tuple(int(s) for s in img.shape), np.asarray(img.affine, float), str(path)
             )
@@ -134,7 +193,8 @@ def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
         dtype: optional numpy dtype to cast to.
 
     Raises:
-        ImageReadError: naming the file, for a missing, truncated or unreadable file.
+        ImageReadError: naming the file, for a missing, truncated or unreadable file; a NIfTI
+            header that claims more data than the file holds is refused before allocating.
     """
     path = Path(path)
     if not path.is_file():
@@ -151,6 +211,7 @@ def read_image(path: str | Path, dtype=None) -> tuple[np.ndarray, ImageMeta]:
             import nibabel as nib
 
             img = nib.load(str(path))
+            _check_nifti_size(path, img)
             array = np.asanyarray(img.dataobj)
             affine = np.asarray(img.affine, dtype=float)
         else:

@@ -11,8 +11,8 @@ uses them to map segments back to label values.
 
 from __future__ import annotations
 
-import gzip
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,15 @@ import numpy as np
 from GliomaCompareLib.data.conventions import Convention, load_convention
 from GliomaCompareLib.data.regions import labels_from_regions
 
+#: Largest voxel data a NRRD header may claim (bytes); gzip data is decompressed up to the size
+#: the header's ``sizes`` and ``type`` give, never more.
+MAX_NRRD_BYTES = 2 * 1024**3
+#: Largest label value a label map holds (``uint16``).
+MAX_LABEL_VALUE = 65535
+
 __all__ = [
+    "MAX_LABEL_VALUE",
+    "MAX_NRRD_BYTES",
     "TAG_CONVENTION",
     "TAG_LABEL",
     "TAG_REGION",
@@ -206,22 +214,41 @@ def _decode_data(path: Path, header: dict[str, str], payload: bytes) -> np.ndarr
         raise ValueError(f"{path}: NRRD header lacks or has an unknown {exc}") from None
     if "data file" in header or "datafile" in header:
         raise ValueError(f"{path}: detached NRRD data files are not supported; save as .seg.nrrd")
+    count = int(np.prod(sizes, dtype=object))
+    if count * dtype.itemsize > MAX_NRRD_BYTES:
+        raise ValueError(
+            f"{path}: header sizes {sizes} claim {count * dtype.itemsize} bytes of voxel data, "
+            f"more than the {MAX_NRRD_BYTES} bytes allowed"
+        )
     if encoding in ("gzip", "gz"):
-        try:
-            payload = gzip.decompress(payload)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: gzip data is truncated or corrupt ({exc})") from exc
+        payload = _gunzip_bounded(path, payload, count * dtype.itemsize)
     elif encoding != "raw":
         raise ValueError(f"{path}: NRRD encoding {encoding!r} is not supported (raw, gzip)")
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if header.get("endian", "little") == "big" else "<")
-    count = int(np.prod(sizes))
     if len(payload) < count * dtype.itemsize:
         raise ValueError(
             f"{path}: data is truncated ({len(payload)} bytes for {count} voxels of {dtype})"
         )
     data = np.frombuffer(payload, dtype=dtype, count=count).reshape(sizes, order="F")
     return np.ascontiguousarray(data.astype(dtype.newbyteorder("="), copy=False))
+
+
+def _gunzip_bounded(path: Path, payload: bytes, limit: int) -> bytes:
+    """Decompress gzip ``payload`` to at most ``limit`` bytes; more (a gzip bomb) is refused."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(payload, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"{path}: gzip data is truncated or corrupt ({exc})") from exc
+    if len(data) > limit:
+        raise ValueError(
+            f"{path}: gzip data decompresses to more than the {limit} bytes its header's sizes "
+            "and type give; refused"
+        )
+    if not inflater.eof:
+        raise ValueError(f"{path}: gzip data is truncated or corrupt (ends early)")
+    return data
 
 
 def _affine(path: Path, header: dict[str, str]) -> np.ndarray:
@@ -320,12 +347,25 @@ def _label_map(
             raise ValueError(f"{path}: regions file lacks regions {missing} to rebuild labels")
         return labels_from_regions(by_region["WT"], by_region["TC"], by_region["ET"], conv)
     if segments:
+        values = [s.brats_label if s.brats_label is not None else s.label_value for s in segments]
+        _check_label_values(path, values)
         top = max(max((s.brats_label or s.label_value) for s in segments), 1)
         label_map = np.zeros(layers.shape[1:], dtype=np.uint8 if top <= 255 else np.uint16)
         for s in segments:
             label_map[masks[s.id]] = s.brats_label if s.brats_label is not None else s.label_value
         return label_map
+    if layers.size:
+        _check_label_values(path, [int(layers.min()), int(layers.max())])
     return layers[0].astype(np.uint16 if layers.max() > 255 else np.uint8)
+
+
+def _check_label_values(path: Path, values: Sequence[int]) -> None:
+    bad = sorted({int(v) for v in values if v < 0 or v > MAX_LABEL_VALUE})
+    if bad:
+        raise ValueError(
+            f"{path}: label values {bad} are outside 0..{MAX_LABEL_VALUE}, the range of a label "
+            "map; renumber the segments"
+        )
 
 
 def read_seg_nrrd(path: str | Path, convention: str | Convention | None = None) -> SegFile:

@@ -110,13 +110,45 @@ def _resolve(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     )
 
 
+#: Largest run config file (bytes).
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Most values (mappings, lists, scalars) a run config may hold once its YAML aliases are
+#: expanded; a few hundred bytes of nested aliases (an "alias bomb") expand to millions.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_expanded_size(data: Any, where: str) -> None:
+    """Count the values of ``data`` as written out (aliases repeated); refuse past the limit."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ValueError(
+                f"{where}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases "
+                "repeated over and over?); refused"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"{path}: {size} bytes is more than a run config may have ({MAX_CONFIG_BYTES})"
+            )
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: not a readable YAML run config ({exc})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a run config must be a YAML mapping, got {type(data).__name__}")
+    _check_expanded_size(data, str(path))
     return data
 
 
@@ -171,6 +203,7 @@ def load_run_config(
     path = _resolve(name_or_path)
     config = _load(path, ())
     config = apply_overrides(config, overrides)
+    _check_expanded_size(config, f"{path} with --set overrides")
     config.setdefault("name", path.stem)
     return config, path
 

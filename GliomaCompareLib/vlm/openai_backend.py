@@ -12,7 +12,8 @@
   ``"grade": "``), summing the alternatives that begin each option
   (``option_method="first_token_top_logprobs"``). Options missing from the top list get no
   mass; when neither appears, no probability is recorded.
-- Timeouts per request; retries with exponential backoff (``backoff_s * 2**attempt``, capped,
+- ``timeout_s`` bounds each request as a whole (connecting, headers and every read of the
+  body, not each read alone); a reply larger than ``max_response_bytes`` is an error. Retries with exponential backoff (``backoff_s * 2**attempt``, capped,
   honouring ``Retry-After``) on connection errors, timeouts, HTTP 429 and 5xx. Other HTTP errors
   are not retried. A query that fails for good becomes an ``Answer`` with ``error`` set.
 - Bounded concurrency: at most ``concurrency`` requests in flight (threads).
@@ -20,7 +21,12 @@
   ``OPENAI_API_KEY``); it is sent as a bearer token and never written to logs, errors, outputs
   or cache keys.
 - Patient images leave the machine only on request: a base URL whose host is not loopback
-  (``localhost``, ``127.0.0.0/8``, ``::1``) is refused unless ``allow_remote`` is set.
+  (``localhost``, ``127.0.0.0/8``, ``::1``) is refused unless ``allow_remote`` is set. Requests
+  to a loopback server never go through an HTTP proxy (``http_proxy`` and the like are ignored);
+  redirects are never followed (a redirect is an error that says so), so every request goes to
+  the checked host. ``*.localhost`` names (resolved by the system resolver, which may send them
+  anywhere) and user names or passwords in the URL are refused. Error texts that quote a reply
+  have the key removed.
 
 Only the standard library is used for HTTP (``urllib``).
 """
@@ -28,6 +34,8 @@ Only the standard library is used for HTTP (``urllib``).
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import ipaddress
 import json
 import logging
@@ -53,6 +61,10 @@ log = logging.getLogger(__name__)
 #: Environment variables the API key is read from, in order.
 API_KEY_ENV: tuple[str, ...] = ("GLIOMACOMPARE_API_KEY", "OPENAI_API_KEY")
 _OPTIONAL_FEATURES = ("response_format", "logprobs")
+#: Default bound on one reply's size (bytes).
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_ERROR_BODY_BYTES = 64 * 1024
+_CHUNK = 64 * 1024
 
 
 class RemoteURLRefused(ValueError):
@@ -61,15 +73,38 @@ class RemoteURLRefused(ValueError):
 
 def is_loopback_url(url: str) -> bool:
     """Whether ``url``'s host is this machine (``localhost``, 127.0.0.0/8, ``::1``); no DNS."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
-        ".localhost"
-    ):
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _check_base_url(base_url: str, allow_remote: bool) -> urllib.parse.SplitResult:
+    """Refuse URLs the backend must not send images to; returns the parsed URL."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Base URL {base_url!r}: expected http(s)://host[:port][/v1]")
+    if "@" in parts.netloc:
+        # the password would end up in logs and error texts: name only the host
+        raise ValueError(
+            f"Base URL for host {parts.hostname}: a user name or password in the URL is not "
+            f"accepted; pass the key in {API_KEY_ENV[0]}"
+        )
+    host = parts.hostname.lower()
+    if host != "localhost" and (host.endswith(".localhost") or host.startswith("localhost.")):
+        raise ValueError(
+            f"Base URL host {host}: names under localhost are resolved by the system resolver, "
+            "which may point them at another machine; use localhost or 127.0.0.1"
+        )
+    if not is_loopback_url(base_url) and not allow_remote:
+        raise RemoteURLRefused(
+            f"Base URL {base_url} is not on this machine: the MRI slices of patients would "
+            "be sent to it. Pass --allow-remote (allow_remote=True) if that is permitted"
+        )
+    return parts
 
 
 class _HTTPFailure(Exception):
@@ -96,7 +131,7 @@ class OpenAIBackend:
         model: the server's model name; None asks ``/v1/models`` and takes the only model.
         allow_remote: allow a non-loopback host (images leave the machine).
         concurrency: most requests in flight.
-        timeout_s: seconds per request (connect and read).
+        timeout_s: seconds per request as a whole (connect, headers, body).
         max_retries: retries after the first attempt.
         backoff_s: first backoff; doubles each retry (with up to 10% jitter).
         max_backoff_s: backoff cap.
@@ -105,10 +140,12 @@ class OpenAIBackend:
         model_label: what reports call the model (default: the model name).
         api_key: the key itself (tests); default from :data:`API_KEY_ENV`.
         sleep: the sleep function (tests may pass a fake clock).
+        max_response_bytes: the largest reply accepted.
 
     Raises:
         RemoteURLRefused: a non-loopback URL without ``allow_remote``.
-        ValueError: a URL that is not http(s), or a server with several models and no ``model``.
+        ValueError: a URL that is not http(s), carries a user name or password, names a host
+            under ``.localhost``, or a server with several models and no ``model``.
     """
 
     name = "openai"
@@ -129,15 +166,11 @@ class OpenAIBackend:
         model_label: str | None = None,
         api_key: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
-        parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Base URL {base_url!r}: expected http(s)://host[:port][/v1]")
-        if not is_loopback_url(base_url) and not allow_remote:
-            raise RemoteURLRefused(
-                f"Base URL {base_url} is not on this machine: the MRI slices of patients would "
-                "be sent to it. Pass --allow-remote (allow_remote=True) if that is permitted"
-            )
+        parts = _check_base_url(base_url, allow_remote)
+        self.allow_remote = bool(allow_remote)
+        self.max_response_bytes = int(max_response_bytes)
         if not is_loopback_url(base_url) and parts.scheme == "http":
             log.warning("Sending patient images to %s over unencrypted http", parts.hostname)
         root = base_url.rstrip("/")
@@ -191,44 +224,59 @@ class OpenAIBackend:
         return text.replace(self._api_key, "***") if self._api_key else text
 
     def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
-        """One HTTP exchange; raises :class:`_HTTPFailure`."""
+        """One HTTP exchange within ``timeout_s`` in all; raises :class:`_HTTPFailure`."""
+        url = self.base_url + path
+        # every request is checked, not only the base URL given to the constructor
+        _check_base_url(url, self.allow_remote)
         data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(
-            self.base_url + path, data=data, headers=self._headers(), method=method
-        )
+        request = urllib.request.Request(url, data=data, headers=self._headers(), method=method)
+        watchdog = _Watchdog(self.timeout_s)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                body = response.read()
+            body = self._exchange(_opener(watchdog, proxies=not is_loopback_url(url)), request)
+        except (_HTTPFailure, OSError, http.client.HTTPException) as exc:
+            if watchdog.expired:
+                raise _HTTPFailure(f"timeout after {self.timeout_s:g} s from {url}", True) from None
+            if isinstance(exc, _HTTPFailure):
+                exc.args = (self._redact(str(exc)),)
+                raise
+            raise _HTTPFailure(self._redact(f"connection to {url} failed: {exc}"), True) from None
+        finally:
+            watchdog.cancel()
+        if watchdog.expired:
+            raise _HTTPFailure(f"timeout after {self.timeout_s:g} s from {url}", True)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _HTTPFailure(
+                self._redact(f"{url} returned non-JSON: {body[:200]!r}"), False
+            ) from None
+
+    def _exchange(self, opener: urllib.request.OpenerDirector, request) -> bytes:
+        url = request.full_url
+        try:
+            with opener.open(request, timeout=self.timeout_s) as response:
+                return _read_bounded(response, self.max_response_bytes, url)
         except urllib.error.HTTPError as exc:
-            text = self._redact(exc.read().decode("utf-8", "replace"))[:500]
+            raw = _read_bounded(exc, _ERROR_BODY_BYTES, url, truncate=True)
+            text = self._redact(raw.decode("utf-8", "replace"))[:500]
             retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             retryable = exc.code == 429 or exc.code >= 500
             raise _HTTPFailure(
-                f"HTTP {exc.code} from {self.base_url}{path}: {text.strip() or exc.reason}",
+                f"HTTP {exc.code} from {url}: {text.strip() or exc.reason}",
                 retryable,
                 exc.code,
                 text,
                 retry_after,
             ) from None
         except TimeoutError as exc:
-            raise _HTTPFailure(
-                f"timeout after {self.timeout_s:g} s from {self.base_url}{path}", True
-            ) from exc
+            raise _HTTPFailure(f"timeout after {self.timeout_s:g} s from {url}", True) from exc
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, TimeoutError | socket.timeout):
-                message = f"timeout after {self.timeout_s:g} s from {self.base_url}{path}"
+                message = f"timeout after {self.timeout_s:g} s from {url}"
             else:
-                message = f"cannot reach {self.base_url}{path}: {reason}"
+                message = f"cannot reach {url}: {reason}"
             raise _HTTPFailure(self._redact(message), True) from None
-        except (ConnectionError, OSError) as exc:
-            raise _HTTPFailure(f"connection to {self.base_url}{path} failed: {exc}", True) from None
-        try:
-            return json.loads(body)
-        except json.JSONDecodeError:
-            raise _HTTPFailure(
-                f"{self.base_url}{path} returned non-JSON: {body[:200]!r}", False
-            ) from None
 
     def _with_retries(self, method: str, path: str, payload: dict | None = None) -> dict:
         attempt = 0
@@ -319,7 +367,9 @@ class OpenAIBackend:
                     dropped.add(feature)
                     newly.append(feature)
                     continue
-                return Answer(None, error=str(exc), latency_s=time.perf_counter() - start)
+                return Answer(
+                    None, error=self._redact(str(exc)), latency_s=time.perf_counter() - start
+                )
         if newly:
             with self._lock:
                 for feature in newly:
@@ -339,7 +389,7 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError):
             return Answer(
                 None,
-                error=f"malformed reply from {self.base_url}: {str(reply)[:200]}",
+                error=self._redact(f"malformed reply from {self.base_url}: {str(reply)[:200]}"),
                 latency_s=latency,
             )
         content = message.get("content")
@@ -347,6 +397,8 @@ class OpenAIBackend:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         refusal = message.get("refusal")
         text = content if content else (refusal or content)
+        if isinstance(text, str):
+            text = self._redact(text)
         options = None
         if query.score_options and query.prompt.options and isinstance(text, str):
             options = _first_token_option_logprobs(
@@ -363,6 +415,120 @@ class OpenAIBackend:
             generated_tokens=usage.get("completion_tokens"),
             meta={"dropped_features": sorted(dropped)} if dropped else {},
         )
+
+
+class _RedirectRefused(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: the request carries patient images and the API key."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
+        target = urllib.parse.urlsplit(newurl)
+        where = f"{target.scheme}://{target.hostname or ''}" + (
+            f":{target.port}" if target.port else ""
+        )
+        raise _HTTPFailure(
+            f"HTTP {code} from {req.full_url} redirects to {where}{target.path}; redirects are "
+            "not followed (the request carries patient images and the API key): point "
+            "--base-url at the server itself",
+            False,
+            code,
+        )
+
+
+class _Watchdog:
+    """Shuts the request's sockets down when its total time is up (a deadline across reads)."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, seconds), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked on it
+
+
+class _TrackedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        self._watchdog = watchdog
+
+    def http_open(self, req):
+        return self.do_open(_tracked(http.client.HTTPConnection, self._watchdog), req)
+
+
+class _TrackedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        self._watchdog = watchdog
+
+    def https_open(self, req):
+        return self.do_open(
+            _tracked(http.client.HTTPSConnection, self._watchdog), req, context=self._context
+        )
+
+
+def _tracked(connection_class, watchdog: _Watchdog):
+    def factory(*args, **kwargs):
+        connection = connection_class(*args, **kwargs)
+        connect = connection.connect
+
+        def tracked_connect():
+            # the socket itself: http.client drops conn.sock while the reply is still read
+            connect()
+            watchdog.track(connection.sock)
+
+        connection.connect = tracked_connect
+        return connection
+
+    return factory
+
+
+def _opener(watchdog: _Watchdog, *, proxies: bool) -> urllib.request.OpenerDirector:
+    """An opener that follows no redirect; ``proxies=False`` ignores ``http_proxy`` & co."""
+    handlers: list = [
+        _RedirectRefused(),
+        _TrackedHTTPHandler(watchdog),
+        _TrackedHTTPSHandler(watchdog),
+    ]
+    if not proxies:
+        handlers.append(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener(*handlers)
+
+
+def _read_bounded(response, limit: int, url: str, *, truncate: bool = False) -> bytes:
+    """Read at most ``limit`` bytes, one socket read at a time; more is an error (or cut)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            if truncate:
+                return b"".join(chunks)[:limit]
+            raise _HTTPFailure(f"reply from {url} is larger than {limit} bytes; refused", False)
 
 
 def _key_from_env() -> str | None:

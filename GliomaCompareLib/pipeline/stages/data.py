@@ -15,10 +15,12 @@ __all__ = ["DATA"]
 
 
 def _data_dir(ctx: StageContext) -> Path:
+    """The cohort folder, absolute and resolved: later stages (and re-runs started from another
+    directory) find the cases through the path ``cohort.json`` stores."""
     data = ctx.config.data
     if data.synthetic is not None:
-        return write_cohort(ctx.run_dir / "data", data.synthetic, jobs=data.jobs)
-    return Path(data.root).expanduser()
+        return write_cohort(ctx.run_dir.resolve() / "data", data.synthetic, jobs=data.jobs)
+    return Path(data.root).expanduser().resolve()
 
 
 def run_data(ctx: StageContext) -> dict:
