@@ -20,10 +20,12 @@ from GliomaCompareLib.report.figures import (
     centre_figure,
     confusion_figure,
     dice_figure,
+    forest_figure,
     gallery_png,
     roc_calibration_figure,
 )
 from GliomaCompareLib.report.gallery import CaseGallery, read_gallery, select_gallery_cases
+from GliomaCompareLib.report.headline import build_headline
 from GliomaCompareLib.report.html import GalleryItem, GallerySection, render_page
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Citation, Published, load_published
@@ -238,6 +240,16 @@ def _figures(run: RunData, published: Published, options: ReportOptions, problem
     return out
 
 
+def _forest(run: RunData, verdict, options: ReportOptions, problems: list[str]):
+    tiny = any(is_tiny(m) for d in verdict.differences for m in run.model_labels().get(d.vlm, []))
+    try:
+        return forest_figure(verdict.differences, options, tiny)
+    except Exception as exc:  # a figure that cannot be drawn must not cost the report
+        log.exception("forest plot failed")
+        problems.append(f"the forest plot of paired differences could not be drawn: {exc}")
+        return None
+
+
 def build_report(
     run_dir: str | Path, options: ReportOptions | None = None, **overrides: Any
 ) -> Path:
@@ -272,6 +284,8 @@ def build_report(
             problems.append(f"table {table.key}: {table.status_detail}")
     figures = _figures(run, published, options, problems) if options.figures else {}
     gallery = _gallery_sections(run, options, problems) if options.figures else []
+    verdict = build_headline(run, options.alpha)
+    forest = _forest(run, verdict, options, problems) if options.figures else None
     page = render_page(
         run=run,
         published=published,
@@ -282,6 +296,8 @@ def build_report(
         headline=headline(run, published, options),
         problems=list(dict.fromkeys(problems)),
         generated=_generated(),
+        verdict=verdict,
+        forest=forest,
     )
     output = options.output or run.run_dir / REPORT_FILE
     with atomic_write(output, "wb") as handle:

@@ -22,6 +22,7 @@ import numpy as np
 from GliomaCompareLib.geometry import Box, Point, Polygon
 from GliomaCompareLib.report.cells import num
 from GliomaCompareLib.report.gallery import GALLERY_TASKS, CaseGallery
+from GliomaCompareLib.report.headline import Difference
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny
@@ -41,6 +42,7 @@ __all__ = [
     "centre_figure",
     "confusion_figure",
     "dice_figure",
+    "forest_figure",
     "gallery_png",
     "roc_calibration_figure",
 ]
@@ -544,3 +546,38 @@ def gallery_png(
     title = heading if not tiny else f"{heading}\n[VLM: {TINY_LABEL}]"
     ax.set_title(title, fontsize=8, color="#b00020" if tiny else "black")
     return _png(fig, options.dpi)
+
+
+# --------------------------------------------------------------------------- forest plot
+
+
+def forest_figure(differences: Sequence[Difference], options: ReportOptions, tiny: bool):
+    """The paired differences of the headline (CNN minus each VLM) with their 95% CIs and
+    p-values, one line each: accuracy and balanced accuracy per decision rule, like-for-like
+    Dice per task. Right of zero: the CNN is better."""
+    key, title = "fig-forest", "Paired differences, CNN minus VLM (95% CI)"
+    if not differences:
+        return ReportFigure(key, title, "", None, status_detail="no paired differences in the run")
+    fig = _figure(10.0, 1.0 + 0.3 * len(differences))
+    ax = fig.subplots()
+    ys = list(range(len(differences)))[::-1]
+    for y, d in zip(ys, differences, strict=True):
+        colour = METHOD_COLOURS.get(d.vlm, "black")
+        if d.low is not None and d.high is not None:
+            ax.plot([d.low, d.high], [y, y], color=colour, linewidth=2)
+        ax.plot([d.value], [y], marker="s" if d.question == "grading" else "o", color=colour)
+        p = "p n/a" if d.p is None else f"p = {d.p:.2g}"
+        ax.annotate(p, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=10)
+    ax.axvline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(ys, [d.label for d in differences], fontsize=10)
+    ax.set_ylim(-0.6, len(differences) - 0.4)
+    ax.set_xlim(-1.05, 1.05)
+    ax.tick_params(labelsize=10)
+    ax.set_xlabel("3D CNN minus VLM (line: 95% CI); right of 0: the CNN is better", fontsize=10)
+    _suptitle(fig, title, tiny)
+    caption = (
+        "Squares: grading (accuracy: McNemar p; balanced accuracy: bootstrap CI only) from "
+        "metrics/comparisons.csv; dots: like-for-like Dice on the slices the VLM saw "
+        "(Wilcoxon p) from metrics/localisation.csv."
+    )
+    return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from GliomaCompareLib.report.figures import ReportFigure
+from GliomaCompareLib.report.headline import RULES, Headline
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.render import render_html_table
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData
@@ -44,13 +45,15 @@ OPEN_CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 _CSS = """
+.headline{background:#fff;border:2px solid #345;border-radius:6px;padding:.2rem 1rem .6rem;
+margin-top:1rem}.headline h2{margin-top:.6rem}.headline li{margin:.25rem 0}
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;
 color:#1b1b1b;background:#fafafa;line-height:1.4}
 header,main,footer{max-width:1300px;margin:0 auto;padding:0 1.2rem}
 h1{font-size:1.6rem;margin:1.2rem 0 .3rem}h2{font-size:1.25rem;margin-top:2rem;
 border-bottom:1px solid #ccc;padding-bottom:.2rem}h3{font-size:1.05rem}
 .sub{color:#555;margin:.2rem 0 1rem}
-.banner{border-radius:6px;padding:.8rem 1rem;margin:.6rem 0;font-size:1rem}
+.banner{border-radius:6px;padding:.4rem .8rem;margin:.4rem 0;font-size:.9rem}
 .banner.tiny{background:#ffe1e1;border:2px solid #b00020;color:#5c0010}
 .banner.synthetic{background:#fff4d6;border:2px solid #c98a00}
 .banner.problems{background:#eef;border:1px solid #99c}
@@ -309,6 +312,8 @@ def render_page(
     headline: Sequence[str],
     problems: Sequence[str],
     generated: str,
+    verdict: Headline | None = None,
+    forest: ReportFigure | None = None,
 ) -> str:
     """The whole report page.
 
@@ -322,9 +327,11 @@ def render_page(
         headline: summary sentences.
         problems: problems met while reading the run.
         generated: a line saying what generated the page and when.
+        verdict: the headline sentences per question (the panel at the top).
+        forest: the forest plot of the paired differences, shown in that panel.
     """
     parts = [
-        *_page_header(run, tables, problems, generated),
+        *_page_header(run, tables, problems, generated, _headline_panel(verdict, forest)),
         *_summary_section(headline, published),
     ]
     for table in tables:
@@ -343,9 +350,10 @@ def render_page(
 
 
 def _page_header(
-    run: RunData, tables: Sequence[Table], problems: Sequence[str], generated: str
+    run: RunData, tables: Sequence[Table], problems: Sequence[str], generated: str, panel: str
 ) -> list[str]:
-    """The page's head, title, banners (tiny model, synthetic cohort, problems) and contents."""
+    """The page's head, title, banners (tiny model, synthetic cohort, problems), the headline
+    ``panel`` and the contents."""
     name = run.config.get("name") or run.run_dir.name
     title = f"GliomaCompare report — {name}"
     parts = [
@@ -376,7 +384,8 @@ def _page_header(
             '<div class="banner problems"><strong>Problems met while building this report</strong>'
             "<ul>" + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul></div>"
         )
-    nav = [("summary", "Summary")]
+    parts.append(panel)
+    nav = [("headline", "At a glance"), ("summary", "Summary")]
     for table in tables:
         nav.append((table.key, table.title.split(" — ")[0]))
     nav += [("gallery", "Gallery"), ("what-was-run", "What was run"), ("published", "The study")]
@@ -401,3 +410,24 @@ def _summary_section(headline: Sequence[str], published: Published) -> list[str]
         "ours; their sources are listed at the end.</p></section>"
     )
     return parts
+
+
+def _headline_panel(verdict: Headline | None, forest: ReportFigure | None) -> str:
+    """The panel at the top: which method is better at each question, and how sure that is."""
+    parts = ['<section id="headline" class="headline"><h2>At a glance</h2>']
+    for question, sentences in (
+        ("Grading (HGG vs LGG): accuracy on the test patients", verdict.grading if verdict else ()),
+        ("Localisation: like-for-like Dice", verdict.localisation if verdict else ()),
+    ):
+        parts.append(f"<h3>{e(question)}</h3>")
+        if sentences:
+            parts.append("<ul>" + "".join(f"<li>{e(s)}</li>" for s in sentences) + "</ul>")
+        else:
+            parts.append('<p class="not-run">No paired comparison in this run.</p>')
+    if verdict and verdict.grading:
+        rules = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in RULES.items())
+        parts.append(f'<p class="description">Decision rules — {e(rules)}.</p>')
+    if forest is not None:
+        parts.append(render_figure(forest))
+    parts.append("</section>")
+    return "\n".join(parts)
