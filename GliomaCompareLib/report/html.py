@@ -49,7 +49,7 @@ _CSS = """
 margin-top:1rem}.headline h2{margin-top:.6rem}.headline li{margin:.25rem 0}
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;
 color:#1b1b1b;background:#fafafa;line-height:1.4}
-header,main,footer{max-width:1300px;margin:0 auto;padding:0 1.2rem}
+header,main,footer{max-width:1300px;margin:0 auto;padding:0 .9rem}
 h1{font-size:1.6rem;margin:1.2rem 0 .3rem}h2{font-size:1.25rem;margin-top:2rem;
 border-bottom:1px solid #ccc;padding-bottom:.2rem}h3{font-size:1.05rem}
 .sub{color:#555;margin:.2rem 0 1rem}
@@ -59,9 +59,10 @@ border-bottom:1px solid #ccc;padding-bottom:.2rem}h3{font-size:1.05rem}
 .banner.problems{background:#eef;border:1px solid #99c}
 .tiny-note{background:#ffe1e1;border-left:4px solid #b00020;padding:.3rem .6rem}
 nav ul{columns:3;list-style:none;padding:0}nav a{color:#0645ad}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;font-size:.82rem;background:#fff;margin:.4rem 0}
-th,td{border:1px solid #ccc;padding:.25rem .45rem;vertical-align:top}
+.scroll{overflow-x:auto;max-width:100%}
+td{overflow-wrap:anywhere}td.num{overflow-wrap:normal}.ci{color:#555;font-size:.72rem}
+table{border-collapse:collapse;font-size:.78rem;background:#fff;margin:.4rem 0}
+th,td{border:1px solid #ccc;padding:.2rem .35rem;vertical-align:top}
 th{background:#eee;text-align:left}td.num,th.num{text-align:right}td.num{white-space:nowrap}
 tr.published td{font-style:italic;background:#f3f0ff;color:#333}
 tr.not_run td{color:#888;background:#f4f4f4}tr.baseline td{background:#f7fbf1}
@@ -237,6 +238,10 @@ def _render_what_was_run(run: RunData) -> str:
         ("synthetic cohort", "yes" if run.synthetic else "no"),
     ]
     parts.append(_kv_table(overview, ("", "")))
+    parts.append(
+        "<details><summary>Details: the choices the study left open, seeds, models, device, "
+        "time per stage, library versions, configuration, manifest.json</summary>"
+    )
     parts.append("<h3>Choices the study left open</h3>")
     parts.append(
         '<p class="description">The study does not publish these; this run\'s values, found in '
@@ -260,10 +265,12 @@ def _render_what_was_run(run: RunData) -> str:
     parts.append(_kv_table(scalars))
     for key in sections:
         parts.append(f"<h4><code>{e(key)}</code></h4>" + _kv_table(flatten(config[key])))
+    rest = {k: v for k, v in m.items() if k != "config"}
     parts.append(
-        "<details><summary>manifest.json, in full</summary><pre>"
-        + e(json.dumps(m, indent=2, sort_keys=False, default=str))
-        + "</pre></details></section>"
+        "<details><summary>manifest.json, in full (but its <code>config</code>, printed "
+        "above)</summary><pre>"
+        + e(json.dumps(rest, indent=2, sort_keys=False, default=str))
+        + "</pre></details></details></section>"
     )
     return "\n".join(parts)
 
@@ -334,8 +341,14 @@ def render_page(
         *_page_header(run, tables, problems, generated, _headline_panel(verdict, forest)),
         *_summary_section(headline, published),
     ]
+    previous: Table | None = None
     for table in tables:
-        parts.append(render_html_table(table))
+        same = previous is not None and (previous.produced_by, previous.tiny) == (
+            table.produced_by,
+            table.tiny,
+        )
+        parts.append(render_html_table(table, same_models_as_above=same))
+        previous = table if table.status == "ok" else previous
         if table.key in figures:
             parts.append(render_figure(figures[table.key]))
     parts.append(_render_gallery(gallery, gallery_count))
