@@ -136,12 +136,6 @@ def _caption(gallery: CaseGallery, pick_lines: list[str], run: RunData) -> tuple
         label = METHOD_LABELS.get(method, method)
         statuses = ", ".join(f"{t} {a.status}" for t, a in tasks.items())
         lines.append(f"{label} answers: {statuses}")
-    models = {m: v for m, v in gallery.models.items() if v}
-    if models:
-        lines.append(
-            "Produced by: "
-            + "; ".join(f"{METHOD_LABELS.get(m, m)}: {v}" for m, v in models.items())
-        )
     lines.append(f"axial slice {gallery.slice_index}")
     return tuple(lines)
 
@@ -209,8 +203,20 @@ def _gallery_sections(run: RunData, options: ReportOptions, problems: list[str])
             sections.append(GallerySection(f"Cases {title}", (), (), detail, tiny))
             continue
         lists = [_gallery_items(picks, title, panels, run) for picks in (worst, best)]
-        sections.append(GallerySection(f"Cases {title}", lists[0], lists[1], "", tiny))
+        sections.append(
+            GallerySection(f"Cases {title}", lists[0], lists[1], "", tiny, _ties([*worst, *best]))
+        )
     return sections
+
+
+def _ties(picks) -> str:
+    """Says so when the shown cases tie on Dice (then their order is only the case ids')."""
+    values = [round(p.dice, 3) for p in picks]
+    if len(values) > 1 and len(set(values)) == 1:
+        return f"All {len(values)} cases shown have Dice {values[0]:.3f}: a tie, ranked by case id."
+    if len(set(values)) < len(values):
+        return "Cases with equal Dice are ranked by case id."
+    return ""
 
 
 def _gallery_items(picks, title: str, panels: _Panels, run: RunData) -> tuple[GalleryItem, ...]:

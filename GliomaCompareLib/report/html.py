@@ -100,6 +100,7 @@ class GallerySection:
     best: tuple[GalleryItem, ...]
     status_detail: str = ""
     tiny: bool = False
+    ties: str = ""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -183,7 +184,7 @@ def _render_gallery(sections: Sequence[GallerySection], count: int) -> str:
         '<section id="gallery"><h2>Gallery: worst and best cases</h2>',
         f'<p class="description">The {count} worst and {count} best cases of each ranking, on the '
         "axial slice with the largest tumour area among those the VLM saw (radiological view: "
-        "the patient's right on the left). Green: ground truth (WT); orange: CNN (WT); cyan: "
+        "the patient's right on the image's left, marked R / L). Green: ground truth (WT); orange: CNN (WT); cyan: "
         "VLM base; magenta: VLM fine-tuned; X = point, solid = box, dashed = polygon.</p>",
     ]
     if not sections:
@@ -196,6 +197,8 @@ def _render_gallery(sections: Sequence[GallerySection], count: int) -> str:
                 f'<p class="not-run"><strong>not run</strong> — {e(section.status_detail)}</p>'
             )
             continue
+        if section.ties:
+            parts.append(f'<p class="description"><strong>{e(section.ties)}</strong></p>')
         for name, items in (("Worst", section.worst), ("Best", section.best)):
             if not items:
                 continue
