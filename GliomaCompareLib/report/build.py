@@ -28,6 +28,7 @@ from GliomaCompareLib.report.gallery import CaseGallery, read_gallery, select_ga
 from GliomaCompareLib.report.headline import build_headline
 from GliomaCompareLib.report.html import GalleryItem, GallerySection, render_page
 from GliomaCompareLib.report.options import ReportOptions
+from GliomaCompareLib.report.prompts import read_prompts
 from GliomaCompareLib.report.published import Citation, Published, load_published
 from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny, load_run
@@ -291,6 +292,8 @@ def build_report(
     figures = _figures(run, published, options, problems) if options.figures else {}
     gallery = _gallery_sections(run, options, problems) if options.figures else []
     verdict = build_headline(run, options.alpha)
+    prompts = read_prompts(run.run_dir)
+    problems += prompts.problems
     forest = _forest(run, verdict, options, problems) if options.figures else None
     page = render_page(
         run=run,
@@ -304,6 +307,7 @@ def build_report(
         generated=_generated(),
         verdict=verdict,
         forest=forest,
+        prompts=prompts,
     )
     output = options.output or run.run_dir / REPORT_FILE
     with atomic_write(output, "wb") as handle:

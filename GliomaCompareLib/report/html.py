@@ -17,6 +17,7 @@ from typing import Any
 
 from GliomaCompareLib.report.figures import ReportFigure
 from GliomaCompareLib.report.headline import RULES, Headline
+from GliomaCompareLib.report.prompts import PromptsSummary
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.render import render_html_table
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData
@@ -76,6 +77,8 @@ figure img{max-width:100%;height:auto}figcaption{font-size:.85rem;color:#333}
 .gallery figcaption{font-size:.78rem}
 .missing{color:#666;font-style:italic}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem}
+pre.prompt{white-space:pre-wrap;max-height:20rem}
+table.raw code{white-space:pre-wrap;overflow-wrap:anywhere}
 pre{background:#fff;border:1px solid #ddd;padding:.6rem;overflow-x:auto;max-height:40rem}
 footer{color:#666;font-size:.8rem;margin:2rem auto}
 """
@@ -252,7 +255,12 @@ def _render_what_was_run(run: RunData) -> str:
     )
     for choice, found in open_choices(m):
         parts.append(f"<h4>{e(choice)}</h4>")
-        parts.append(_kv_table(found))
+        if not found and choice.startswith("Prompts"):
+            parts.append(
+                '<p>Recorded with every answer: see <a href="#prompts">the prompts</a>.</p>'
+            )
+        else:
+            parts.append(_kv_table(found))
     parts.append("<h3>Seeds</h3>" + _kv_table(flatten(m.get("seeds") or {})))
     parts.append("<h3>Models and adapters</h3>" + _kv_table(flatten(m.get("models") or {})))
     parts.append("<h3>Device</h3>" + _kv_table(flatten(m.get("device") or {})))
@@ -324,6 +332,7 @@ def render_page(
     generated: str,
     verdict: Headline | None = None,
     forest: ReportFigure | None = None,
+    prompts: PromptsSummary | None = None,
 ) -> str:
     """The whole report page.
 
@@ -339,6 +348,7 @@ def render_page(
         generated: a line saying what generated the page and when.
         verdict: the headline sentences per question (the panel at the top).
         forest: the forest plot of the paired differences, shown in that panel.
+        prompts: the prompts and a few raw VLM answers (the section before "What was run").
     """
     parts = [
         *_page_header(run, tables, problems, generated, _headline_panel(verdict, forest)),
@@ -355,6 +365,7 @@ def render_page(
         if table.key in figures:
             parts.append(render_figure(figures[table.key]))
     parts.append(_render_gallery(gallery, gallery_count))
+    parts.append(_render_prompts(prompts))
     parts.append(_render_what_was_run(run))
     parts.append(_render_published(published))
     parts.append(
@@ -404,7 +415,12 @@ def _page_header(
     nav = [("headline", "At a glance"), ("summary", "Summary")]
     for table in tables:
         nav.append((table.key, table.title.split(" — ")[0]))
-    nav += [("gallery", "Gallery"), ("what-was-run", "What was run"), ("published", "The study")]
+    nav += [
+        ("gallery", "Gallery"),
+        ("prompts", "Prompts and raw answers"),
+        ("what-was-run", "What was run"),
+        ("published", "The study"),
+    ]
     parts.append(
         "<nav><ul>"
         + "".join(f'<li><a href="#{e(k)}">{e(t)}</a></li>' for k, t in nav)
@@ -446,4 +462,53 @@ def _headline_panel(verdict: Headline | None, forest: ReportFigure | None) -> st
     if forest is not None:
         parts.append(render_figure(forest))
     parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _render_prompts(summary: PromptsSummary | None) -> str:
+    """The prompts as rendered, with the hashes the answers carry, and per parse status a few
+    raw answers; collapsed."""
+    parts = ['<section id="prompts"><h2>Prompts and raw VLM answers</h2>']
+    if summary is None or not (summary.prompts or summary.examples):
+        parts.append(
+            '<p class="not-run"><strong>not run</strong> — no VLM answers (answers.jsonl) in '
+            "this run folder.</p></section>"
+        )
+        return "\n".join(parts)
+    parts.append(
+        f'<p class="description">From {len(summary.files)} answer files: '
+        + ", ".join(f"<code>{e(f)}</code>" for f in summary.files)
+        + ".</p>"
+    )
+    parts.append("<details><summary>The prompts, as rendered, with their hashes</summary>")
+    for use in summary.prompts:
+        check = (
+            "the current template renders exactly this prompt (both hashes match)"
+            if use.matches
+            else "the current template renders a different prompt: the template has changed "
+            "since this run, the text below is today's"
+        )
+        parts.append(
+            f"<h4>{e(use.task)} — template <code>{e(use.template_hash)}</code>, prompt "
+            f'<code>{e(use.prompt_hash)}</code></h4><p class="description">{use.count} answers; '
+            f"{use.width}×{use.height} px, {e(use.coordinate_system)} coordinates; {e(check)}.</p>"
+        )
+        if use.text:
+            parts.append(f'<pre class="prompt">{e(use.text)}</pre>')
+    parts.append("</details>")
+    parts.append(
+        "<details><summary>Raw answers: a few per stage, task and parse status "
+        "(text truncated)</summary>"
+    )
+    rows = "".join(
+        f"<tr><td>{e(x.stage)}</td><td>{e(x.task)}</td><td>{e(x.status)}</td>"
+        f"<td>{e(x.case_id)} / {e(x.slice_index)}</td><td><code>{e(x.raw_text)}</code></td>"
+        f"<td>{e(x.note)}</td></tr>"
+        for x in summary.examples
+    )
+    parts.append(
+        '<div class="scroll"><table class="raw"><thead><tr><th>Stage</th><th>Task</th>'
+        "<th>Status</th><th>Case / slice</th><th>Raw text</th><th>Parser note</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div></details></section>"
+    )
     return "\n".join(parts)
