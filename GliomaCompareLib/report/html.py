@@ -61,7 +61,7 @@ border-bottom:1px solid #ccc;padding-bottom:.2rem}h3{font-size:1.05rem}
 .tiny-note{background:#ffe1e1;border-left:4px solid #b00020;padding:.3rem .6rem}
 nav ul{columns:3;list-style:none;padding:0}nav a{color:#0645ad}
 .scroll{overflow-x:auto;max-width:100%}
-td{overflow-wrap:anywhere}td.num{overflow-wrap:normal}.ci{color:#555;font-size:.72rem}
+td{overflow-wrap:break-word}td.num{overflow-wrap:normal}.ci{color:#555;font-size:.72rem}
 table{border-collapse:collapse;font-size:.78rem;background:#fff;margin:.4rem 0}
 th,td{border:1px solid #ccc;padding:.2rem .35rem;vertical-align:top}
 th{background:#eee;text-align:left}td.num,th.num{text-align:right}td.num{white-space:nowrap}

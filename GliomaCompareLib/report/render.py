@@ -62,12 +62,12 @@ def _html_layout(table: Table) -> tuple[list[int], list[str]]:
         return keep, list(table.produced_by)
     dropped = next(i for i, c in enumerate(table.columns) if c == MODEL_COLUMN)
     legend = list(table.produced_by)
-    others = []
+    others: dict[str, str] = {}  # one entry per method name (its first other model)
     for row in table.rows:
         cell = row.cells[dropped] if dropped < len(row.cells) else ""
         if cell.strip() and cell != "—" and not any(cell in line for line in legend):
-            others.append(f"{row.cells[0]}: {cell}" if row.cells else cell)
-    return keep, legend + list(dict.fromkeys(others))
+            others.setdefault(row.cells[0], f"{row.cells[0]}: {cell}")
+    return keep, legend + list(others.values())
 
 
 _CI = re.compile(r"^(\S+) (\[[^\]]*\])$")
