@@ -117,9 +117,7 @@ def screenshot(report: Path, path: Path) -> Path:
     return path
 
 
-def test_report_in_a_real_browser(tmp_path):
-    run, _ = make_run(tmp_path / "run")
-    report = build_report(run)
+def _assert_page_fits(report: Path, tmp_path: Path) -> None:
     result = check_page(report, tmp_path)
     assert result["innerWidth"] == WIDTH
     assert result["scrollWidth"] <= WIDTH, f"the page overflows horizontally: {result}"
@@ -127,8 +125,22 @@ def test_report_in_a_real_browser(tmp_path):
     assert result["images"] > 0 and result["broken"] == [], f"images not decoded: {result}"
     assert result["links"] > 0 and result["dangling"] == [], f"links without target: {result}"
     assert result["errors"] == [], f"script errors: {result['errors']}"
-    shot = screenshot(report, tmp_path / "report-1280.png")
+    shot = screenshot(report, tmp_path / f"{report.parent.name}-report-1280.png")
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_in_a_real_browser(tmp_path):
+    run, _ = make_run(tmp_path / "run")
+    _assert_page_fits(build_report(run), tmp_path)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("GLIOMACOMPARE_BROWSER_REPORT"),
+    reason="set GLIOMACOMPARE_BROWSER_REPORT=RUN/report.html to check a built report (the demo's)",
+)
+def test_given_report_in_a_real_browser(tmp_path):
+    """The same checks on a report already built, e.g. the demo's after ``make demo``."""
+    _assert_page_fits(Path(os.environ["GLIOMACOMPARE_BROWSER_REPORT"]), tmp_path)
 
 
 def test_the_check_sees_an_overflowing_page(tmp_path):
