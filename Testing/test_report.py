@@ -437,7 +437,8 @@ def test_tables_hold_the_csv_numbers(tiny_report):
         lo, hi = rep.ci["accuracy"]
         cell = f"{acc} [{lo:.3f}, {hi:.3f}]"
         assert cell in md, (method, cell)
-        assert cell in cls_html
+        # in HTML the interval sits on a second line under the value
+        assert f'{acc}<br><span class="ci">[{lo:.3f}, {hi:.3f}]</span>' in cls_html
         assert f"{rep.tp} / {rep.fp} / {rep.tn} / {rep.fn}" in md
     # the base VLM answers HGG for everyone: specificity 0, said in words
     base = expected["reports"]["vlm_base"]

@@ -148,3 +148,17 @@ def test_select_with_few_cases_never_repeats():
     assert worst[0].case_id == "y"
     with pytest.raises(ValueError):
         select_gallery_cases(rows, method="cnn", task="seg", region="WT", count=-1)
+
+
+def test_gallery_ties_are_said_as_such():
+    from GliomaCompareLib.report.build import _ties
+    from GliomaCompareLib.report.gallery import GalleryPick
+
+    def picks(*dice):
+        return [GalleryPick(f"c{i}", "vlm box", "worst", i + 1, d) for i, d in enumerate(dice)]
+
+    assert _ties(picks(0.0, 0.0, 0.0)) == (
+        "All 3 cases shown have Dice 0.000: a tie, ranked by case id."
+    )
+    assert _ties(picks(0.1, 0.1, 0.5)) == "Cases with equal Dice are ranked by case id."
+    assert _ties(picks(0.1, 0.2)) == ""

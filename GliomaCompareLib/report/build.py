@@ -20,12 +20,15 @@ from GliomaCompareLib.report.figures import (
     centre_figure,
     confusion_figure,
     dice_figure,
+    forest_figure,
     gallery_png,
     roc_calibration_figure,
 )
 from GliomaCompareLib.report.gallery import CaseGallery, read_gallery, select_gallery_cases
+from GliomaCompareLib.report.headline import build_headline
 from GliomaCompareLib.report.html import GalleryItem, GallerySection, render_page
 from GliomaCompareLib.report.options import ReportOptions
+from GliomaCompareLib.report.prompts import read_prompts
 from GliomaCompareLib.report.published import Citation, Published, load_published
 from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny, load_run
@@ -134,12 +137,6 @@ def _caption(gallery: CaseGallery, pick_lines: list[str], run: RunData) -> tuple
         label = METHOD_LABELS.get(method, method)
         statuses = ", ".join(f"{t} {a.status}" for t, a in tasks.items())
         lines.append(f"{label} answers: {statuses}")
-    models = {m: v for m, v in gallery.models.items() if v}
-    if models:
-        lines.append(
-            "Produced by: "
-            + "; ".join(f"{METHOD_LABELS.get(m, m)}: {v}" for m, v in models.items())
-        )
     lines.append(f"axial slice {gallery.slice_index}")
     return tuple(lines)
 
@@ -207,8 +204,20 @@ def _gallery_sections(run: RunData, options: ReportOptions, problems: list[str])
             sections.append(GallerySection(f"Cases {title}", (), (), detail, tiny))
             continue
         lists = [_gallery_items(picks, title, panels, run) for picks in (worst, best)]
-        sections.append(GallerySection(f"Cases {title}", lists[0], lists[1], "", tiny))
+        sections.append(
+            GallerySection(f"Cases {title}", lists[0], lists[1], "", tiny, _ties([*worst, *best]))
+        )
     return sections
+
+
+def _ties(picks) -> str:
+    """Says so when the shown cases tie on Dice (then their order is only the case ids')."""
+    values = [round(p.dice, 3) for p in picks]
+    if len(values) > 1 and len(set(values)) == 1:
+        return f"All {len(values)} cases shown have Dice {values[0]:.3f}: a tie, ranked by case id."
+    if len(set(values)) < len(values):
+        return "Cases with equal Dice are ranked by case id."
+    return ""
 
 
 def _gallery_items(picks, title: str, panels: _Panels, run: RunData) -> tuple[GalleryItem, ...]:
@@ -236,6 +245,16 @@ def _figures(run: RunData, published: Published, options: ReportOptions, problem
             log.exception("figure after %s failed", after)
             problems.append(f"a figure (after the {after} table) could not be drawn: {exc}")
     return out
+
+
+def _forest(run: RunData, verdict, options: ReportOptions, problems: list[str]):
+    tiny = any(is_tiny(m) for d in verdict.differences for m in run.model_labels().get(d.vlm, []))
+    try:
+        return forest_figure(verdict.differences, options, tiny)
+    except Exception as exc:  # a figure that cannot be drawn must not cost the report
+        log.exception("forest plot failed")
+        problems.append(f"the forest plot of paired differences could not be drawn: {exc}")
+        return None
 
 
 def build_report(
@@ -272,6 +291,10 @@ def build_report(
             problems.append(f"table {table.key}: {table.status_detail}")
     figures = _figures(run, published, options, problems) if options.figures else {}
     gallery = _gallery_sections(run, options, problems) if options.figures else []
+    verdict = build_headline(run, options.alpha)
+    prompts = read_prompts(run.run_dir)
+    problems += prompts.problems
+    forest = _forest(run, verdict, options, problems) if options.figures else None
     page = render_page(
         run=run,
         published=published,
@@ -282,6 +305,9 @@ def build_report(
         headline=headline(run, published, options),
         problems=list(dict.fromkeys(problems)),
         generated=_generated(),
+        verdict=verdict,
+        forest=forest,
+        prompts=prompts,
     )
     output = options.output or run.run_dir / REPORT_FILE
     with atomic_write(output, "wb") as handle:

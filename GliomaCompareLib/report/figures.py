@@ -22,6 +22,7 @@ import numpy as np
 from GliomaCompareLib.geometry import Box, Point, Polygon
 from GliomaCompareLib.report.cells import num
 from GliomaCompareLib.report.gallery import GALLERY_TASKS, CaseGallery
+from GliomaCompareLib.report.headline import Difference
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny
@@ -41,6 +42,7 @@ __all__ = [
     "centre_figure",
     "confusion_figure",
     "dice_figure",
+    "forest_figure",
     "gallery_png",
     "roc_calibration_figure",
 ]
@@ -253,8 +255,8 @@ def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure
 
 
 def _group_label(method: str, task: str, region: str | None) -> str:
-    short = {"cnn": "CNN", "vlm_base": "VLM\nbase", "vlm_finetuned": "VLM\nfine-t."}
-    return f"{short.get(method, method)}\n{region if method == 'cnn' else task}"
+    name = _label(method).replace(" (", "\n(")
+    return f"{name}\n{region if task == 'seg' and region else task}"
 
 
 def _distribution(ax, groups: list[tuple[str, str, str, list[float]]], published_marks) -> None:
@@ -283,13 +285,14 @@ def _distribution(ax, groups: list[tuple[str, str, str, list[float]]], published
                 value + 0.012,
                 text,
                 color="#d62728",
-                fontsize=7,
+                fontsize=10,
                 va="bottom",
                 bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1},
             )
-    ax.set_xticks(positions, [_group_label(m, t, r) for m, t, r, _ in groups], fontsize=7)
+    ax.set_xticks(positions, [_group_label(m, t, r) for m, t, r, _ in groups], fontsize=10)
     ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel("Dice")
+    ax.set_ylabel("Dice", fontsize=10)
+    ax.tick_params(axis="y", labelsize=10)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -331,9 +334,10 @@ def dice_figure(run: RunData, published: Published, options: ReportOptions) -> R
     for fig_ in published.figures_for("segmentation"):
         marks.append(
             (
-                lambda g, m=fig_.method: g[0] == m,
+                # the study's CNN Dice is a whole-tumour Dice: drawn over WT only
+                lambda g, m=fig_.method: g[0] == m and g[2] in (None, "WT"),
                 fig_.number,
-                f"published {fig_.method.upper()} {fig_.text}",
+                f"published {_label(fig_.method)} WT {fig_.text}",
             )
         )
     for fig_ in published.figures_for("localisation"):
@@ -345,24 +349,25 @@ def dice_figure(run: RunData, published: Published, options: ReportOptions) -> R
             )
         )
     methods = sorted({k[0] for _, g in panels for k in g}, key=lambda m: _order(m, "", None))
-    models, tiny = _model_text(run, methods)
-    widths = [max(3.0, 0.75 * len(g) + 1.5) for _, g in panels]
-    fig = _figure(sum(widths), 3.8)
-    axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
+    _, tiny = _model_text(run, methods)
+    # panels one above the other, so the figure fits the page at 100% zoom
+    width = min(15.0, max(6.0, max(1.05 * len(g) + 1.5 for _, g in panels)))
+    fig = _figure(width, 4.0 * len(panels) + 0.4)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (name, groups) in zip(axes, panels, strict=True):
         ordered = [(*k, groups[k]) for k in sorted(groups, key=lambda k: _order(*k))]
         _distribution(ax, ordered, marks)
         ax.set_title(
             f"Dice {name} (n per box: " + ", ".join(str(len(g[3])) for g in ordered) + ")",
-            fontsize=8,
+            fontsize=10,
         )
     _suptitle(
         fig, f"Dice distributions (box: quartiles of all; dots: up to {MAX_DOTS} per box)", tiny
     )
     caption = (
-        "Per-case 3D Dice from metrics/segmentation.csv and per-slice 2D Dice from "
-        "metrics/slices.csv (first run); red dashed lines: the study's published Dice "
-        f"({published.citation.short}). Produced by {models or 'models not recorded'}."
+        "Per-case 3D Dice (metrics/segmentation.csv) and per-slice 2D Dice (metrics/slices.csv, "
+        f"first run); red dashed: the study's published Dice ({published.citation.short}). "
+        "Models: see the tables' legends."
     )
     return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
 
@@ -393,8 +398,8 @@ def centre_figure(run: RunData, options: ReportOptions) -> ReportFigure:
     summaries: dict[tuple[str, str], CentreSummary] = {
         (s.method, s.task): s for s in centre_summaries(run, options)
     }
-    models, tiny = _model_text(run, methods)
-    fig = _figure(4.2 * len(methods), 4.6)
+    _, tiny = _model_text(run, methods)
+    fig = _figure(5.2 * len(methods), 5.7)
     axes = fig.subplots(1, len(methods), squeeze=False)[0]
     for ax, method in zip(axes, methods, strict=True):
         group = by_method[method]
@@ -411,7 +416,7 @@ def centre_figure(run: RunData, options: ReportOptions) -> ReportFigure:
         true_v = [i[4] for i in group]
         if len(group) <= 600:
             for _, pu, pv, tu, tv in group:
-                ax.plot([tu, pu], [tv, pv], color="grey", lw=0.4, alpha=0.35)
+                ax.plot([tu, pu], [tv, pv], color="grey", lw=0.4, alpha=0.35, zorder=1)
         ax.scatter(
             true_u,
             true_v,
@@ -420,6 +425,7 @@ def centre_figure(run: RunData, options: ReportOptions) -> ReportFigure:
             edgecolors=METHOD_COLOURS["gt"],
             lw=0.8,
             label="true centre",
+            zorder=2,
         )
         for task in tasks:
             sel = [i for i in group if i[0].get("task") == task]
@@ -432,12 +438,13 @@ def centre_figure(run: RunData, options: ReportOptions) -> ReportFigure:
             ax.scatter(
                 [i[1] for i in sel],
                 [i[2] for i in sel],
-                s=14,
-                alpha=0.75,
+                s=30,
+                alpha=0.85,
                 marker=TASK_MARKERS.get(task, "o"),
                 color=colours.get(task, "grey"),
                 lw=0,
                 label=f"{task}{extra}",
+                zorder=3,  # predicted centres above the connecting lines and true centres
             )
         ax.scatter(
             [0.5], [0.5], marker="+", s=220, color="black", lw=1.5, label="image centre", zorder=5
@@ -446,18 +453,18 @@ def centre_figure(run: RunData, options: ReportOptions) -> ReportFigure:
         ax.set_xlim(-0.02, 1.02)
         ax.set_ylim(1.02, -0.02)  # image rows grow downwards
         ax.set_aspect("equal")
-        ax.set_xlabel("x / width (0 = left edge)", fontsize=8)
-        ax.set_ylabel("y / height (0 = top edge)", fontsize=8)
+        ax.set_xlabel("x / width (0 = left edge)", fontsize=10)
+        ax.set_ylabel("y / height (0 = top edge)", fontsize=10)
+        ax.tick_params(labelsize=10)
         sub = _label(method)
         if any(is_tiny(m) for m in run.model_labels().get(method, [])):
             sub += f" — {TINY_LABEL}"
-        ax.set_title(sub, fontsize=9)
-        ax.legend(fontsize=6, loc="lower left", framealpha=0.85)
+        ax.set_title(sub, fontsize=10)
+        ax.legend(fontsize=9, loc="lower left", framealpha=0.85)
     _suptitle(fig, "VLM-predicted centres (filled) against true centres (open circles)", tiny)
     caption = (
         "Normalised image coordinates (radiological view as the VLM saw it); thin lines join a "
-        "slice's predicted and true centre. From metrics/slices.csv (first run). Produced by "
-        f"{models or 'models not recorded'}."
+        "slice's predicted and true centre. From metrics/slices.csv (first run)."
     )
     return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
 
@@ -505,7 +512,7 @@ def gallery_png(
     """
     from matplotlib.lines import Line2D
 
-    fig = _figure(3.6, 4.1)
+    fig = _figure(3.9, 4.9)
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(gallery.flair, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     handles = []
@@ -529,18 +536,62 @@ def gallery_png(
             handles.append(Line2D([], [], color=colour, lw=1.4, label=_label(method)))
     ax.set_xticks([])
     ax.set_yticks([])
+    _orientation(ax)
     h, w = gallery.shape
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     if handles:
         ax.legend(
             handles=handles,
-            fontsize=6,
-            loc="lower center",
-            bbox_to_anchor=(0.5, -0.16),
+            fontsize=10,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.01),
             ncol=2,
             frameon=False,
         )
     title = heading if not tiny else f"{heading}\n[VLM: {TINY_LABEL}]"
-    ax.set_title(title, fontsize=8, color="#b00020" if tiny else "black")
+    ax.set_title(title, fontsize=10, color="#b00020" if tiny else "black")
     return _png(fig, options.dpi)
+
+
+def _orientation(ax) -> None:
+    """R / L marks at the image's left and right edges (radiological view: the patient's right
+    on the image's left)."""
+    style = {"fontsize": 11, "fontweight": "bold", "color": "yellow", "va": "center"}
+    ax.text(0.02, 0.5, "R", transform=ax.transAxes, ha="left", **style)
+    ax.text(0.98, 0.5, "L", transform=ax.transAxes, ha="right", **style)
+
+
+# --------------------------------------------------------------------------- forest plot
+
+
+def forest_figure(differences: Sequence[Difference], options: ReportOptions, tiny: bool):
+    """The paired differences of the headline (CNN minus each VLM) with their 95% CIs and
+    p-values, one line each: accuracy and balanced accuracy per decision rule, like-for-like
+    Dice per task. Right of zero: the CNN is better."""
+    key, title = "fig-forest", "Paired differences, CNN minus VLM (95% CI)"
+    if not differences:
+        return ReportFigure(key, title, "", None, status_detail="no paired differences in the run")
+    fig = _figure(10.0, 1.0 + 0.3 * len(differences))
+    ax = fig.subplots()
+    ys = list(range(len(differences)))[::-1]
+    for y, d in zip(ys, differences, strict=True):
+        colour = METHOD_COLOURS.get(d.vlm, "black")
+        if d.low is not None and d.high is not None:
+            ax.plot([d.low, d.high], [y, y], color=colour, linewidth=2)
+        ax.plot([d.value], [y], marker="s" if d.question == "grading" else "o", color=colour)
+        p = "p n/a" if d.p is None else f"p = {d.p:.2g}"
+        ax.annotate(p, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=10)
+    ax.axvline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set_yticks(ys, [d.label for d in differences], fontsize=10)
+    ax.set_ylim(-0.6, len(differences) - 0.4)
+    ax.set_xlim(-1.05, 1.05)
+    ax.tick_params(labelsize=10)
+    ax.set_xlabel("3D CNN minus VLM (line: 95% CI); right of 0: the CNN is better", fontsize=10)
+    _suptitle(fig, title, tiny)
+    caption = (
+        "Squares: grading (accuracy: McNemar p; balanced accuracy: bootstrap CI only) from "
+        "metrics/comparisons.csv; dots: like-for-like Dice on the slices the VLM saw "
+        "(Wilcoxon p) from metrics/localisation.csv."
+    )
+    return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)

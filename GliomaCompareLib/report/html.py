@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from GliomaCompareLib.report.figures import ReportFigure
+from GliomaCompareLib.report.headline import RULES, Headline
+from GliomaCompareLib.report.prompts import PromptsSummary
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.render import render_html_table
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData
@@ -44,21 +46,24 @@ OPEN_CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 _CSS = """
+.headline{background:#fff;border:2px solid #345;border-radius:6px;padding:.2rem 1rem .6rem;
+margin-top:1rem}.headline h2{margin-top:.6rem}.headline li{margin:.25rem 0}
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;
 color:#1b1b1b;background:#fafafa;line-height:1.4}
-header,main,footer{max-width:1300px;margin:0 auto;padding:0 1.2rem}
+header,main,footer{max-width:1300px;margin:0 auto;padding:0 .9rem}
 h1{font-size:1.6rem;margin:1.2rem 0 .3rem}h2{font-size:1.25rem;margin-top:2rem;
 border-bottom:1px solid #ccc;padding-bottom:.2rem}h3{font-size:1.05rem}
 .sub{color:#555;margin:.2rem 0 1rem}
-.banner{border-radius:6px;padding:.8rem 1rem;margin:.6rem 0;font-size:1rem}
+.banner{border-radius:6px;padding:.4rem .8rem;margin:.4rem 0;font-size:.9rem}
 .banner.tiny{background:#ffe1e1;border:2px solid #b00020;color:#5c0010}
 .banner.synthetic{background:#fff4d6;border:2px solid #c98a00}
 .banner.problems{background:#eef;border:1px solid #99c}
 .tiny-note{background:#ffe1e1;border-left:4px solid #b00020;padding:.3rem .6rem}
 nav ul{columns:3;list-style:none;padding:0}nav a{color:#0645ad}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;font-size:.82rem;background:#fff;margin:.4rem 0}
-th,td{border:1px solid #ccc;padding:.25rem .45rem;vertical-align:top}
+.scroll{overflow-x:auto;max-width:100%}
+td{overflow-wrap:break-word}td.num{overflow-wrap:normal}.ci{color:#555;font-size:.72rem}
+table{border-collapse:collapse;font-size:.78rem;background:#fff;margin:.4rem 0}
+th,td{border:1px solid #ccc;padding:.2rem .35rem;vertical-align:top}
 th{background:#eee;text-align:left}td.num,th.num{text-align:right}td.num{white-space:nowrap}
 tr.published td{font-style:italic;background:#f3f0ff;color:#333}
 tr.not_run td{color:#888;background:#f4f4f4}tr.baseline td{background:#f7fbf1}
@@ -72,6 +77,8 @@ figure img{max-width:100%;height:auto}figcaption{font-size:.85rem;color:#333}
 .gallery figcaption{font-size:.78rem}
 .missing{color:#666;font-style:italic}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem}
+pre.prompt{white-space:pre-wrap;max-height:20rem}
+table.raw code{white-space:pre-wrap;overflow-wrap:anywhere}
 pre{background:#fff;border:1px solid #ddd;padding:.6rem;overflow-x:auto;max-height:40rem}
 footer{color:#666;font-size:.8rem;margin:2rem auto}
 """
@@ -96,6 +103,7 @@ class GallerySection:
     best: tuple[GalleryItem, ...]
     status_detail: str = ""
     tiny: bool = False
+    ties: str = ""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -179,7 +187,7 @@ def _render_gallery(sections: Sequence[GallerySection], count: int) -> str:
         '<section id="gallery"><h2>Gallery: worst and best cases</h2>',
         f'<p class="description">The {count} worst and {count} best cases of each ranking, on the '
         "axial slice with the largest tumour area among those the VLM saw (radiological view: "
-        "the patient's right on the left). Green: ground truth (WT); orange: CNN (WT); cyan: "
+        "the patient's right on the image's left, marked R / L). Green: ground truth (WT); orange: CNN (WT); cyan: "
         "VLM base; magenta: VLM fine-tuned; X = point, solid = box, dashed = polygon.</p>",
     ]
     if not sections:
@@ -192,6 +200,8 @@ def _render_gallery(sections: Sequence[GallerySection], count: int) -> str:
                 f'<p class="not-run"><strong>not run</strong> — {e(section.status_detail)}</p>'
             )
             continue
+        if section.ties:
+            parts.append(f'<p class="description"><strong>{e(section.ties)}</strong></p>')
         for name, items in (("Worst", section.worst), ("Best", section.best)):
             if not items:
                 continue
@@ -234,6 +244,10 @@ def _render_what_was_run(run: RunData) -> str:
         ("synthetic cohort", "yes" if run.synthetic else "no"),
     ]
     parts.append(_kv_table(overview, ("", "")))
+    parts.append(
+        "<details><summary>Details: the choices the study left open, seeds, models, device, "
+        "time per stage, library versions, configuration, manifest.json</summary>"
+    )
     parts.append("<h3>Choices the study left open</h3>")
     parts.append(
         '<p class="description">The study does not publish these; this run\'s values, found in '
@@ -241,7 +255,12 @@ def _render_what_was_run(run: RunData) -> str:
     )
     for choice, found in open_choices(m):
         parts.append(f"<h4>{e(choice)}</h4>")
-        parts.append(_kv_table(found))
+        if not found and choice.startswith("Prompts"):
+            parts.append(
+                '<p>Recorded with every answer: see <a href="#prompts">the prompts</a>.</p>'
+            )
+        else:
+            parts.append(_kv_table(found))
     parts.append("<h3>Seeds</h3>" + _kv_table(flatten(m.get("seeds") or {})))
     parts.append("<h3>Models and adapters</h3>" + _kv_table(flatten(m.get("models") or {})))
     parts.append("<h3>Device</h3>" + _kv_table(flatten(m.get("device") or {})))
@@ -257,10 +276,12 @@ def _render_what_was_run(run: RunData) -> str:
     parts.append(_kv_table(scalars))
     for key in sections:
         parts.append(f"<h4><code>{e(key)}</code></h4>" + _kv_table(flatten(config[key])))
+    rest = {k: v for k, v in m.items() if k != "config"}
     parts.append(
-        "<details><summary>manifest.json, in full</summary><pre>"
-        + e(json.dumps(m, indent=2, sort_keys=False, default=str))
-        + "</pre></details></section>"
+        "<details><summary>manifest.json, in full (but its <code>config</code>, printed "
+        "above)</summary><pre>"
+        + e(json.dumps(rest, indent=2, sort_keys=False, default=str))
+        + "</pre></details></details></section>"
     )
     return "\n".join(parts)
 
@@ -309,6 +330,9 @@ def render_page(
     headline: Sequence[str],
     problems: Sequence[str],
     generated: str,
+    verdict: Headline | None = None,
+    forest: ReportFigure | None = None,
+    prompts: PromptsSummary | None = None,
 ) -> str:
     """The whole report page.
 
@@ -322,16 +346,26 @@ def render_page(
         headline: summary sentences.
         problems: problems met while reading the run.
         generated: a line saying what generated the page and when.
+        verdict: the headline sentences per question (the panel at the top).
+        forest: the forest plot of the paired differences, shown in that panel.
+        prompts: the prompts and a few raw VLM answers (the section before "What was run").
     """
     parts = [
-        *_page_header(run, tables, problems, generated),
+        *_page_header(run, tables, problems, generated, _headline_panel(verdict, forest)),
         *_summary_section(headline, published),
     ]
+    previous: Table | None = None
     for table in tables:
-        parts.append(render_html_table(table))
+        same = previous is not None and (previous.produced_by, previous.tiny) == (
+            table.produced_by,
+            table.tiny,
+        )
+        parts.append(render_html_table(table, same_models_as_above=same))
+        previous = table if table.status == "ok" else previous
         if table.key in figures:
             parts.append(render_figure(figures[table.key]))
     parts.append(_render_gallery(gallery, gallery_count))
+    parts.append(_render_prompts(prompts))
     parts.append(_render_what_was_run(run))
     parts.append(_render_published(published))
     parts.append(
@@ -343,9 +377,10 @@ def render_page(
 
 
 def _page_header(
-    run: RunData, tables: Sequence[Table], problems: Sequence[str], generated: str
+    run: RunData, tables: Sequence[Table], problems: Sequence[str], generated: str, panel: str
 ) -> list[str]:
-    """The page's head, title, banners (tiny model, synthetic cohort, problems) and contents."""
+    """The page's head, title, banners (tiny model, synthetic cohort, problems), the headline
+    ``panel`` and the contents."""
     name = run.config.get("name") or run.run_dir.name
     title = f"GliomaCompare report — {name}"
     parts = [
@@ -376,10 +411,16 @@ def _page_header(
             '<div class="banner problems"><strong>Problems met while building this report</strong>'
             "<ul>" + "".join(f"<li>{e(p)}</li>" for p in problems) + "</ul></div>"
         )
-    nav = [("summary", "Summary")]
+    parts.append(panel)
+    nav = [("headline", "At a glance"), ("summary", "Summary")]
     for table in tables:
         nav.append((table.key, table.title.split(" — ")[0]))
-    nav += [("gallery", "Gallery"), ("what-was-run", "What was run"), ("published", "The study")]
+    nav += [
+        ("gallery", "Gallery"),
+        ("prompts", "Prompts and raw answers"),
+        ("what-was-run", "What was run"),
+        ("published", "The study"),
+    ]
     parts.append(
         "<nav><ul>"
         + "".join(f'<li><a href="#{e(k)}">{e(t)}</a></li>' for k, t in nav)
@@ -401,3 +442,73 @@ def _summary_section(headline: Sequence[str], published: Published) -> list[str]
         "ours; their sources are listed at the end.</p></section>"
     )
     return parts
+
+
+def _headline_panel(verdict: Headline | None, forest: ReportFigure | None) -> str:
+    """The panel at the top: which method is better at each question, and how sure that is."""
+    parts = ['<section id="headline" class="headline"><h2>At a glance</h2>']
+    for question, sentences in (
+        ("Grading (HGG vs LGG): accuracy on the test patients", verdict.grading if verdict else ()),
+        ("Localisation: like-for-like Dice", verdict.localisation if verdict else ()),
+    ):
+        parts.append(f"<h3>{e(question)}</h3>")
+        if sentences:
+            parts.append("<ul>" + "".join(f"<li>{e(s)}</li>" for s in sentences) + "</ul>")
+        else:
+            parts.append('<p class="not-run">No paired comparison in this run.</p>')
+    if verdict and verdict.grading:
+        rules = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in RULES.items())
+        parts.append(f'<p class="description">Decision rules — {e(rules)}.</p>')
+    if forest is not None:
+        parts.append(render_figure(forest))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _render_prompts(summary: PromptsSummary | None) -> str:
+    """The prompts as rendered, with the hashes the answers carry, and per parse status a few
+    raw answers; collapsed."""
+    parts = ['<section id="prompts"><h2>Prompts and raw VLM answers</h2>']
+    if summary is None or not (summary.prompts or summary.examples):
+        parts.append(
+            '<p class="not-run"><strong>not run</strong> — no VLM answers (answers.jsonl) in '
+            "this run folder.</p></section>"
+        )
+        return "\n".join(parts)
+    parts.append(
+        f'<p class="description">From {len(summary.files)} answer files: '
+        + ", ".join(f"<code>{e(f)}</code>" for f in summary.files)
+        + ".</p>"
+    )
+    parts.append("<details><summary>The prompts, as rendered, with their hashes</summary>")
+    for use in summary.prompts:
+        check = (
+            "the current template renders exactly this prompt (both hashes match)"
+            if use.matches
+            else "the current template renders a different prompt: the template has changed "
+            "since this run, the text below is today's"
+        )
+        parts.append(
+            f"<h4>{e(use.task)} — template <code>{e(use.template_hash)}</code>, prompt "
+            f'<code>{e(use.prompt_hash)}</code></h4><p class="description">{use.count} answers; '
+            f"{use.width}×{use.height} px, {e(use.coordinate_system)} coordinates; {e(check)}.</p>"
+        )
+        if use.text:
+            parts.append(f'<pre class="prompt">{e(use.text)}</pre>')
+    parts.append("</details>")
+    parts.append(
+        "<details><summary>Raw answers: a few per stage, task and parse status "
+        "(text truncated)</summary>"
+    )
+    rows = "".join(
+        f"<tr><td>{e(x.stage)}</td><td>{e(x.task)}</td><td>{e(x.status)}</td>"
+        f"<td>{e(x.case_id)} / {e(x.slice_index)}</td><td><code>{e(x.raw_text)}</code></td>"
+        f"<td>{e(x.note)}</td></tr>"
+        for x in summary.examples
+    )
+    parts.append(
+        '<div class="scroll"><table class="raw"><thead><tr><th>Stage</th><th>Task</th>'
+        "<th>Status</th><th>Case / slice</th><th>Raw text</th><th>Parser note</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div></details></section>"
+    )
+    return "\n".join(parts)

@@ -8,6 +8,7 @@ kinds (published lines in italics), notes, and the tiny-model and "not run" noti
 from __future__ import annotations
 
 import html
+import re
 
 from GliomaCompareLib.report.rundata import TINY_LABEL
 from GliomaCompareLib.report.table import Table
@@ -49,11 +50,49 @@ def render_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html_table(table: Table) -> str:
-    """The table as an HTML ``<section>`` (every text escaped)."""
+#: The column whose long model ids move out of the HTML cells into the legend above the table.
+MODEL_COLUMN = "Model"
+
+
+def _html_layout(table: Table) -> tuple[list[int], list[str]]:
+    """The indices of the columns shown in HTML, and the legend lines that replace the model
+    column (the run's models per method, then those named only on published lines)."""
+    keep = [i for i, c in enumerate(table.columns) if c != MODEL_COLUMN]
+    if len(keep) == len(table.columns):
+        return keep, list(table.produced_by)
+    dropped = next(i for i, c in enumerate(table.columns) if c == MODEL_COLUMN)
+    legend = list(table.produced_by)
+    others: dict[str, str] = {}  # one entry per method name (its first other model)
+    for row in table.rows:
+        cell = row.cells[dropped] if dropped < len(row.cells) else ""
+        if cell.strip() and cell != "—" and not any(cell in line for line in legend):
+            others.setdefault(row.cells[0], f"{row.cells[0]}: {cell}")
+    return keep, legend + list(others.values())
+
+
+_CI = re.compile(r"^(\S+) (\[[^\]]*\])$")
+
+
+def _html_cell(text: str, numeric: bool) -> str:
+    """A cell's HTML: a number with its ``[CI]`` puts the interval on a second, smaller line."""
+    found = _CI.match(text) if numeric else None
+    if found:
+        value, ci = found.groups()
+        return f'<td class="num">{html.escape(value)}<br><span class="ci">{html.escape(ci)}</span></td>'
+    return f'<td class="{"num" if numeric else ""}">{html.escape(text)}</td>'
+
+
+def render_html_table(table: Table, *, same_models_as_above: bool = False) -> str:
+    """The table as an HTML ``<section>`` (every text escaped).
+
+    The model column's ids move into a legend above the table (the cells keep the short method
+    names), so the table fits a 1280 px window. With ``same_models_as_above`` (the previous
+    table was produced by the same models) the legend and the tiny-model note shrink to one
+    short line instead of being printed again.
+    """
     e = html.escape
     parts = [f'<section class="table" id="{e(table.key)}">', f"<h2>{e(table.title)}</h2>"]
-    if table.tiny:
+    if table.tiny and not same_models_as_above:
         parts.append(
             f'<p class="tiny-note"><strong>{e(TINY_LABEL)}</strong>: these numbers come from a '
             "tiny VLM with random weights; they say nothing about real vision-language "
@@ -67,10 +106,14 @@ def render_html_table(table: Table) -> str:
         )
         parts.append("</section>")
         return "\n".join(parts)
-    if table.produced_by:
+    keep, legend = _html_layout(table)
+    if same_models_as_above and table.produced_by:
+        tiny = f" ({e(TINY_LABEL)})" if table.tiny else ""
+        parts.append(f'<p class="produced">Models: as in the table above{tiny}.</p>')
+    elif legend:
         parts.append(
-            '<p class="produced">Produced by: '
-            + "; ".join(e(p) for p in table.produced_by)
+            '<p class="produced"><strong>Models</strong> — '
+            + "; ".join(e(p) for p in legend)
             + "</p>"
         )
     numeric = table.numeric or (False,) * len(table.columns)
@@ -78,18 +121,14 @@ def render_html_table(table: Table) -> str:
     parts.append(
         "<thead><tr>"
         + "".join(
-            f'<th class="{"num" if n else ""}">{e(c)}</th>'
-            for c, n in zip(table.columns, numeric, strict=False)
+            f'<th class="{"num" if numeric[i] else ""}">{e(table.columns[i])}</th>' for i in keep
         )
         + "</tr></thead><tbody>"
     )
     for row in table.rows:
         parts.append(
             f'<tr class="{e(row.kind)}">'
-            + "".join(
-                f'<td class="{"num" if n else ""}">{e(c)}</td>'
-                for c, n in zip(row.cells, numeric, strict=False)
-            )
+            + "".join(_html_cell(row.cells[i], numeric[i]) for i in keep if i < len(row.cells))
             + "</tr>"
         )
     parts.append("</tbody></table></div>")
