@@ -146,13 +146,20 @@ def test_shards_split_the_cases_and_the_last_stage_waits(tmp_path):
             poll_seconds=0.05,
             wait_timeout=30,
         )
-        results[i] = runner.run()
+        try:
+            results[i] = runner.run()
+        except BaseException as exc:  # a shard's failure fails the test, not a warning
+            errors[i] = exc
 
+    errors: dict[int, BaseException] = {}
     threads = [threading.Thread(target=shard, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a shard did not finish"
+    assert not errors, errors
+    assert sorted(results) == [0, 1, 2]
     assert rec.calls.count("split") == 1  # the whole-cohort stage ran once, under the lock
     done = sorted(c for c in rec.calls if c.startswith("case:"))
     assert done == sorted(f"case:{c}" for c in CASES)  # each case exactly once
@@ -262,3 +269,29 @@ def test_the_stage_lock_works_across_processes_with_and_without_fcntl(tmp_path, 
     winner = int(calls[1])
     assert all(r["summary"] == {"train": {"trained_by": winner}} for r in results)
     assert all(r["fcntl"] == (fcntl == "fcntl") for r in results)
+
+
+def test_forcing_a_stage_redoes_everything_downstream(tmp_path):
+    """Same config, --force predict: total depends on predict's outputs, so it is redone too
+    (it used to be skipped because its own fingerprint had not changed)."""
+    rec = Recorder()
+    StageRunner(tmp_path, rec.stages(), _config()).run()
+    rec.calls.clear()
+    StageRunner(tmp_path, rec.stages(), _config()).run(force=["predict"])
+    assert "split" not in rec.calls
+    assert [c for c in rec.calls if c.startswith("case:")] == [f"case:{c}" for c in CASES]
+    assert rec.calls[-1] == "total"
+
+
+@pytest.mark.parametrize("content", ["{garbage", "[]", '"text"'])
+def test_a_damaged_marker_is_named_and_its_stage_redone(tmp_path, caplog, content):
+    rec = Recorder()
+    StageRunner(tmp_path, rec.stages(), _config()).run()
+    marker = tmp_path / "stages" / "total" / "done.json"
+    marker.write_text(content)
+    rec.calls.clear()
+    with caplog.at_level("WARNING"):
+        out = StageRunner(tmp_path, rec.stages(), _config()).run()
+    assert rec.calls == ["total"] and out["total"]["sum"] == 2 * sum(range(7))
+    assert str(marker) in caplog.text and "the stage is redone" in caplog.text
+    assert json.loads(marker.read_text())["summary"] == out["total"]

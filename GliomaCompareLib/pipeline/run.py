@@ -25,7 +25,6 @@ the runner that skips, resumes and shards them: :mod:`GliomaCompareLib.pipeline.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -43,7 +42,7 @@ from GliomaCompareLib.pipeline.config import (
     vlm_config_from_dict,
 )
 from GliomaCompareLib.pipeline.manifest import build_manifest, device_info
-from GliomaCompareLib.pipeline.runner import Shard, Stage, StageRunner
+from GliomaCompareLib.pipeline.runner import Shard, Stage, StageRunner, read_marker
 from GliomaCompareLib.pipeline.stages.cnn_predict import CNN_PREDICT
 from GliomaCompareLib.pipeline.stages.cnn_train import CNN_TRAIN_CLS, CNN_TRAIN_SEG
 from GliomaCompareLib.pipeline.stages.data import DATA
@@ -158,10 +157,11 @@ def _stage_summaries(run_dir: Path) -> dict[str, dict]:
     """Each finished stage's summary and timing, read from its completion marker."""
     out = {}
     for name in STAGE_NAMES:
-        done = run_dir / "stages" / name / "done.json"
-        if done.is_file():
-            raw = json.loads(done.read_text())
-            out[name] = {**raw.get("summary", {}), "_seconds": raw.get("seconds")}
+        raw = read_marker(run_dir / "stages" / name / "done.json", log)
+        if raw is not None:
+            summary = raw.get("summary")
+            out[name] = {**(summary if isinstance(summary, dict) else {}),
+                         "_seconds": raw.get("seconds")}  # fmt: skip
     return out
 
 

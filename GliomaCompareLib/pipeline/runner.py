@@ -47,6 +47,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "fingerprint",
+    "read_marker",
     "select_config",
 ]
 
@@ -181,6 +182,29 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if _canonical(old) == _canonical(new) else [f"{prefix}: {old!r} -> {new!r}"]
 
 
+def read_marker(path: Path, logger: logging.Logger | None = None) -> dict | None:
+    """A stage marker (``done.json`` / ``started.json``) as a dict; None when it is missing or
+    damaged (not JSON, or not a JSON object), a damaged one named with the reason in the log."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        (logger or log).warning("%s: unreadable (%s); the stage is redone", path, exc)
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        (logger or log).warning("%s: not valid JSON (%s); the stage is redone", path, exc)
+        return None
+    if not isinstance(data, dict):
+        (logger or log).warning(
+            "%s: holds a %s, not a JSON object; the stage is redone", path, type(data).__name__
+        )
+        return None
+    return data
+
+
 class StageRunner:
     """Runs stages in order, skipping finished ones, refusing invalidating config changes.
 
@@ -237,10 +261,9 @@ class StageRunner:
         return self.stage_dir(stage.name) / f"{kind}{suffix}.json"
 
     def _read(self, path: Path) -> dict | None:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        """A completion / start marker, or None when there is none. A damaged one (not JSON,
+        not an object) is named in the log and treated as absent, so its stage is redone."""
+        return read_marker(path, self.log)
 
     def fingerprint_of(self, stage: Stage) -> tuple[str, dict]:
         inputs = {
@@ -282,6 +305,7 @@ class StageRunner:
             raise ValueError(f"--force {', '.join(unknown)}: no such stage ({', '.join(names)})")
         forced = set(names) if "all" in force else set(force)
         rerun: set[str] = set()
+        invalidated: set[str] = set()  # stages whose earlier outputs were thrown away
         summaries: dict[str, dict] = {}
         total = len(self.stages)
         for position, stage in enumerate(self.stages, start=1):
@@ -309,11 +333,16 @@ class StageRunner:
                     f"re-run with --force {stage.name} to redo it (and what depends on it), "
                     "or use another --out folder"
                 )
-            if done and done.get("fingerprint") == fp and stage.name not in forced:
+            # a stage whose upstream was redone from scratch (forced, or its inputs changed) is
+            # redone too: its inputs are new even when its fingerprint is not
+            redo = stage.name in forced or any(d in invalidated for d in stage.depends)
+            if done and done.get("fingerprint") == fp and not redo:
                 self.on_stage(position, total, stage, "skip")
                 summaries[stage.name] = done.get("summary", {})
                 continue
-            fresh = stage.name in forced or changed
+            fresh = redo or changed
+            if fresh:
+                invalidated.add(stage.name)
             if fresh:
                 self._clear_markers(stage)
             self._wait_for_upstream(stage, position, total)
