@@ -27,6 +27,7 @@ from GliomaCompareLib.metrics.localisation import (
 from GliomaCompareLib.pipeline.case_files import LOCALISATION_TASKS
 from GliomaCompareLib.pipeline.outputs import MethodOutputs
 from GliomaCompareLib.report.gallery import geometry_from_dict
+from GliomaCompareLib.vlm.scoring import answer_mask
 
 __all__ = ["LocalisationScorer", "training_baseline"]
 
@@ -64,12 +65,12 @@ def _answer_masks(answers: list[dict], kind: str, ref_shape, spacing, radius_mm:
     masks, lenient = [], []
     for answer in answers:
         geom = geometry_from_dict(answer.get("pixel")) if answer else None
-        if geom is None:
-            masks.append(None)
-        elif kind == "point":
-            masks.append(g.point_to_mask(geom, ref_shape, radius_mm, spacing))
-        else:
-            masks.append(g.geometry_to_mask(geom, ref_shape))
+        # the same mask the VLM arm scored the answer with
+        masks.append(
+            None
+            if geom is None
+            else answer_mask(kind, geom, ref_shape, spacing, radius_mm=radius_mm)
+        )
         lenient.append(_hull(answer, ref_shape) if kind == "polygon" else None)
     return masks, lenient
 

@@ -35,7 +35,7 @@ import numpy as np
 from GliomaCompareLib import geometry as g
 from GliomaCompareLib.metrics.segmentation import score_masks
 
-__all__ = ["TIE_RULES", "GradeVote", "SliceScore", "majority_vote", "score_slice"]
+__all__ = ["TIE_RULES", "GradeVote", "SliceScore", "answer_mask", "majority_vote", "score_slice"]
 
 TIE_RULES: tuple[str, ...] = ("probability", "positive", "negative", "none")
 
@@ -83,6 +83,30 @@ class SliceScore:
         }
 
 
+def answer_mask(
+    kind: str,
+    geometry,
+    shape: tuple[int, int],
+    pixel_spacing: tuple[float, float],
+    *,
+    radius_mm: float = 10.0,
+) -> np.ndarray:
+    """The bool ``(H, W)`` mask an answer is scored with: a point as a disc of ``radius_mm``, a
+    box or polygon filled; empty for a failed answer (``geometry`` None).
+
+    Raises:
+        ValueError: for an unknown kind.
+    """
+    if kind not in ("point", "box", "polygon"):
+        raise ValueError(f"Cannot score answers of kind {kind!r}")
+    if geometry is None:
+        return np.zeros(shape, dtype=bool)
+    if kind == "point":
+        sx, sy = float(pixel_spacing[0]), float(pixel_spacing[1])
+        return g.point_to_mask(geometry, shape, radius_mm, (sx, sy))
+    return g.geometry_to_mask(geometry, shape)
+
+
 def score_slice(
     kind: str,
     geometry,
@@ -104,16 +128,9 @@ def score_slice(
         ValueError: for an unknown kind.
     """
 
-    if kind not in ("point", "box", "polygon"):
-        raise ValueError(f"Cannot score answers of kind {kind!r}")
     ref = np.asarray(ref_mask, dtype=bool)
     sx, sy = float(pixel_spacing[0]), float(pixel_spacing[1])
-    if geometry is None:
-        pred = np.zeros_like(ref)
-    elif kind == "point":
-        pred = g.point_to_mask(geometry, ref.shape, radius_mm, (sx, sy))
-    else:
-        pred = g.geometry_to_mask(geometry, ref.shape)
+    pred = answer_mask(kind, geometry, ref.shape, (sx, sy), radius_mm=radius_mm)
     scores = score_masks(pred, ref, (sy, sx))  # array axes are (row, col)
     true_centre = g.mask_centroid(ref) if ref.any() else None
     if kind == "point":
