@@ -6,6 +6,7 @@ on vLLM, llama.cpp's server and Ollama; no real server runs here)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -385,3 +386,40 @@ def test_the_setting_reaches_the_backend_from_the_cli_and_the_run_config(tasks):
     assert parse_run_config(minimal).vlm.structured_output is None
     with pytest.raises(ValueError, match=r"vlm\.structured_output"):
         parse_run_config({**minimal, "vlm": {"structured_output": "xml"}})
+
+
+def test_a_server_that_stops_taking_the_schema_mid_run_is_logged_once(tasks, caplog):
+    # the server is restarted without structured output while 4 requests are in flight, all
+    # asked as json_schema: each is rejected and moves on, but the move is logged once
+    caplog.set_level(logging.WARNING, logger="GliomaCompareLib.vlm.openai_backend")
+    first = make_queries(tasks, ["grade"])
+    later = make_queries(tasks, ["point", "box", "polygon", "grade"])
+    barrier = threading.Barrier(4, timeout=10)
+
+    class Restarted(OneShapeServer):
+        def respond(self, path, payload):
+            self.accepts = "none" if len(self.requests) > 1 else "json_schema"
+            return super().respond(path, payload)
+
+    with Restarted("json_schema", prompts_of(first + later)) as server:
+        server.lock = contextlib.nullcontext()  # let the four rejections overlap
+
+        rejected = Restarted.respond
+
+        def respond(path, payload):
+            status, body = rejected(server, path, payload)
+            if request_shape(path, payload) == "json_schema" and status == 400:
+                barrier.wait()  # all four were asked as json_schema before any moved on
+            return status, body
+
+        server.respond = respond
+        backend = backend_for(server.url, concurrency=4)
+        assert backend.answer(first, DECODING)[0].meta["structured_output"] == "json_schema"
+        answers = backend.answer(later, DECODING)
+    check_answers(tasks, later, answers, "none")
+    assert server.shapes().count("json_schema") == 5
+    assert [m.split(" as ")[1].split(" ")[0] for m in moves(caplog)] == [
+        "json_schema",
+        "json_object",
+        "ollama",
+    ]
