@@ -5,6 +5,7 @@ on vLLM, llama.cpp's server and Ollama; no real server runs here)."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import io
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from GliomaCompareLib.argtypes import add_dataclass_arguments, dataclass_from_args
 from GliomaCompareLib.pipeline.config import parse_run_config
 from GliomaCompareLib.vlm.backends import BackendSettings, make_backend
 from GliomaCompareLib.vlm.openai_backend import STRUCTURED_OUTPUTS, OpenAIBackend
@@ -373,6 +375,12 @@ def test_the_setting_reaches_the_backend_from_the_cli_and_the_run_config(tasks):
         assert backend.identity()["structured_output"] == "ollama"
         backend.answer(queries, DECODING)
         assert server.shapes() == ["ollama"]
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, BackendSettings)
+    args = parser.parse_args(["--backend", "openai", "--structured-output", "json_object"])
+    assert dataclass_from_args(BackendSettings, args).structured_output == "json_object"
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+        parser.parse_args(["--backend", "openai", "--structured-output", "xml"])
     with pytest.raises(ValueError, match="openai backend"):
         make_backend("tiny", structured_output="none")
     with pytest.raises(ValueError, match="structured_output 'xml'"):
