@@ -278,25 +278,45 @@ def test_a_closed_port_gives_a_clear_error(tasks):
 def test_rejected_response_format_falls_back_once_per_server(tasks):
     def respond(payload, n):
         if "response_format" in payload:
-            return (
-                400,
-                {"error": {"message": "response_format json_schema is not supported"}},
-                0,
-                {},
-            )
+            kind = payload["response_format"]["type"]
+            return 400, {"error": {"message": f"response_format {kind} is not supported"}}, 0, {}
         return 200, reply('Answer: {"x": 3, "y": 4}'), 0, {}
 
     with FakeVLMServer(respond) as server:
         backend = backend_for(server.url)
+        identity = backend.identity()
         first = backend.answer(make_queries(tasks, ["point"]), DECODING)[0]
-        assert len(server.requests) == 2
+        # json_schema, json_object (400 each), Ollama's /api/chat (404 here), then plain
+        assert [r["path"] for r in server.requests] == [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/api/chat",
+            "/v1/chat/completions",
+        ]
         second = backend.answer(make_queries(tasks, ["point", "point"]), DECODING)
-        assert len(server.requests) == 4  # no more rejected attempts
-    assert "response_format" in server.requests[0]["payload"]
-    assert all("response_format" not in r["payload"] for r in server.requests[1:])
-    assert first.meta["dropped_features"] == ["response_format"]
+        assert len(server.requests) == 6  # no more rejected attempts
+    kinds = [r["payload"].get("response_format", {}).get("type") for r in server.requests]
+    assert kinds[:2] == ["json_schema", "json_object"] and kinds[3:] == [None] * 3
+    assert all(a.meta["structured_output"] == "none" for a in [first, *second])
     assert all(a.text == 'Answer: {"x": 3, "y": 4}' for a in [first, *second])
-    assert backend.identity()["response_format"] is False
+    assert backend.identity() == identity and identity["response_format"] is True
+    assert backend.describe()["structured_output_used"] == "none"
+
+
+def test_rejected_logprobs_are_dropped_once(tasks):
+    def respond(payload, n):
+        if "logprobs" in payload:
+            return 400, {"error": {"message": "logprobs are not supported"}}, 0, {}
+        return 200, reply('{"grade": "HGG"}'), 0, {}
+
+    with FakeVLMServer(respond) as server:
+        backend = backend_for(server.url)
+        got = backend.answer(make_queries(tasks, ["grade"] * 3, score=True), DECODING)
+    assert len(server.requests) == 4  # one rejected request, then three without logprobs
+    assert all("response_format" in r["payload"] for r in server.requests)
+    assert all(a.text == '{"grade": "HGG"}' for a in got)
+    assert got[0].meta == {"structured_output": "json_schema", "dropped_features": ["logprobs"]}
+    assert backend.describe()["dropped_features"] == ["logprobs"]
 
 
 def test_grade_probabilities_from_top_logprobs(tasks):
@@ -500,3 +520,14 @@ def test_urls_with_a_password_or_under_localhost_are_refused():
         with pytest.raises(ValueError, match="names under localhost"):
             OpenAIBackend(url, model="m", allow_remote=True)
     assert not is_loopback_url("http://evil.localhost:8000")
+
+
+def test_a_name_that_merely_ends_in_localhost_is_a_remote_host():
+    # "evillocalhost" is neither localhost nor a name under it: a remote host like any other
+    # (refused without the opt-in, accepted with it; not mistaken for a .localhost name)
+    for host in ("evillocalhost", "notlocalhost.example", "localhostx"):
+        url = f"http://{host}:8000/v1"
+        assert not is_loopback_url(url)
+        with pytest.raises(RemoteURLRefused, match="--allow-remote"):
+            OpenAIBackend(url, model="m")
+        assert OpenAIBackend(url, model="m", allow_remote=True).base_url == url

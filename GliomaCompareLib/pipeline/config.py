@@ -33,6 +33,7 @@ from GliomaCompareLib.data.synthetic import SynthConfig
 from GliomaCompareLib.report import ReportOptions
 from GliomaCompareLib.resources import resource_path
 from GliomaCompareLib.vlm import DecodingConfig, FinetuneConfig, VLMConfig
+from GliomaCompareLib.vlm.openai_backend import STRUCTURED_OUTPUTS
 from GliomaCompareLib.vlm.tasks import PROMPT_VARIANTS
 
 __all__ = [
@@ -222,7 +223,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 #: keys of the ``vlm:`` section that choose the backend (the rest is the VLMConfig).
 VLM_BACKEND_KEYS = ("backend", "model", "base_url", "allow_remote", "device", "load_in_4bit",
-                    "seed", "concurrency", "timeout_s", "max_retries")  # fmt: skip
+                    "seed", "concurrency", "timeout_s", "max_retries",
+                    "structured_output")  # fmt: skip
 
 #: VLM methods the ``consistency`` stage can repeat.
 CONSISTENCY_METHODS = ("vlm_base", "vlm_finetuned")
@@ -300,7 +302,8 @@ class VlmSection:
         backend: ``tiny``, ``transformers`` or ``openai``.
         model, base_url, allow_remote, load_in_4bit, seed: backend options (see ``make_backend``).
         device: the VLM's device (default: the run's ``device``).
-        concurrency, timeout_s, max_retries: openai options (None: the backend's defaults).
+        concurrency, timeout_s, max_retries, structured_output: openai options (None: the
+            backend's defaults).
         inference: slice rule, window, prompts, decoding, tasks ... (:class:`VLMConfig`).
     """
 
@@ -314,6 +317,7 @@ class VlmSection:
     concurrency: int | None = None
     timeout_s: float | None = None
     max_retries: int | None = None
+    structured_output: str | None = None
     inference: VLMConfig = field(default_factory=VLMConfig)
 
 
@@ -572,6 +576,10 @@ def _cnn_section(config: Mapping[str, Any]) -> CnnSection:
 def _vlm_section(config: Mapping[str, Any], device: str) -> VlmSection:
     vlm = _section(config, "vlm")
     inference = vlm_config_from_dict(vlm)
+    structured_output = vlm.get("structured_output")
+    if structured_output is not None and structured_output not in STRUCTURED_OUTPUTS:
+        raise ValueError(f"run config: vlm.structured_output {structured_output!r}: use "
+                         f"{', '.join(STRUCTURED_OUTPUTS)}")  # fmt: skip
     return VlmSection(
         backend=str(vlm.get("backend", "tiny")),
         model=vlm.get("model"),
@@ -583,6 +591,7 @@ def _vlm_section(config: Mapping[str, Any], device: str) -> VlmSection:
         concurrency=vlm.get("concurrency"),
         timeout_s=vlm.get("timeout_s"),
         max_retries=vlm.get("max_retries"),
+        structured_output=structured_output,
         inference=inference,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
-from GliomaCompareLib.vlm.openai_backend import OpenAIBackend
+from GliomaCompareLib.vlm.openai_backend import STRUCTURED_OUTPUTS, OpenAIBackend
 from GliomaCompareLib.vlm.types import BACKEND_NAMES, DEFAULT_MODEL_ID, VLMBackend
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "BackendSettings", "make_backend"]
@@ -65,6 +65,15 @@ class BackendSettings:
         default=DEFAULT_RETRIES,
         metadata={"help": "openai: retries per request", "flags": ("--retries",)},
     )
+    structured_output: str = field(
+        default="auto",
+        metadata={
+            "help": "openai: how answers are constrained to the task's JSON schema: "
+            "response_format json_schema, response_format json_object, Ollama's /api/chat "
+            "format, or none; auto tries them in that order and keeps the first the server takes",
+            "choices": STRUCTURED_OUTPUTS,
+        },
+    )
 
     def build(self, *, seed: int = 0, concurrency: int = 4) -> VLMBackend:
         """:func:`make_backend` with these settings."""
@@ -80,6 +89,7 @@ class BackendSettings:
             concurrency=concurrency,
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,
+            structured_output=self.structured_output,
         )
 
 
@@ -96,6 +106,7 @@ def make_backend(
     concurrency: int = 4,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_retries: int = DEFAULT_RETRIES,
+    structured_output: str = "auto",
 ) -> VLMBackend:
     """Build a backend by name (the CLI's ``--backend``).
 
@@ -112,11 +123,15 @@ def make_backend(
         concurrency: parallel requests (openai).
         timeout_s: per-request timeout (openai).
         max_retries: retries after the first attempt (openai).
+        structured_output: how answers are constrained (openai; see
+            :data:`~GliomaCompareLib.vlm.openai_backend.STRUCTURED_OUTPUTS`).
 
     Raises:
         ValueError: unknown name, or options that do not fit the backend.
         FileNotFoundError: a model or adapter that is not on this machine.
     """
+    if structured_output != "auto" and name != "openai":
+        raise ValueError(f"--structured-output is for the openai backend, not {name}")
     if name == "tiny":
         if model:
             raise ValueError("--model is not used by the tiny backend (--seed picks its weights)")
@@ -146,5 +161,6 @@ def make_backend(
             concurrency=concurrency,
             timeout_s=timeout_s,
             max_retries=max_retries,
+            structured_output=structured_output,
         )
     raise ValueError(f"Unknown VLM backend {name!r}; use {', '.join(BACKEND_NAMES)}")

@@ -2,11 +2,28 @@
 
 - Images go as ``data:image/png;base64,...`` URLs in an ``image_url`` content part, before the
   prompt text.
-- Answers are constrained with ``response_format = {"type": "json_schema", ...}`` built from the
-  task's answer definition. A server that answers HTTP 400 to a request carrying
-  ``response_format`` (or ``logprobs``) is asked again without it; the feature is then dropped
-  for every later request to that server (logged once), and each answer records which features
-  were dropped.
+- Structured output (``structured_output``): the answer is constrained by the JSON schema of the
+  task's answer definition (:meth:`~GliomaCompareLib.vlm.tasks.TaskSpec.json_schema`), in one of
+  the request shapes servers accept (:data:`STRUCTURED_OUTPUTS`):
+
+  - ``json_schema``: ``response_format = {"type": "json_schema", "json_schema": {"name",
+    "schema", "strict": true}}`` (OpenAI; vLLM, which turns it into its ``structured_outputs``;
+    llama.cpp's server, which reads ``json_schema.schema``; Ollama's ``/v1``, which turns it into
+    its ``format``);
+  - ``json_object``: ``response_format = {"type": "json_object"}`` (valid JSON, no schema);
+  - ``ollama``: Ollama's native ``POST /api/chat`` on the same host, ``format`` = the schema;
+  - ``none``: no constraint; ``auto`` (default) tries them in that order.
+
+  vLLM's own ``guided_json`` / ``structured_outputs`` fields are not sent: vLLM takes
+  ``response_format`` in every version, and it ignores request fields it does not know (the
+  ``guided_*`` fields since v0.12), so a wrong guess would pass unconstrained without an error.
+  With ``auto``, an HTTP 400/422 whose text names the shape's field (``response_format``,
+  ``json_schema``, ``format`` ...; a 404/405/501 for ``/api/chat``) moves to the next shape; the
+  first shape a server accepts is kept for every later request (the move is logged once), and
+  each answer records the shape it was asked with (``meta["structured_output"]``). Moving on is
+  not a retry (each shape has its own retries) and never changes the host. The schema only
+  constrains the server: every answer still goes through the same parser.
+  A 400/422 that names ``logprobs`` drops ``logprobs`` the same way (``meta["dropped_features"]``).
 - Grade probabilities: ``logprobs`` with ``top_logprobs`` are requested; P(option) comes from the
   top log-probabilities of the token where the label starts in the generated answer (after
   ``"grade": "``), summing the alternatives that begin each option
@@ -54,13 +71,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 from GliomaCompareLib.vlm.types import Answer, DecodingConfig, Query, png_bytes
 
-__all__ = ["API_KEY_ENV", "OpenAIBackend", "RemoteURLRefused", "is_loopback_url"]
+__all__ = [
+    "API_KEY_ENV",
+    "STRUCTURED_OUTPUTS",
+    "OpenAIBackend",
+    "RemoteURLRefused",
+    "is_loopback_url",
+]
 
 log = logging.getLogger(__name__)
 
 #: Environment variables the API key is read from, in order.
 API_KEY_ENV: tuple[str, ...] = ("GLIOMACOMPARE_API_KEY", "OPENAI_API_KEY")
-_OPTIONAL_FEATURES = ("response_format", "logprobs")
+#: How answers are constrained (see module docstring); ``auto`` tries the others in order.
+STRUCTURED_OUTPUTS: tuple[str, ...] = ("auto", "json_schema", "json_object", "ollama", "none")
+_AUTO_ORDER: tuple[str, ...] = STRUCTURED_OUTPUTS[1:]
+#: Words in a 400/422 reply that say the server does not take a shape's field.
+_SHAPE_WORDS: dict[str, re.Pattern] = {
+    "json_schema": re.compile(r"response_format|json_schema|schema|structured|guided"),
+    "json_object": re.compile(r"response_format|json_object|json mode"),
+    "ollama": re.compile(r"(?<!message )\bformat\b"),
+    "none": re.compile(r"(?!)"),
+}
+_LOGPROB_WORDS = re.compile(r"logprob")
 #: Default bound on one reply's size (bytes).
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 _ERROR_BODY_BYTES = 64 * 1024
@@ -135,7 +168,8 @@ class OpenAIBackend:
         max_retries: retries after the first attempt.
         backoff_s: first backoff; doubles each retry (with up to 10% jitter).
         max_backoff_s: backoff cap.
-        use_response_format: send ``response_format`` JSON schemas.
+        use_response_format: False is ``structured_output="none"`` (kept for callers).
+        structured_output: one of :data:`STRUCTURED_OUTPUTS` (see module docstring).
         top_logprobs: alternatives requested per token for grade answers (0: no logprobs).
         model_label: what reports call the model (default: the model name).
         api_key: the key itself (tests); default from :data:`API_KEY_ENV`.
@@ -145,7 +179,8 @@ class OpenAIBackend:
     Raises:
         RemoteURLRefused: a non-loopback URL without ``allow_remote``.
         ValueError: a URL that is not http(s), carries a user name or password, names a host
-            under ``.localhost``, or a server with several models and no ``model``.
+            under ``.localhost``; an unknown ``structured_output``; or a server with several
+            models and no ``model``.
     """
 
     name = "openai"
@@ -167,8 +202,16 @@ class OpenAIBackend:
         api_key: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        structured_output: str = "auto",
     ):
         parts = _check_base_url(base_url, allow_remote)
+        if structured_output not in STRUCTURED_OUTPUTS:
+            raise ValueError(
+                f"structured_output {structured_output!r}: use {', '.join(STRUCTURED_OUTPUTS)}"
+            )
+        if not use_response_format and structured_output == "auto":
+            structured_output = "none"
+        self.structured_output = structured_output
         self.allow_remote = bool(allow_remote)
         self.max_response_bytes = int(max_response_bytes)
         if not is_loopback_url(base_url) and parts.scheme == "http":
@@ -184,25 +227,42 @@ class OpenAIBackend:
         self._sleep = sleep
         self._api_key = api_key if api_key is not None else _key_from_env()
         self._lock = threading.Lock()
-        self.dropped: set[str] = set() if use_response_format else {"response_format"}
+        self._probe_lock = threading.Lock()  # one request at a time finds the shape (auto)
+        self.dropped: set[str] = set()
+        # the shape asked with now, and whether the server has accepted it
+        self._shape = _AUTO_ORDER[0] if structured_output == "auto" else structured_output
+        self._confirmed = structured_output != "auto"
         self.model = model or self._only_model()
         self.model_label = model_label or self.model
 
     # ------------------------------------------------------------------ protocol
     def identity(self) -> dict:
-        """Backend, server URL (no credentials) and model name."""
+        """Backend, server URL (no credentials), model name and the structured-output setting
+        (as configured, not as found, so that it stays the same through a run)."""
         parts = urllib.parse.urlsplit(self.base_url)
         netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        return {
+        out = {
             "backend": self.name,
             "base_url": f"{parts.scheme}://{netloc}{parts.path}",
             "model_id": self.model,
             "model_label": self.model_label,
-            "response_format": "response_format" not in self.dropped,
+            "response_format": self.structured_output != "none",
         }
+        if self.structured_output in ("json_object", "ollama"):
+            out["structured_output"] = self.structured_output  # asks differently
+        return out
 
     def describe(self) -> dict:
-        return {**self.identity(), "dropped_features": sorted(self.dropped)}
+        """:meth:`identity` plus what the server turned out to take."""
+        with self._lock:
+            used = self._shape if self._confirmed else None
+            dropped = sorted(self.dropped)
+        return {
+            **self.identity(),
+            "structured_output_setting": self.structured_output,
+            "structured_output_used": used,
+            "dropped_features": dropped,
+        }
 
     def answer(self, queries: Sequence[Query], decoding: DecodingConfig) -> list[Answer]:
         """Answer a batch with at most ``concurrency`` requests in flight, in order."""
@@ -223,9 +283,12 @@ class OpenAIBackend:
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
-        """One HTTP exchange within ``timeout_s`` in all; raises :class:`_HTTPFailure`."""
-        url = self.base_url + path
+    def _request(
+        self, method: str, path: str, payload: dict | None = None, root: str | None = None
+    ) -> dict:
+        """One HTTP exchange within ``timeout_s`` in all (to ``root`` + ``path``, ``root``
+        defaulting to the base URL); raises :class:`_HTTPFailure`."""
+        url = (root or self.base_url) + path
         # every request is checked, not only the base URL given to the constructor
         _check_base_url(url, self.allow_remote)
         data = json.dumps(payload).encode() if payload is not None else None
@@ -278,11 +341,13 @@ class OpenAIBackend:
                 message = f"cannot reach {url}: {reason}"
             raise _HTTPFailure(self._redact(message), True) from None
 
-    def _with_retries(self, method: str, path: str, payload: dict | None = None) -> dict:
+    def _with_retries(
+        self, method: str, path: str, payload: dict | None = None, root: str | None = None
+    ) -> dict:
         attempt = 0
         while True:
             try:
-                return self._request(method, path, payload)
+                return self._request(method, path, payload, root)
             except _HTTPFailure as exc:
                 if not exc.retryable or attempt >= self.max_retries:
                     if attempt:
@@ -314,8 +379,13 @@ class OpenAIBackend:
             )
         return names[0]
 
-    def _payload(self, query: Query, decoding: DecodingConfig, dropped: set[str]) -> dict:
+    def _payload(
+        self, query: Query, decoding: DecodingConfig, shape: str, dropped: set[str]
+    ) -> dict:
+        """The ``/chat/completions`` request body, constrained in ``shape``."""
         image = base64.b64encode(png_bytes(query.image)).decode("ascii")
+        if shape == "ollama":
+            return self._ollama_payload(query, decoding, image, dropped)
         payload: dict = {
             "model": self.model,
             "messages": [
@@ -336,7 +406,7 @@ class OpenAIBackend:
             "seed": int(query.seed) % (2**31),
             "n": 1,
         }
-        if "response_format" not in dropped:
+        if shape == "json_schema":
             payload["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
@@ -345,44 +415,123 @@ class OpenAIBackend:
                     "strict": True,
                 },
             }
-        if query.score_options and self.top_logprobs > 0 and "logprobs" not in dropped:
+        elif shape == "json_object":
+            payload["response_format"] = {"type": "json_object"}
+        if self._wants_logprobs(query, dropped):
             payload["logprobs"] = True
             payload["top_logprobs"] = self.top_logprobs
         return payload
 
+    def _ollama_payload(
+        self, query: Query, decoding: DecodingConfig, image: str, dropped: set[str]
+    ) -> dict:
+        """Ollama's native ``/api/chat`` body: images beside the text, ``format`` = schema."""
+        payload: dict = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": query.prompt.text, "images": [image]}],
+            "stream": False,
+            "format": query.prompt.json_schema,
+            "options": {
+                "num_predict": decoding.max_new_tokens,
+                "temperature": decoding.temperature if decoding.do_sample else 0.0,
+                "top_p": decoding.top_p if decoding.do_sample else 1.0,
+                "seed": int(query.seed) % (2**31),
+            },
+        }
+        if self._wants_logprobs(query, dropped):
+            payload["logprobs"] = True
+            payload["top_logprobs"] = self.top_logprobs
+        return payload
+
+    def _wants_logprobs(self, query: Query, dropped: set[str]) -> bool:
+        return query.score_options and self.top_logprobs > 0 and "logprobs" not in dropped
+
+    def _endpoint(self, shape: str) -> tuple[str, str | None]:
+        """(path, root) of the chat request: Ollama's ``/api/chat`` sits beside ``/v1`` on the
+        same host (the base URL without its ``/v1``)."""
+        if shape == "ollama":
+            return "/api/chat", self.base_url.removesuffix("/v1")
+        return "/chat/completions", None
+
     def _one(self, query: Query, decoding: DecodingConfig) -> Answer:
+        if not self._confirmed:
+            with self._probe_lock:  # the others wait until the shape is known
+                if not self._confirmed:
+                    return self._ask(query, decoding)
+        return self._ask(query, decoding)
+
+    def _ask(self, query: Query, decoding: DecodingConfig) -> Answer:
         start = time.perf_counter()
         with self._lock:
-            dropped = set(self.dropped)
-        newly: list[str] = []
+            shape, dropped = self._shape, set(self.dropped)
         while True:
-            payload = self._payload(query, decoding, dropped)
+            payload = self._payload(query, decoding, shape, dropped)
+            path, root = self._endpoint(shape)
             try:
-                reply = self._with_retries("POST", "/chat/completions", payload)
+                reply = self._with_retries("POST", path, payload, root)
                 break
             except _HTTPFailure as exc:
-                feature = next((f for f in _OPTIONAL_FEATURES if f in payload), None)
-                if exc.status == 400 and feature is not None:
-                    # the server may not take this optional feature: ask once more without it
-                    dropped.add(feature)
-                    newly.append(feature)
+                if "logprobs" in payload and _says(exc, _LOGPROB_WORDS):
+                    dropped.add("logprobs")  # the server does not take logprobs: ask without
+                    self._note_dropped("logprobs", exc)
                     continue
-                return Answer(
-                    None, error=self._redact(str(exc)), latency_s=time.perf_counter() - start
-                )
-        if newly:
-            with self._lock:
-                for feature in newly:
-                    if feature not in self.dropped:
-                        self.dropped.add(feature)
-                        log.warning(
-                            "%s rejected %s (HTTP 400); sending requests without it from now on",
-                            self.base_url,
-                            feature,
-                        )
-        return self._to_answer(query, reply, dropped, time.perf_counter() - start)
+                following = self._next_shape(shape, exc)
+                if following is None:
+                    return Answer(
+                        None,
+                        error=self._redact(str(exc)),
+                        latency_s=time.perf_counter() - start,
+                        meta=_provenance(shape, dropped),
+                    )
+                self._move_on(shape, following, exc)
+                shape = following
+        with self._lock:
+            if shape == self._shape:
+                self._confirmed = True
+        if shape == "ollama":
+            reply = _from_ollama(reply)
+        return self._to_answer(query, reply, shape, dropped, time.perf_counter() - start)
 
-    def _to_answer(self, query: Query, reply: dict, dropped: set[str], latency: float) -> Answer:
+    def _next_shape(self, shape: str, exc: _HTTPFailure) -> str | None:
+        """The shape to ask with after ``exc`` (``auto`` only, when it says the server does
+        not take ``shape``); None: ``exc`` is the answer."""
+        if self.structured_output != "auto" or shape == _AUTO_ORDER[-1]:
+            return None
+        absent = shape == "ollama" and exc.status in (404, 405, 501)
+        if not absent and not _says(exc, _SHAPE_WORDS[shape]):
+            return None
+        return _AUTO_ORDER[_AUTO_ORDER.index(shape) + 1]
+
+    def _move_on(self, shape: str, following: str, exc: _HTTPFailure) -> None:
+        """Remember that the server does not take ``shape`` (logged once per server)."""
+        with self._lock:
+            if _AUTO_ORDER.index(self._shape) >= _AUTO_ORDER.index(following):
+                return
+            self._shape = following
+        log.warning(
+            "%s does not take structured output as %s (HTTP %s: %s); asking with %s from now on",
+            self.base_url,
+            shape,
+            exc.status,
+            self._redact(exc.body.strip() or str(exc))[:200],
+            following,
+        )
+
+    def _note_dropped(self, feature: str, exc: _HTTPFailure) -> None:
+        with self._lock:
+            if feature in self.dropped:
+                return
+            self.dropped.add(feature)
+        log.warning(
+            "%s rejected %s (HTTP %s); sending requests without it from now on",
+            self.base_url,
+            feature,
+            exc.status,
+        )
+
+    def _to_answer(
+        self, query: Query, reply: dict, shape: str, dropped: set[str], latency: float
+    ) -> Answer:
         try:
             choice = reply["choices"][0]
             message = choice.get("message") or {}
@@ -391,6 +540,7 @@ class OpenAIBackend:
                 None,
                 error=self._redact(f"malformed reply from {self.base_url}: {str(reply)[:200]}"),
                 latency_s=latency,
+                meta=_provenance(shape, dropped),
             )
         content = message.get("content")
         if isinstance(content, list):  # some servers return content parts
@@ -413,7 +563,7 @@ class OpenAIBackend:
             option_method="first_token_top_logprobs" if options else None,
             latency_s=latency,
             generated_tokens=usage.get("completion_tokens"),
-            meta={"dropped_features": sorted(dropped)} if dropped else {},
+            meta=_provenance(shape, dropped),
         )
 
 
@@ -529,6 +679,33 @@ def _read_bounded(response, limit: int, url: str, *, truncate: bool = False) -> 
             if truncate:
                 return b"".join(chunks)[:limit]
             raise _HTTPFailure(f"reply from {url} is larger than {limit} bytes; refused", False)
+
+
+def _says(exc: _HTTPFailure, words: re.Pattern) -> bool:
+    """Whether ``exc`` is a 400/422 whose text matches ``words`` (a field the server does not
+    take); other errors are answers, not hints."""
+    if exc.status not in (400, 422):
+        return False
+    return bool(words.search((exc.body or str(exc)).lower()))
+
+
+def _provenance(shape: str, dropped: set[str]) -> dict:
+    """What an answer records about how it was asked."""
+    meta: dict = {"structured_output": shape}
+    if dropped:
+        meta["dropped_features"] = sorted(dropped)
+    return meta
+
+
+def _from_ollama(reply: dict) -> dict:
+    """An Ollama ``/api/chat`` reply in the ``/chat/completions`` form (unchanged when it does
+    not look like one, so that it is reported as malformed)."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("message"), dict):
+        return reply
+    choice: dict = {"message": reply["message"], "finish_reason": reply.get("done_reason")}
+    if isinstance(reply.get("logprobs"), list):
+        choice["logprobs"] = {"content": reply["logprobs"]}
+    return {"choices": [choice], "usage": {"completion_tokens": reply.get("eval_count")}}
 
 
 def _key_from_env() -> str | None:

@@ -59,6 +59,7 @@ def _backend(config: RunConfig, adapter: str | None = None) -> VLMBackend:
             ("concurrency", vlm.concurrency),
             ("timeout_s", vlm.timeout_s),
             ("max_retries", vlm.max_retries),
+            ("structured_output", vlm.structured_output),
         )
         if value is not None
     }
