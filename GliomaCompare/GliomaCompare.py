@@ -92,6 +92,7 @@ class GliomaCompareParameterNode:
     vlmRuns: Annotated[int, WithinRange(1, 20)] = 1
     vlmTemperature: Annotated[float, WithinRange(0.0, 2.0)] = 0.0
     slicesPerCase: Annotated[int, WithinRange(0, 512)] = 0
+    vlmSlices: Annotated[str, Choice(["reference", "screen", "cnn", "brain"])] = "reference"
     showGroundTruth: bool = True
     showCnn: bool = True
     showVlmPoint: bool = True

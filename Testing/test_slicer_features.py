@@ -5,10 +5,18 @@ clearing, and volumes on different grids resampled onto one."""
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
 import pytest
 from slicer_env import (  # noqa: F401  (scene, tiny_data are fixtures)
     add_slice_node,
     needs_slicer,
+    process,
     scene,
     tiny_data,
 )
@@ -64,3 +72,196 @@ def test_terminology_survives_slicers_storage_node(scene, tiny_data, tmp_path, m
         tmp_path / f"lib-{mode}.seg.nrrd", case.label, case.affine, segments=mode
     )
     assert terms(mrml.load_segmentation_file(written)) == expected
+
+
+# ------------------------------------------------------------------- the VLM's slices
+@needs_slicer
+def test_slice_index_on_screen_follows_the_red_view(scene):  # noqa: F811
+    """The view's plane -> the volume's axial index, for an oblique anisotropic volume whose
+    k axis runs inferior (flipped); sagittal views and planes outside the volume are refused."""
+    from GliomaCompareSlicerLib import mrml
+    from GliomaCompareSlicerLib.vlmslices import screen_selection, slice_index_on_screen
+
+    theta = np.deg2rad(15)
+    affine = np.array(
+        [
+            [-0.9 * np.cos(theta), 0.8 * np.sin(theta), 0.0, 40.0],
+            [-0.9 * np.sin(theta), -0.8 * np.cos(theta), 0.0, 25.0],
+            [0.0, 0.0, -2.5, 30.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    shape = (16, 14, 10)
+    volume = mrml.volume_node_from_array(np.zeros(shape, np.float32), affine, "oblique")
+    red, _ = add_slice_node(scene)
+    for k in (0, 3, 9):
+        ras = affine @ np.array([5.0, 7.0, k, 1.0])
+        mrml.jump_slices(scene, ras[:3], centered=True)
+        assert slice_index_on_screen(red, volume) == k
+        marked = screen_selection(shape, affine, k, 2)
+        assert np.flatnonzero(marked.any(axis=(0, 1))).tolist() == [k]
+        assert set(np.unique(marked).tolist()) == {0, 2}
+    mrml.jump_slices(scene, (affine @ [5.0, 7.0, 30.0, 1.0])[:3], centered=True)
+    with pytest.raises(ValueError, match="outside oblique"):
+        slice_index_on_screen(red, volume)
+    red.SetOrientationToSagittal()
+    with pytest.raises(ValueError, match="not parallel"):
+        slice_index_on_screen(red, volume)
+
+
+@needs_slicer
+def test_vlm_slice_choices_become_command_options(scene, tiny_data, tmp_path):  # noqa: F811
+    """brain -> --slice-rule brain; cnn -> the CNN segmentation in the scene written where
+    --cnn-pred reads it; screen -> a label map marking only the Red view's slice, one slice."""
+    from GliomaCompareSlicerLib import mrml
+    from GliomaCompareSlicerLib.logic import CompareLogic
+
+    from GliomaCompareLib.data.io import read_image
+
+    runner = _RecordingRunner()
+    logic = CompareLogic(scene, runner=runner, work_root=tmp_path / "work")
+    logic.open_data(tiny_data)
+    case = logic.load_case(CASE1).case
+    params = process.VlmRunParams(tasks=("point",), device="cpu")
+    with pytest.raises(ValueError, match="run the CNN first"):
+        logic.vlm_slices("cnn")
+    with pytest.raises(ValueError, match="use one of"):
+        logic.vlm_slices("everywhere")
+
+    def argv_of(choice):
+        job = logic.start_vlm(CASE1, params, choice)
+        job.wait(timeout=60)
+        return runner.calls[-1]["argv"], job
+
+    argv, job = argv_of(logic.vlm_slices("reference"))
+    assert "--slice-rule" not in argv and "reference" in job.slices
+    argv, _ = argv_of(logic.vlm_slices("brain"))
+    assert argv[argv.index("--slice-rule") + 1] == "brain" and "--cnn-pred" not in argv
+
+    pred = case.label.copy()
+    pred[:, :, : case.shape[2] // 2] = 0  # the CNN sees tumour on the upper slices only
+    node = mrml.segmentation_node_from_label_map(pred, case.affine, segments="regions", name="CNN")
+    mrml.tag_node(node, CASE1, "cnn")
+    argv, _ = argv_of(logic.vlm_slices("cnn"))
+    assert argv[argv.index("--slice-rule") + 1] == "cnn"
+    written, _ = read_image(Path(argv[argv.index("--cnn-pred") + 1]) / f"{CASE1}.nii.gz")
+    np.testing.assert_array_equal(written, pred)
+
+    add_slice_node(scene)
+    ras = case.affine @ np.array([3.0, 4.0, 7.0, 1.0])
+    mrml.jump_slices(scene, ras[:3], centered=True)
+    choice = logic.vlm_slices("screen")
+    assert choice.describe == "the slice on screen (k=7)"
+    argv, _ = argv_of(choice)
+    assert argv[argv.index("--slices-per-case") + 1] == "1"
+    marked, _ = read_image(Path(argv[argv.index("--cnn-pred") + 1]) / f"{CASE1}.nii.gz")
+    assert np.flatnonzero(marked.any(axis=(0, 1))).tolist() == [7]
+
+
+_ANSWERS = {
+    "grade": '{"grade": "HGG"}',
+    "point": '{"x": 6, "y": 9}',
+    "box": '{"x_min": 3, "y_min": 4, "x_max": 12, "y_max": 15}',
+}
+
+
+class _ChatServer:
+    """A real OpenAI-compatible server on 127.0.0.1 answering each task with a fixed JSON
+    answer (the task read from the request's response-format name or prompt)."""
+
+    def __init__(self):
+        outer = self
+        self.n = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send({"data": [{"id": "fake-vlm"}]})
+
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.n += 1
+                fmt = payload.get("response_format") or {}
+                name = (fmt.get("json_schema") or {}).get("name", "")
+                text = json.dumps(payload["messages"])
+                task = next(
+                    (t for t in ("grade", "box", "point") if t in name),
+                    "grade" if "grade (" in text else "box" if "bounding box" in text else "point",
+                )
+                message = {"role": "assistant", "content": _ANSWERS[task]}
+                choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                self._send({"id": "x", "object": "chat.completion", "choices": [choice]})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@needs_slicer
+@pytest.mark.slow
+def test_vlm_answers_land_on_the_slice_on_screen(scene, tiny_data, tmp_path):  # noqa: F811
+    """A real `gliomacompare vlm` process (openai backend, a real server on 127.0.0.1) asked
+    about the Red view's slice: every answer is about that slice, its point and box lie on it
+    with slice, parse status and raw answer in their descriptions, and the grade comes back."""
+    from GliomaCompareSlicerLib import mrml
+    from GliomaCompareSlicerLib.logic import CompareLogic
+
+    logic = CompareLogic(scene, work_root=tmp_path / "work")
+    logic.open_data(tiny_data)
+    case = logic.load_case(CASE1).case
+    add_slice_node(scene)
+    k = 4
+    mrml.jump_slices(scene, (case.affine @ np.array([9.0, 11.0, k, 1.0]))[:3], centered=True)
+    with _ChatServer() as server:
+        params = process.VlmRunParams(
+            backend="openai", base_url=server.url, tasks=("grade", "point", "box"), device="cpu"
+        )
+        job = logic.start_vlm(CASE1, params, logic.vlm_slices("screen"))
+        assert job.wait(timeout=600) == 0, "\n".join(job.log[-20:])
+    answers = [
+        json.loads(line) for line in (job.out_dir / "answers.jsonl").read_text().splitlines()
+    ]
+    assert len(answers) == 3 and {a["slice_index"] for a in answers} == {k}
+    results = logic.load_job_results(job)
+    assert results.predictions["vlm"]["grade"] == "HGG"
+    assert f"the slice on screen (k={k})" in " ".join(results.notes)
+    assert sorted(m.method for m in results.markers) == ["vlm_box", "vlm_point"]
+    for marker in results.markers:  # every answer is drawn on slice k
+        ijk = np.linalg.solve(case.affine, [*marker.ras, 1.0])
+        assert abs(ijk[2] - k) < 1e-6
+    for node in results.nodes["vlm_point"] + results.nodes["vlm_box"]:
+        markup = mrml.markup_from_node(node)
+        notes = getattr(markup, "descriptions", None) or (markup.description,)
+        assert all(f"slice {k}" in n and "status ok" in n and "answer: {" in n for n in notes)
+
+
+class _RecordingRunner:
+    """Records the command it is asked to start, then starts a real, harmless process."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, argv, *, cwd=None, env=None):
+        self.calls.append({"argv": list(argv), "cwd": cwd, "env": env})
+        return process.SubprocessRunner().start([sys.executable, "-c", "print(1)"], cwd=cwd)

@@ -19,7 +19,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,13 @@ from GliomaCompareSlicerLib.process import (
     VlmRunParams,
     cnn_predict_command,
     vlm_command,
+)
+from GliomaCompareSlicerLib.vlmslices import (
+    SLICE_CHOICES,
+    SliceChoice,
+    screen_selection,
+    slice_index_on_screen,
+    write_selection,
 )
 
 paths.ensure_library_importable()
@@ -481,11 +488,16 @@ class CompareLogic:
         process = self.runner.start(argv, cwd=work, env=paths.cli_environment())
         return Job("CNN", argv, out, case_id, process)
 
-    def start_vlm(self, case_id: str, params: VlmRunParams) -> Job:
-        """Start ``gliomacompare vlm`` on one case in the background."""
+    def start_vlm(
+        self, case_id: str, params: VlmRunParams, slices: SliceChoice | None = None
+    ) -> Job:
+        """Start ``gliomacompare vlm`` on one case in the background, on the slices ``slices``
+        chose (see :meth:`vlm_slices`; default: the command's own rule)."""
         work = self._work_dir(case_id, "vlm")
         data = self.prepare_case_data(case_id, work)
         out = work / "out"
+        if slices is not None:
+            params = self._with_slices(params, slices, work, case_id)
         argv = vlm_command(data, out, params)
         env = paths.cli_environment()
         if params.device == "cpu":
@@ -493,7 +505,71 @@ class CompareLogic:
         process = self.runner.start(argv, cwd=work, env=env)
         job = Job("VLM", argv, out, case_id, process)
         job.backend = params.backend  # type: ignore[attr-defined]
+        job.slices = slices.describe if slices is not None else ""  # type: ignore[attr-defined]
         return job
+
+    # ------------------------------------------------------------------- the VLM's slices
+    def vlm_slices(self, choice: str, slice_node=None) -> SliceChoice:
+        """The slices the VLM is asked about for a panel choice (:data:`SLICE_CHOICES`):
+        ``reference`` (the command's default: the reference tumour slices, label-free without
+        labels), ``screen`` (the slice ``slice_node`` shows, default the Red view), ``cnn`` (the
+        CNN segmentation of the case in the scene: the slices where it sees tumour) or ``brain``.
+
+        Raises:
+            ValueError: without a loaded case, for an unknown choice, a view not on an axial
+                slice of the case, or ``cnn`` without a CNN segmentation with tumour in the scene.
+        """
+        if choice not in SLICE_CHOICES:
+            raise ValueError(f"VLM slices {choice!r}: use one of {', '.join(SLICE_CHOICES)}")
+        loaded = self.loaded
+        if loaded is None or loaded.case is None:
+            raise ValueError("load a case first: the VLM is asked about its slices")
+        case = loaded.case
+        if choice == "reference":
+            what = SLICE_CHOICES["reference"] if case.label is not None else "brain slices"
+            return SliceChoice("", None, 0, what)
+        if choice == "brain":
+            return SliceChoice("brain", None, 0, SLICE_CHOICES["brain"])
+        wt_value = int(self.convention.regions["WT"][0])
+        if choice == "screen":
+            node = slice_node or _red_slice_node(self.scene)
+            if node is None:
+                raise ValueError("no Red slice view in the scene to take the slice from")
+            k = slice_index_on_screen(node, self.reference_volume())
+            label = screen_selection(case.shape, case.affine, k, wt_value)
+            return SliceChoice("cnn", label, 1, f"the slice on screen (k={k})")
+        segs = [
+            n
+            for n in mrml.case_nodes(self.scene, loaded.case_id, "cnn")
+            if n.IsA("vtkMRMLSegmentationNode")
+        ]
+        if not segs:
+            raise ValueError(
+                f"no CNN segmentation of {loaded.case_id} in the scene: run the CNN first"
+            )
+        label = mrml.label_map_from_segmentation_node(
+            segs[-1], self.reference_volume(), self.convention.name
+        )
+        if not np.isin(label, self.convention.regions["WT"]).any():
+            raise ValueError(f"the CNN found no tumour in {loaded.case_id}; choose brain slices")
+        return SliceChoice("cnn", label, 0, SLICE_CHOICES["cnn"])
+
+    def _with_slices(
+        self, params: VlmRunParams, slices: SliceChoice, work: Path, case_id: str
+    ) -> VlmRunParams:
+        """``params`` with the slice rule of ``slices``; its label map (if any) written where the
+        command's ``--cnn-pred`` reads it."""
+        cnn_pred = ""
+        if slices.label_map is not None:
+            folder = work / "slices"
+            write_selection(folder, case_id, slices.label_map, self.loaded.case.affine)
+            cnn_pred = str(folder)
+        return replace(
+            params,
+            slice_rule=slices.slice_rule,
+            cnn_pred=cnn_pred,
+            slices_per_case=slices.max_slices or params.slices_per_case,
+        )
 
     def start_command(self, name: str, args: Sequence[str], cwd: str | Path | None = None) -> Job:
         """Start any ``gliomacompare`` sub-command in the background."""
@@ -517,7 +593,10 @@ class CompareLogic:
         if job.name == "CNN":
             return self.load_cnn_output(job.case_id, job.out_dir)
         if job.name == "VLM":
-            return self.load_vlm_output(job.case_id, job.out_dir, getattr(job, "backend", ""))
+            results = self.load_vlm_output(job.case_id, job.out_dir, getattr(job, "backend", ""))
+            if getattr(job, "slices", ""):
+                results.notes.append(f"VLM asked about {job.slices}")
+            return results
         raise ValueError(f"no results to load for a {job.name} job")
 
     def load_cnn_output(self, case_id: str, out_dir: str | Path) -> LoadedResults:
@@ -744,6 +823,17 @@ def _fitting_case_id(case_id: str, pattern: str) -> str:
     if fnmatch.fnmatchcase(safe, pattern) or "*" not in pattern:
         return safe
     return pattern.replace("*", safe, 1).replace("*", "").replace("?", "_")
+
+
+def _red_slice_node(scene):
+    """The Red view's slice node (the application's ``vtkMRMLSliceNodeRed``, or any slice node
+    whose layout name is Red), or None."""
+    node = scene.GetNodeByID("vtkMRMLSliceNodeRed")
+    if node is not None:
+        return node
+    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    found = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+    return next((n for n in found if n.GetLayoutName() == "Red"), None)
 
 
 def _forget_on(logic: CompareLogic):

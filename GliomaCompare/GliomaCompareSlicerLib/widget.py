@@ -327,8 +327,14 @@ class CompareWidget:
             )
 
         params = self._guard("VLM settings", make)
-        if params is not None:
-            self._start("the VLM", "vlm", self.logic.start_vlm, self.logic.loaded.case_id, params)
+        if params is None:
+            return
+        slices = self._guard("Choosing the VLM's slices", self.logic.vlm_slices, p.vlmSlices)
+        if slices is not None:
+            self.append_log(f"VLM: asking about {slices.describe}")
+            self._start(
+                "the VLM", "vlm", self.logic.start_vlm, self.logic.loaded.case_id, params, slices
+            )
 
     def poll_job(self) -> None:
         job = self.job
