@@ -61,6 +61,14 @@ class GliomaCompare(ScriptedLoadableModule):
         if reason:
             self.parent.helpText = f"<b>{reason}</b><br>" + self.parent.helpText
             logging.warning(reason)
+        else:  # Sample Data lists the synthetic case (made locally) once Slicer has started
+            slicer.app.connect("startupCompleted()", _register_sample_data)
+
+
+def _register_sample_data():
+    from GliomaCompareSlicerLib import sampledata
+
+    sampledata.register()
 
 
 def unsupported_reason():

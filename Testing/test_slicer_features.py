@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_env import (  # noqa: F401  (scene, tiny_data are fixtures)
+from slicer_env import (  # noqa: F401  (scene, tiny_data, tiny_run are fixtures)
     add_slice_node,
     needs_slicer,
     process,
     scene,
     tiny_data,
+    tiny_run,
 )
 
 from GliomaCompareLib import slicer_files as sf
@@ -265,3 +266,91 @@ class _RecordingRunner:
     def start(self, argv, *, cwd=None, env=None):
         self.calls.append({"argv": list(argv), "cwd": cwd, "env": env})
         return process.SubprocessRunner().start([sys.executable, "-c", "print(1)"], cwd=cwd)
+
+
+# -------------------------------------------------------------- first-time path: sample, demo
+@needs_slicer
+@pytest.mark.slow
+def test_sample_case_is_made_locally_and_loads(scene, tmp_path):  # noqa: F811
+    """A real `gliomacompare synth` process writes one synthetic HGG case (nothing downloaded);
+    it opens as the BraTS folder and loads with its four modalities and ground truth."""
+    from GliomaCompareSlicerLib import mrml
+    from GliomaCompareSlicerLib.logic import SAMPLE_JOB, CompareLogic
+
+    logic = CompareLogic(scene, work_root=tmp_path / "work")
+    logic.run_dir = tmp_path  # a run folder opened before: the sample has nothing to do with it
+    job = logic.start_sample_case(shape=(48, 48, 31))
+    assert job.name == SAMPLE_JOB
+    assert job.argv[job.argv.index("synth") :] == [
+        "synth",
+        str(tmp_path / "work" / "sample"),
+        "--cases",
+        "1",
+        "--seed",
+        "0",
+        "--hgg-fraction",
+        "1",
+        "--shape",
+        "48,48,31",
+    ]
+    assert job.wait(timeout=600) == 0, "\n".join(job.log[-20:])
+    assert job.out_dir == tmp_path / "work" / "sample" / "MICCAI_BraTS2020_TrainingData"
+    rows = logic.open_sample_case(job.out_dir)
+    assert logic.run_dir is None and len(rows) == 1 and rows[0].grade == "HGG"
+    loaded = logic.load_case(rows[0].case_id)
+    assert sorted(loaded.volumes) == ["flair", "t1", "t1ce", "t2"]
+    array, _ = mrml.array_from_volume_node(loaded.volumes["flair"])
+    assert array.shape == (48, 48, 31) and array.max() > 0
+    assert loaded.ground_truth is not None and loaded.case.label.any()
+
+
+@needs_slicer
+def test_demo_runs_the_demo_preset_and_its_run_opens(scene, tiny_data, tiny_run, tmp_path):  # noqa: F811
+    """Run demo starts `gliomacompare demo --out <work>/demo` in the background (not run here:
+    the integrator runs the demo); a finished run folder opens in the case browser."""
+    from GliomaCompareSlicerLib.logic import DEMO_JOB, CompareLogic
+
+    runner = _RecordingRunner()
+    logic = CompareLogic(scene, runner=runner, work_root=tmp_path / "work")
+    job = logic.start_demo()
+    assert job.name == DEMO_JOB and job.wait(timeout=60) == 0
+    argv = runner.calls[0]["argv"]
+    assert argv[-3:] == ["demo", "--out", str(tmp_path / "work" / "demo")]
+    assert argv[1:3] == ["-m", "GliomaCompareLib.cli"]
+    assert job.out_dir == tmp_path / "work" / "demo"
+    rows = logic.open_run(tiny_run)  # what the widget does with job.out_dir once it finished
+    assert [r.case_id for r in rows] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+
+
+def test_sample_data_entry_downloads_nothing():
+    """The Sample Data registration uses the keyword names of Slicer 5.10's
+    SampleDataLogic.registerCustomSampleDataSource, no URI or file, the GliomaCompare category,
+    and a custom downloader; registering goes through the class given."""
+    from slicer_env import MODULE_DIR
+
+    sys.path.insert(0, str(MODULE_DIR))
+    from GliomaCompareSlicerLib import sampledata
+
+    slicer_5_10_keywords = {
+        "category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader",
+        "thumbnailFileName", "loadFileTypes", "loadFiles", "loadFileProperties", "checksums",
+        "loadFileType",
+    }  # fmt: skip
+    clicked = []
+    kwargs = sampledata.source_arguments(clicked.append, "icon.png")
+    assert set(kwargs) <= slicer_5_10_keywords
+    assert kwargs["category"] == "GliomaCompare" and kwargs["uris"] is None
+    assert kwargs["fileNames"] is None and kwargs["nodeNames"] == []
+    kwargs["customDownloader"]("source")
+    assert clicked == ["source"]
+
+    registered = []
+
+    class Logic:  # records what Slicer's SampleDataLogic would be given
+        @staticmethod
+        def registerCustomSampleDataSource(**kw):
+            registered.append(kw)
+
+    sampledata.register(Logic)
+    assert registered[0]["customDownloader"] is sampledata.make_sample_case
+    assert registered[0]["sampleName"] == sampledata.SAMPLE_NAME

@@ -51,8 +51,17 @@ from GliomaCompareLib.data.conventions import load_convention  # noqa: E402
 from GliomaCompareLib.data.discovery import discover_cases  # noqa: E402
 from GliomaCompareLib.data.io import write_nifti  # noqa: E402
 from GliomaCompareLib.data.slices import SliceGeometry  # noqa: E402
+from GliomaCompareLib.data.synthetic import DATA_DIR_NAME as SYNTH_DATA_DIR  # noqa: E402
 
-__all__ = ["METHODS", "CompareLogic", "LoadedCase", "LoadedResults", "Marker"]
+__all__ = [
+    "DEMO_JOB",
+    "METHODS",
+    "SAMPLE_JOB",
+    "CompareLogic",
+    "LoadedCase",
+    "LoadedResults",
+    "Marker",
+]
 
 #: Methods whose nodes can be shown / hidden, with the GUI's names.
 METHODS = {
@@ -63,6 +72,9 @@ METHODS = {
     "vlm_polygon": "VLM polygon",
 }
 _TINY_LABEL = "tiny random-weight model"
+#: Names of the first-time jobs (the GUI opens their results itself) and their folders.
+SAMPLE_JOB, DEMO_JOB = "Sample case", "Demo"
+SAMPLE_DIR, DEMO_DIR = "sample", "demo"
 
 
 @dataclass(frozen=True)
@@ -708,6 +720,48 @@ class CompareLogic:
         results = self._finish(results, rows, f"{case_id} VLM")
         self.results.append(results)
         return results
+
+    # ------------------------------------------------------- first-time path: sample, demo
+    def start_sample_case(
+        self, out: str | Path | None = None, seed: int = 0, shape: Sequence[int] | None = None
+    ) -> Job:
+        """Start ``gliomacompare synth`` for one synthetic HGG case in BraTS layout (made on this
+        computer, nothing downloaded) in the background; :meth:`open_sample_case` loads it.
+
+        Args:
+            out: where to write (default ``<work_root>/sample``); the case folder is
+                ``out/MICCAI_BraTS2020_TrainingData`` (the job's ``out_dir``).
+            seed: the case's random seed.
+            shape: volume shape (default BraTS's 240 x 240 x 155).
+        """
+        out = Path(out or self.work_root / SAMPLE_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        args = ["synth", str(out), "--cases", "1", "--seed", str(seed), "--hgg-fraction", "1"]
+        if shape is not None:
+            args += ["--shape", ",".join(str(int(v)) for v in shape)]
+        job = self.start_command(SAMPLE_JOB, args, cwd=out)
+        job.out_dir = out / SYNTH_DATA_DIR
+        return job
+
+    def open_sample_case(self, data_dir: str | Path) -> list[case_table.CaseRow]:
+        """List the sample case's folder as the open BraTS folder (no run folder: the sample
+        has no results yet); its one row is then loaded with :meth:`load_case`.
+
+        Raises:
+            FileNotFoundError: when the folder holds no case.
+        """
+        self.run_dir = None
+        return self.open_data(data_dir)
+
+    def start_demo(self, out: str | Path | None = None) -> Job:
+        """Start ``gliomacompare demo`` (the ``demo`` preset on a synthetic cohort, CPU) in the
+        background; its run folder (the job's ``out_dir``, default ``<work_root>/demo``, resumed
+        when run again) opens with :meth:`open_run` once it finished."""
+        out = Path(out or self.work_root / DEMO_DIR)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        job = self.start_command(DEMO_JOB, ["demo", "--out", str(out)], cwd=out.parent)
+        job.out_dir = out
+        return job
 
     # ------------------------------------------------------------------------------ display
     def set_method_visible(self, method: str, visible: bool) -> int:

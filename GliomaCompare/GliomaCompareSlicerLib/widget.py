@@ -17,7 +17,7 @@ import slicer
 from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector, unannotatedType
 
 from GliomaCompareSlicerLib import dependencies
-from GliomaCompareSlicerLib.logic import CompareLogic
+from GliomaCompareSlicerLib.logic import DEMO_JOB, SAMPLE_JOB, CompareLogic
 from GliomaCompareSlicerLib.process import CnnRunParams, VlmRunParams, available_commands
 
 __all__ = ["CompareWidget", "PathLineEditToStrConnector"]
@@ -112,6 +112,8 @@ class CompareWidget:
                 "toggled(bool)", lambda on, m=method: self.logic.set_method_visible(m, on)
             )
         ui.showThreeDCheckBox.connect("toggled(bool)", self.logic.set_show_3d)
+        ui.sampleCaseButton.connect("clicked()", self.sample_case)
+        ui.runDemoButton.connect("clicked()", self.run_demo)
         self.update_buttons()
 
     # ------------------------------------------------------------------------------ helpers
@@ -151,6 +153,8 @@ class CompareWidget:
         if not can_vlm:
             self.ui.runVlmButton.toolTip = "This GliomaCompareLib has no vlm command yet"
         self.ui.cancelButton.enabled = not idle
+        self.ui.sampleCaseButton.enabled = idle and "synth" in self.commands
+        self.ui.runDemoButton.enabled = idle and "demo" in self.commands
         self.ui.jumpButton.enabled = self.ui.markerComboBox.count > 0
         self.ui.saveButton.enabled = self.logic.loaded is not None or bool(self.logic.results)
 
@@ -354,7 +358,10 @@ class CompareWidget:
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.setValue(1000 if job.succeeded else 0)
         self.append_log(job.summary())
-        if job.succeeded and self.logic.loaded is None:
+        if job.name in (SAMPLE_JOB, DEMO_JOB):
+            if job.succeeded:
+                self.open_first_time_results(job)
+        elif job.succeeded and self.logic.loaded is None:
             self.append_log(f"{job.name}: finished, but no case is loaded any more; not loaded")
         elif job.succeeded:
             results = self._guard(
@@ -364,6 +371,36 @@ class CompareWidget:
                 self.show_results(results)
                 self.apply_visibility()
         self.update_buttons()
+
+    # ------------------------------------------------------- first-time path: sample, demo
+    def sample_case(self) -> None:
+        """Make a synthetic BraTS case in the background; it loads when done (also the action
+        of the module's Sample Data entry)."""
+        if self.job is not None:
+            self.append_log("A background run is going on; try again when it finished.")
+            return
+        self._start("the sample case", "sample", self.logic.start_sample_case)
+
+    def run_demo(self) -> None:
+        """The ``demo`` preset in the background; its run folder opens when done."""
+        self._start("the demo", "demo", self.logic.start_demo)
+
+    def open_first_time_results(self, job) -> None:
+        """A finished sample case is opened and loaded; a finished demo's run folder opened."""
+        p = self.params()
+        if job.name == SAMPLE_JOB:
+            if p is not None:
+                p.dataFolder = str(job.out_dir)
+            rows = self._guard("Opening the sample case", self.logic.open_sample_case, job.out_dir)
+            if rows:
+                self.after_open()
+                self.load(rows[0].case_id)
+            return
+        if p is not None:
+            p.runFolder = str(job.out_dir)
+        if self._guard("Opening the demo run", self.logic.open_run, job.out_dir) is not None:
+            self.after_open()
+            self.append_log(f"demo: report in {Path(job.out_dir) / 'report.html'}")
 
     def cancel_job(self) -> None:
         if self.job is not None:
