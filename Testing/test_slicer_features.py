@@ -354,3 +354,52 @@ def test_sample_data_entry_downloads_nothing():
     sampledata.register(Logic)
     assert registered[0]["customDownloader"] is sampledata.make_sample_case
     assert registered[0]["sampleName"] == sampledata.SAMPLE_NAME
+
+
+# ---------------------------------------------------------------------------------- caches
+def test_clear_caches_deletes_only_the_module_folders_after_asking(tmp_path):
+    """The live-run folder and GliomaCompare's user cache are listed with their sizes, deleted
+    only after a yes; other folders (a model cache beside them) stay; home is refused."""
+    from slicer_env import MODULE_DIR
+
+    sys.path.insert(0, str(MODULE_DIR))
+    from GliomaCompareSlicerLib import caches
+
+    work = tmp_path / "tmp" / "GliomaCompare"
+    (work / "BraTS20_Patient" / "vlm-1" / "out" / "cache").mkdir(parents=True)
+    (work / "BraTS20_Patient" / "vlm-1" / "out" / "cache" / "a.json").write_text("x" * 2000)
+    xdg = tmp_path / "xdg"
+    (xdg / "gliomacompare" / "synthetic").mkdir(parents=True)
+    (xdg / "huggingface" / "hub").mkdir(parents=True)  # the user's downloaded models
+    env = {"XDG_CACHE_HOME": str(xdg)}
+    folders = caches.cache_folders(work, env)
+    assert folders == [work, xdg / "gliomacompare"]
+    assert caches.folder_size(work) == 2000
+    asked = []
+    assert caches.clear_caches(folders, lambda q: asked.append(q) or False) == []
+    assert work.is_dir() and str(work) in asked[0] and "not touched" in asked[0]
+    assert caches.clear_caches(folders, lambda q: True) == folders
+    assert not work.exists() and not (xdg / "gliomacompare").exists()
+    assert (xdg / "huggingface" / "hub").is_dir()
+    assert caches.cache_folders(work, env) == []
+    # a cache folder the user named holds other things: only the library's part is ours
+    assert caches.user_cache_dir({"GLIOMACOMPARE_CACHE_DIR": str(tmp_path)}) == (
+        tmp_path / "synthetic"
+    )
+    assert caches.user_cache_dir({"GLIOMACOMPARE_CACHE_DIR": ""}) is None
+    with pytest.raises(ValueError, match="never deleted"):
+        caches.clear_caches([Path.home()], lambda q: True)
+
+
+@needs_slicer
+def test_logic_clear_caches_closes_a_case_list_read_from_them(scene, tmp_path, monkeypatch):  # noqa: F811
+    from GliomaCompareSlicerLib import testing
+    from GliomaCompareSlicerLib.logic import CompareLogic
+
+    monkeypatch.setenv("GLIOMACOMPARE_CACHE_DIR", str(tmp_path / "user-cache"))
+    logic = CompareLogic(scene, work_root=tmp_path / "work")
+    data = testing.write_tiny_cohort(tmp_path / "work" / "sample", n_cases=1)
+    logic.open_sample_case(data)
+    assert logic.cache_folders() == [tmp_path / "work"]
+    assert logic.clear_caches(lambda q: True) == [tmp_path / "work"]
+    assert logic.cohort is None and logic.rows == []

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareSlicerLib import caches, mrml, paths
 from GliomaCompareSlicerLib import cases as case_table
-from GliomaCompareSlicerLib import mrml, paths
 from GliomaCompareSlicerLib.process import (
     CnnRunParams,
     Job,
@@ -762,6 +762,21 @@ class CompareLogic:
         job = self.start_command(DEMO_JOB, ["demo", "--out", str(out)], cwd=out.parent)
         job.out_dir = out
         return job
+
+    # ---------------------------------------------------------------------------- caches
+    def cache_folders(self) -> list[Path]:
+        """The module's cache folders that exist (see :mod:`GliomaCompareSlicerLib.caches`)."""
+        return caches.cache_folders(self.work_root)
+
+    def clear_caches(self, confirm) -> list[Path]:
+        """Delete the module's cache folders once ``confirm(question)`` says yes; return them.
+        A case list read from a deleted folder (the sample case) is closed too."""
+        removed = caches.clear_caches(self.cache_folders(), confirm)
+        if self.cohort is not None and any(
+            Path(self.cohort.root).resolve().is_relative_to(p.resolve()) for p in removed
+        ):
+            self.cohort, self.rows = None, []
+        return removed
 
     # ------------------------------------------------------------------------------ display
     def set_method_visible(self, method: str, visible: bool) -> int:

@@ -114,6 +114,7 @@ class CompareWidget:
         ui.showThreeDCheckBox.connect("toggled(bool)", self.logic.set_show_3d)
         ui.sampleCaseButton.connect("clicked()", self.sample_case)
         ui.runDemoButton.connect("clicked()", self.run_demo)
+        ui.clearCacheButton.connect("clicked()", self.clear_cache)
         self.update_buttons()
 
     # ------------------------------------------------------------------------------ helpers
@@ -155,6 +156,7 @@ class CompareWidget:
         self.ui.cancelButton.enabled = not idle
         self.ui.sampleCaseButton.enabled = idle and "synth" in self.commands
         self.ui.runDemoButton.enabled = idle and "demo" in self.commands
+        self.ui.clearCacheButton.enabled = idle  # never under a running job's feet
         self.ui.jumpButton.enabled = self.ui.markerComboBox.count > 0
         self.ui.saveButton.enabled = self.logic.loaded is not None or bool(self.logic.results)
 
@@ -401,6 +403,22 @@ class CompareWidget:
         if self._guard("Opening the demo run", self.logic.open_run, job.out_dir) is not None:
             self.after_open()
             self.append_log(f"demo: report in {Path(job.out_dir) / 'report.html'}")
+
+    # ----------------------------------------------------------------------------- caches
+    def clear_cache(self) -> None:
+        """Delete the module's cache folders after asking (see ``caches``)."""
+        if self.job is not None:
+            return
+        if not self.logic.cache_folders():
+            self.append_log("Nothing cached.")
+            return
+        removed = self._guard(
+            "Clearing the cache", self.logic.clear_caches, slicer.util.confirmOkCancelDisplay
+        )
+        if removed:
+            self.append_log("Deleted " + ", ".join(str(p) for p in removed))
+            if self.logic.cohort is None:
+                self.after_open()  # the case list read from a deleted folder is gone
 
     def cancel_job(self) -> None:
         if self.job is not None:
