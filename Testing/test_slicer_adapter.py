@@ -1017,10 +1017,23 @@ def test_scene_volumes_of_any_patient_as_the_case(scene, tiny_data, tmp_path):  
     unlabelled = logic.use_scene_volumes(nodes, case_id="Patient_B")
     assert unlabelled.case.label is None and unlabelled.ground_truth is None
     other = mrml.volume_node_from_array(source.flair[:-1], source.affine, "cropped", scene=scene)
-    with pytest.raises(ValueError, match=r"cropped \(T1\): its grid differs"):
-        logic.use_scene_volumes({**nodes, "t1": other})
+    cropped = logic.use_scene_volumes({**nodes, "t1": other})  # resampled onto the FLAIR grid
+    assert cropped.notes == (
+        "T1 (cropped, 1x1.5x2 mm) resampled onto the FLAIR grid of DICOM flair (linear)",
+    )
+    np.testing.assert_allclose(cropped.case.modality("t1")[:-1], source.flair[:-1], atol=1e-4)
+    assert not cropped.case.modality("t1")[-1].any()  # outside the cropped volume
+    far = mrml.volume_node_from_array(source.flair, source.affine @ _shift(500), "far")
+    with pytest.raises(ValueError, match=r"far \(T1\): the volume does not overlap"):
+        logic.use_scene_volumes({**nodes, "t1": far})
     with pytest.raises(ValueError, match="choose a volume for T2"):
         logic.use_scene_volumes({c: n for c, n in nodes.items() if c != "t2"})
+
+
+def _shift(mm: float) -> np.ndarray:
+    out = np.eye(4)
+    out[0, 3] = mm
+    return out
 
 
 def logic_focus(case):

@@ -403,3 +403,72 @@ def test_logic_clear_caches_closes_a_case_list_read_from_them(scene, tmp_path, m
     assert logic.cache_folders() == [tmp_path / "work"]
     assert logic.clear_caches(lambda q: True) == [tmp_path / "work"]
     assert logic.cohort is None and logic.rows == []
+
+
+# ------------------------------------------------------------------- volumes on other grids
+def _ramp(affine, shape) -> np.ndarray:
+    """A linear function of RAS on a grid: trilinear interpolation reproduces it exactly."""
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+    ras = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return (2.0 * ras[..., 0] + 3.0 * ras[..., 1] - ras[..., 2] + 500.0).astype(np.float32)
+
+
+@needs_slicer
+def test_a_t2_on_another_grid_is_resampled_onto_the_flair_grid(scene, tmp_path):  # noqa: F811
+    """A patient whose T2 has another spacing, extent and orientation (as from DICOM): the case
+    gets the T2 on the FLAIR's grid, exact for a linear intensity ramp, and says so; the arms'
+    one-case folder holds it on that grid."""
+    from GliomaCompareSlicerLib import mrml
+    from GliomaCompareSlicerLib.grids import resample_to_grid, same_grid
+    from GliomaCompareSlicerLib.logic import CompareLogic
+
+    from GliomaCompareLib.data.case import load_case as load
+
+    flair_affine = np.array(
+        [[-1.0, 0, 0, 10.0], [0, -1.0, 0, 12.0], [0, 0, 1.5, -9.0], [0, 0, 0, 1.0]]
+    )
+    shape = (20, 24, 12)
+    theta = np.deg2rad(10)
+    t2_affine = np.array(
+        [
+            [-2.0 * np.cos(theta), 2.0 * np.sin(theta), 0, 16.0],
+            [-2.0 * np.sin(theta), -2.0 * np.cos(theta), 0, 20.0],
+            [0, 0, 3.0, -15.0],
+            [0, 0, 0, 1.0],
+        ]
+    )
+    t2_shape = (18, 18, 10)
+    flair = _ramp(flair_affine, shape)
+    nodes = {
+        c: mrml.volume_node_from_array(flair, flair_affine, f"DICOM {c}", scene=scene)
+        for c in ("flair", "t1", "t1ce")
+    }
+    nodes["t2"] = mrml.volume_node_from_array(
+        _ramp(t2_affine, t2_shape), t2_affine, "DICOM T2 axial 2mm", scene=scene
+    )
+    assert not same_grid(t2_shape, t2_affine, shape, flair_affine)
+    runner = _RecordingRunner()
+    logic = CompareLogic(scene, runner=runner, work_root=tmp_path / "work")
+    loaded = logic.use_scene_volumes(nodes, case_id="Patient")
+    assert loaded.notes == (
+        "T2 (DICOM T2 axial 2mm, 2x2x3 mm) resampled onto the FLAIR grid of DICOM flair (linear)",
+    )
+    t2 = loaded.case.modality("t2")
+    assert t2.shape == shape
+    np.testing.assert_allclose(loaded.case.affine, flair_affine)
+    inside = t2 != 0  # the T2's field of view covers most of the FLAIR's
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(t2[inside], flair[inside], rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(loaded.case.modality("t1"), flair)
+    # the arms read the resampled T2 from the case folder written for them
+    job = logic.start_cnn(loaded.case_id, process.CnnRunParams(str(tmp_path / "m"), "cpu"))
+    job.wait(timeout=60)
+    argv = runner.calls[0]["argv"]
+    written = load(discover_cases(Path(argv[argv.index("--data") + 1])).get(loaded.case_id))
+    np.testing.assert_allclose(written.modality("t2"), t2, atol=1e-4)
+    # nearest neighbour keeps label values; same grid is the identity
+    labels = np.zeros(t2_shape, np.uint8)
+    labels[5:9, 5:9, 3:6] = 4
+    nearest = resample_to_grid(labels, t2_affine, shape, flair_affine, order=0)
+    assert nearest.dtype == np.uint8 and set(np.unique(nearest).tolist()) == {0, 4}
+    np.testing.assert_allclose(resample_to_grid(flair, flair_affine, shape, flair_affine), flair)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from GliomaCompareSlicerLib import caches, mrml, paths
+from GliomaCompareSlicerLib import caches, grids, mrml, paths
 from GliomaCompareSlicerLib import cases as case_table
 from GliomaCompareSlicerLib.process import (
     CnnRunParams,
@@ -98,6 +98,7 @@ class LoadedCase:
         ground_truth: segmentation node (segments by label) or None.
         focus_ras: RAS of the tumour's centre on its largest axial slice (image centre without
             a label map); the slice views are moved there.
+        notes: what was done to the inputs (volumes resampled onto the FLAIR's grid).
     """
 
     case_id: str
@@ -106,6 +107,7 @@ class LoadedCase:
     volumes: dict
     ground_truth: object | None
     focus_ras: tuple[float, float, float]
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -302,9 +304,13 @@ class CompareLogic:
         nodes this module made are. ``case_id`` gets the convention's folder prefix where it
         lacks it (``Patient`` -> ``BraTS20_Patient``), so the arms' commands find the case.
 
+        A volume on another grid than the FLAIR's (other spacing, extent or orientation, as DICOM
+        series often are) is resampled onto the FLAIR's grid (trilinear, exact affine map; the
+        volumes must be aligned in RAS); :attr:`LoadedCase.notes` says which.
+
         Raises:
-            ValueError: naming the channel without a volume, or the volume whose grid differs
-                from the FLAIR's (resample it onto the FLAIR first).
+            ValueError: naming the channel without a volume, or the volume that does not overlap
+                the FLAIR at all.
         """
         case_id = _fitting_case_id(case_id, self.convention.case_dir_glob)
         channels = self.convention.channels
@@ -312,18 +318,7 @@ class CompareLogic:
         if absent:
             raise ValueError(f"choose a volume for {', '.join(absent)}")
         first = volumes[channels[0]]
-        arrays = []
-        affine = None
-        for channel in channels:
-            array, grid = mrml.array_from_volume_node(volumes[channel])
-            if affine is None:
-                affine = grid
-            elif array.shape != arrays[0].shape or not np.allclose(grid, affine, atol=1e-3):
-                raise ValueError(
-                    f"{volumes[channel].GetName()} ({channel.upper()}): its grid differs from "
-                    f"{first.GetName()}'s; resample it onto the {channels[0].upper()} first"
-                )
-            arrays.append(array.astype(np.float32))
+        arrays, affine, notes = _arrays_on_one_grid(volumes, channels)
         label = None
         if reference is not None:
             label = mrml.label_map_from_segmentation_node(reference, first, self.convention.name)
@@ -342,7 +337,7 @@ class CompareLogic:
         focus = focus_point(case)
         mrml.jump_slices(self.scene, focus, centered=True)
         self.forget_nodes()
-        self.loaded = LoadedCase(case_id, grade, case, dict(volumes), reference, focus)
+        self.loaded = LoadedCase(case_id, grade, case, dict(volumes), reference, focus, notes)
         return self.loaded
 
     def reference_volume(self):
@@ -861,6 +856,32 @@ class CompareLogic:
         written["scene"] = mrml.commit_scene(saved, out / f"{_safe(case_id)}.mrml")
         saved.Clear(1)
         return written
+
+
+def _arrays_on_one_grid(volumes: Mapping[str, object], channels):
+    """``(arrays, affine, notes)``: the channels' voxels (float32) on the first channel's grid,
+    that grid's IJKToRAS, and a note per volume that was resampled onto it (see :func:`GliomaCompareSlicerLib.grids.resample_to_grid`)."""
+    first = volumes[channels[0]]
+    arrays, notes = [], []
+    shape = affine = None
+    for channel in channels:
+        array, grid = mrml.array_from_volume_node(volumes[channel])
+        if shape is None:
+            shape, affine = array.shape, grid
+        elif not grids.same_grid(array.shape, grid, shape, affine):
+            try:
+                array = grids.resample_to_grid(array, grid, shape, affine)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{volumes[channel].GetName()} ({channel.upper()}): {exc}"
+                ) from exc
+            spacing = "x".join(f"{v:.3g}" for v in np.linalg.norm(grid[:3, :3], axis=0))
+            notes.append(
+                f"{channel.upper()} ({volumes[channel].GetName()}, {spacing} mm) resampled onto "
+                f"the {channels[0].upper()} grid of {first.GetName()} (linear)"
+            )
+        arrays.append(array.astype(np.float32))
+    return arrays, affine, tuple(notes)
 
 
 def _file_stems(nodes) -> list[tuple[str, object]]:

@@ -283,7 +283,10 @@ class CompareWidget:
         self.ui.predictionsLabel.text = "-"
         if loaded is not None:
             labels = "reference labels" if loaded.ground_truth is not None else "no labels"
-            self.ui.caseInfoLabel.text = f"{loaded.case_id} (from the scene, {labels})"
+            text = f"{loaded.case_id} (from the scene, {labels})"
+            self.ui.caseInfoLabel.text = "; ".join([text, *loaded.notes])
+            for note in loaded.notes:
+                self.append_log(note)
         self.update_buttons()
 
     # ------------------------------------------------------------------------------- runs
