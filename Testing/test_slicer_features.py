@@ -472,3 +472,49 @@ def test_a_t2_on_another_grid_is_resampled_onto_the_flair_grid(scene, tmp_path):
     nearest = resample_to_grid(labels, t2_affine, shape, flair_affine, order=0)
     assert nearest.dtype == np.uint8 and set(np.unique(nearest).tolist()) == {0, 4}
     np.testing.assert_allclose(resample_to_grid(flair, flair_affine, shape, flair_affine), flair)
+
+
+# ----------------------------------------------------------------- the scene's selectors
+@needs_slicer
+def test_selectors_show_the_loaded_case_or_guess_from_names(scene, tiny_data):  # noqa: F811
+    """A loaded BraTS case fills the four selectors and the reference; a patient from DICOM gets
+    its volumes guessed from the series names (each used once, T1ce before T1, FLAIR before T2)."""
+    from GliomaCompareSlicerLib import mrml
+    from GliomaCompareSlicerLib.logic import CompareLogic
+    from GliomaCompareSlicerLib.selectors import guess_channels, selection_of_loaded_case
+
+    logic = CompareLogic(scene)
+    logic.open_data(tiny_data)
+    loaded = logic.load_case(CASE1)
+    selection = selection_of_loaded_case(loaded)
+    assert {k: v.GetName() for k, v in selection.items()} == {
+        "flairVolume": f"{CASE1} FLAIR",
+        "t1Volume": f"{CASE1} T1",
+        "t1ceVolume": f"{CASE1} T1CE",
+        "t2Volume": f"{CASE1} T2",
+        "referenceSegmentation": "Ground truth",
+    }
+
+    def volumes(*names):
+        return [
+            mrml.volume_node_from_array(np.zeros((2, 2, 2)), np.eye(4), n, scene=scene)
+            for n in names
+        ]
+
+    dicom = volumes("3: AX T1 POST GAD", "5: Ax T2 FLAIR", "2: Sag T1", "4: AX T2", "6: DWI")
+    guessed = {c: n.GetName() for c, n in guess_channels(dicom).items()}
+    assert guessed == {
+        "flair": "5: Ax T2 FLAIR",
+        "t1ce": "3: AX T1 POST GAD",
+        "t2": "4: AX T2",
+        "t1": "2: Sag T1",
+    }
+    brats23 = volumes("BraTS-GLI-00001-000-t2w", "BraTS-GLI-00001-000-t1c", "x-t2f", "x-t1n")
+    guessed = {c: n.GetName() for c, n in guess_channels(brats23).items()}
+    assert guessed == {
+        "flair": "x-t2f",
+        "t1ce": "BraTS-GLI-00001-000-t1c",
+        "t2": "BraTS-GLI-00001-000-t2w",
+        "t1": "x-t1n",
+    }
+    assert guess_channels(volumes("MRHead")) == {}

@@ -556,6 +556,9 @@ def test_new_widgets_sit_in_their_sections_and_bind_their_parameters():
         if p.get("name") == "SlicerParameterName"
     }
     assert bound["vlmSlices"] == "vlmSlicesComboBox"
+    from GliomaCompareSlicerLib.selectors import CHANNEL_PARAMETERS, REFERENCE_PARAMETER
+
+    assert {*CHANNEL_PARAMETERS.values(), REFERENCE_PARAMETER} <= set(bound)
     fields = parameter_fields()
     assert "'reference', 'screen', 'cnn', 'brain'" in fields["vlmSlices"]
     from GliomaCompareSlicerLib.vlmslices import SLICE_CHOICES

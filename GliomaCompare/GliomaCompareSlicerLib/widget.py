@@ -19,6 +19,11 @@ from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector,
 from GliomaCompareSlicerLib import dependencies
 from GliomaCompareSlicerLib.logic import DEMO_JOB, SAMPLE_JOB, CompareLogic
 from GliomaCompareSlicerLib.process import CnnRunParams, VlmRunParams, available_commands
+from GliomaCompareSlicerLib.selectors import (
+    CHANNEL_PARAMETERS,
+    guess_channels,
+    selection_of_loaded_case,
+)
 
 __all__ = ["CompareWidget", "PathLineEditToStrConnector"]
 
@@ -257,6 +262,7 @@ class CompareWidget:
             slicer.util.setSliceViewerLayers(background=loaded.volumes.get("flair"), fit=True)
             self.logic.jump_to(loaded.focus_ras)
             self.ui.caseInfoLabel.text = f"{case_id} ({loaded.grade or 'grade unknown'})"
+            self._show_in_selectors(selection_of_loaded_case(loaded))
         if self.logic.run_dir is not None:
             results = self._guard(
                 f"Loading the run's results for {case_id}", self.logic.load_run_results, case_id
@@ -266,9 +272,23 @@ class CompareWidget:
         self.apply_visibility()
         self.update_buttons()
 
-    def use_scene_volumes(self) -> None:
-        """The four volumes (and reference) picked in "Patient in the scene" become the case."""
+    def _show_in_selectors(self, selection: dict) -> None:
+        """Write parameter name -> node into the "Patient in the scene" selectors."""
         p = self.params()
+        if p is not None:
+            for name, node in selection.items():
+                setattr(p, name, node)
+
+    def use_scene_volumes(self) -> None:
+        """The four volumes (and reference) picked in "Patient in the scene" become the case;
+        with none picked, they are guessed from the volumes' names first (and said so)."""
+        p = self.params()
+        if all(getattr(p, n) is None for n in CHANNEL_PARAMETERS.values()):
+            nodes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            guessed = guess_channels(nodes)
+            self._show_in_selectors({CHANNEL_PARAMETERS[c]: n for c, n in guessed.items()})
+            for channel, node in guessed.items():
+                self.append_log(f"{channel.upper()}: guessed {node.GetName()} from its name")
         volumes = {"flair": p.flairVolume, "t1": p.t1Volume, "t1ce": p.t1ceVolume, "t2": p.t2Volume}
         name = volumes["flair"].GetName() if volumes["flair"] is not None else "Patient"
         loaded = self._guard(
