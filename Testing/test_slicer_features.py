@@ -518,3 +518,21 @@ def test_selectors_show_the_loaded_case_or_guess_from_names(scene, tiny_data):  
         "t1": "x-t1n",
     }
     assert guess_channels(volumes("MRHead")) == {}
+
+
+@needs_slicer
+def test_a_loaded_case_in_the_selectors_can_be_used_as_scene_volumes(scene, tiny_data):  # noqa: F811
+    """The selectors filled from a loaded case, then 'Use these volumes': the chosen reference
+    (the case's ground truth node) stays in the scene with the volumes."""
+    from GliomaCompareSlicerLib.logic import CompareLogic
+    from GliomaCompareSlicerLib.selectors import selection_of_loaded_case
+
+    logic = CompareLogic(scene)
+    logic.open_data(tiny_data)
+    loaded = logic.load_case(CASE1)
+    chosen = selection_of_loaded_case(loaded)
+    volumes = {c: chosen[f"{c}Volume"] for c in ("flair", "t1", "t1ce", "t2")}
+    again = logic.use_scene_volumes(volumes, chosen["referenceSegmentation"], CASE1)
+    assert again.ground_truth.GetScene() is scene
+    assert all(v.GetScene() is scene for v in again.volumes.values())
+    np.testing.assert_array_equal(again.case.label, loaded.case.label)

@@ -323,6 +323,8 @@ class CompareLogic:
         if reference is not None:
             label = mrml.label_map_from_segmentation_node(reference, first, self.convention.name)
         keep = {volumes[c].GetID() for c in channels}
+        if reference is not None:  # e.g. a loaded case's ground truth, picked in the selector
+            keep.add(reference.GetID())
         mrml.remove_nodes([n for n in mrml.case_nodes(self.scene) if n.GetID() not in keep])
         case = Case(
             case_id,
