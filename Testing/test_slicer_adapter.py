@@ -237,6 +237,19 @@ def test_command_lines_follow_the_cli_contract():
         process.VlmRunParams(backend="openai")
     with pytest.raises(ValueError, match="tasks"):
         process.VlmRunParams(tasks=("segment",))
+    # the slice choice's options parse with the real vlm command's parser
+    argv = process.vlm_command(
+        "/d", "/o", process.VlmRunParams(slice_rule="cnn", cnn_pred="/sel"), python="py"
+    )
+    assert " ".join(argv).endswith("--slice-rule cnn --cnn-pred /sel --out /o")
+    from GliomaCompareLib.argtypes import dataclass_from_args
+    from GliomaCompareLib.cli import build_parser
+    from GliomaCompareLib.vlm.inference import VLMConfig
+
+    config = dataclass_from_args(VLMConfig, build_parser().parse_args(argv[3:]))
+    assert config.slice_rule.mode == "cnn" and config.cnn_predictions == "/sel"
+    with pytest.raises(ValueError, match="cnn_pred"):
+        process.VlmRunParams(slice_rule="cnn")
 
 
 def test_real_gliomacompare_command_runs_in_background(tiny_data):  # noqa: F811
