@@ -44,7 +44,9 @@ class GliomaCompare(ScriptedLoadableModule):
             "(LGG vs HGG) and localising gliomas on BraTS MRI. Open a BraTS folder or a finished "
             "'gliomacompare run' folder, sort cases by a score (worst first), load a case (four "
             "modalities, ground truth), run the CNN and the VLM in the background, and inspect "
-            "their segmentations, points, boxes and polygons on the same slices. Results from "
+            "their segmentations, points, boxes and polygons on the same slices (the VLM on the "
+            "reference tumour slices, the slice on screen, the CNN's tumour slices or brain "
+            "slices). 'Sample case' and 'Run demo' need no download. Results from "
             "the 'tiny' backend come from a random-weight model and say so."
         )
         self.parent.acknowledgementText = (
