@@ -44,7 +44,9 @@ class GliomaCompare(ScriptedLoadableModule):
             "(LGG vs HGG) and localising gliomas on BraTS MRI. Open a BraTS folder or a finished "
             "'gliomacompare run' folder, sort cases by a score (worst first), load a case (four "
             "modalities, ground truth), run the CNN and the VLM in the background, and inspect "
-            "their segmentations, points, boxes and polygons on the same slices. Results from "
+            "their segmentations, points, boxes and polygons on the same slices (the VLM on the "
+            "reference tumour slices, the slice on screen, the CNN's tumour slices or brain "
+            "slices). 'Sample case' and 'Run demo' need no download. Results from "
             "the 'tiny' backend come from a random-weight model and say so."
         )
         self.parent.acknowledgementText = (
@@ -61,6 +63,14 @@ class GliomaCompare(ScriptedLoadableModule):
         if reason:
             self.parent.helpText = f"<b>{reason}</b><br>" + self.parent.helpText
             logging.warning(reason)
+        else:  # Sample Data lists the synthetic case (made locally) once Slicer has started
+            slicer.app.connect("startupCompleted()", _register_sample_data)
+
+
+def _register_sample_data():
+    from GliomaCompareSlicerLib import sampledata
+
+    sampledata.register()
 
 
 def unsupported_reason():
@@ -92,6 +102,7 @@ class GliomaCompareParameterNode:
     vlmRuns: Annotated[int, WithinRange(1, 20)] = 1
     vlmTemperature: Annotated[float, WithinRange(0.0, 2.0)] = 0.0
     slicesPerCase: Annotated[int, WithinRange(0, 512)] = 0
+    vlmSlices: Annotated[str, Choice(["reference", "screen", "cnn", "brain"])] = "reference"
     showGroundTruth: bool = True
     showCnn: bool = True
     showVlmPoint: bool = True

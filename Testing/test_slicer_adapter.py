@@ -237,6 +237,19 @@ def test_command_lines_follow_the_cli_contract():
         process.VlmRunParams(backend="openai")
     with pytest.raises(ValueError, match="tasks"):
         process.VlmRunParams(tasks=("segment",))
+    # the slice choice's options parse with the real vlm command's parser
+    argv = process.vlm_command(
+        "/d", "/o", process.VlmRunParams(slice_rule="cnn", cnn_pred="/sel"), python="py"
+    )
+    assert " ".join(argv).endswith("--slice-rule cnn --cnn-pred /sel --out /o")
+    from GliomaCompareLib.argtypes import dataclass_from_args
+    from GliomaCompareLib.cli import build_parser
+    from GliomaCompareLib.vlm.inference import VLMConfig
+
+    config = dataclass_from_args(VLMConfig, build_parser().parse_args(argv[3:]))
+    assert config.slice_rule.mode == "cnn" and config.cnn_predictions == "/sel"
+    with pytest.raises(ValueError, match="cnn_pred"):
+        process.VlmRunParams(slice_rule="cnn")
 
 
 def test_real_gliomacompare_command_runs_in_background(tiny_data):  # noqa: F811
@@ -1017,10 +1030,23 @@ def test_scene_volumes_of_any_patient_as_the_case(scene, tiny_data, tmp_path):  
     unlabelled = logic.use_scene_volumes(nodes, case_id="Patient_B")
     assert unlabelled.case.label is None and unlabelled.ground_truth is None
     other = mrml.volume_node_from_array(source.flair[:-1], source.affine, "cropped", scene=scene)
-    with pytest.raises(ValueError, match=r"cropped \(T1\): its grid differs"):
-        logic.use_scene_volumes({**nodes, "t1": other})
+    cropped = logic.use_scene_volumes({**nodes, "t1": other})  # resampled onto the FLAIR grid
+    assert cropped.notes == (
+        "T1 (cropped, 1x1.5x2 mm) resampled onto the FLAIR grid of DICOM flair (linear)",
+    )
+    np.testing.assert_allclose(cropped.case.modality("t1")[:-1], source.flair[:-1], atol=1e-4)
+    assert not cropped.case.modality("t1")[-1].any()  # outside the cropped volume
+    far = mrml.volume_node_from_array(source.flair, source.affine @ _shift(500), "far")
+    with pytest.raises(ValueError, match=r"far \(T1\): the volume does not overlap"):
+        logic.use_scene_volumes({**nodes, "t1": far})
     with pytest.raises(ValueError, match="choose a volume for T2"):
         logic.use_scene_volumes({c: n for c, n in nodes.items() if c != "t2"})
+
+
+def _shift(mm: float) -> np.ndarray:
+    out = np.eye(4)
+    out[0, 3] = mm
+    return out
 
 
 def logic_focus(case):

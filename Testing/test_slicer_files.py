@@ -365,3 +365,35 @@ def test_a_label_value_beyond_the_label_map_type_is_refused(tmp_path):
     bare.write_bytes(_nrrd_bytes("unsigned int", (2, 2, 2), "raw", raw))
     with pytest.raises(ValueError, match=r"bare\.seg\.nrrd: label values \[70000\] are outside"):
         sf.read_seg_nrrd(bare)
+
+
+def test_segments_carry_snomed_terminology_in_slicer_format(tmp_path):
+    """Each tumour label and region names its SNOMED CT type in Slicer's serialised terminology
+    entry (7 '~' fields, codes as scheme^value^meaning), in the file's segment tags."""
+    entry = sf.terminology_entry(("SCT", "6574001", "Necrosis"))
+    fields = entry.split("~")
+    assert len(fields) == 7
+    assert fields[0] == "Segmentation category and type - DICOM master list"
+    assert fields[1] == "SCT^49755003^Morphologically Altered Structure"
+    assert fields[2] == "SCT^6574001^Necrosis" and fields[3] == "^^"
+    assert fields[4] == "Anatomic codes - DICOM master list" and fields[5] == "SCT^12738006^Brain"
+    with pytest.raises(ValueError, match="scheme, value, meaning"):
+        sf.terminology_entry(("SCT", "1~2", "x"))
+    expected = {"1": "6574001", "2": "79654002", "4": "86049000"}
+    path = sf.write_seg_nrrd(tmp_path / "gt.seg.nrrd", brats_labels(), AFFINE, "brats2020")
+    _, kv = header_fields(path)
+    for i, value in enumerate(("1", "2", "4")):
+        tags = dict(t.split(":", 1) for t in kv[f"Segment{i}_Tags"].split("|") if t)
+        assert tags["TerminologyEntry"].split("~")[2].split("^")[1] == expected[value]
+    codes = {
+        s.id: s.tags[sf.TAG_TERMINOLOGY].split("~")[2]
+        for s in sf.segment_specs("brats2020", "regions")
+    }
+    assert codes == {
+        "WT": "SCT^4147007^Mass",
+        "TC": "SCT^108369006^Neoplasm",
+        "ET": "SCT^86049000^Neoplasm, Primary",
+    }
+    # BraTS 2023 names (NETC, SNFH, ET) get the same three codes
+    names = [s.tags[sf.TAG_TERMINOLOGY].split("~")[2] for s in sf.segment_specs("brats2023")]
+    assert names == ["SCT^6574001^Necrosis", "SCT^79654002^Edema", "SCT^86049000^Neoplasm, Primary"]

@@ -57,6 +57,8 @@ def test_ui_parses_and_has_every_widget_the_code_uses():
     # the scan itself works: attribute use, and names reached through getattr tables
     assert {"runCnnButton", "cancelButton", "logTextEdit", "showVlmBoxCheckBox"} <= used
     assert "useSceneVolumesButton" in used
+    # issue 14's widgets: the first-time path, the cache action
+    assert {"sampleCaseButton", "runDemoButton", "clearCacheButton"} <= used
     missing = sorted(used - set(widgets))
     assert missing == [], f"widgets used in code but not in {UI.name}: {missing}"
     # custom widget classes are declared
@@ -514,3 +516,77 @@ def test_scene_selectors_pick_volumes_and_get_the_scene():
         and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
     assert fed == set(combos)
+
+
+def _section_of(name: str) -> str:
+    """The collapsible section (``ctkCollapsibleButton``) a widget lies in."""
+    root = ET.parse(UI).getroot()
+    for section in root.iter("widget"):
+        if section.get("class") == "ctkCollapsibleButton" and any(
+            w.get("name") == name for w in section.iter("widget")
+        ):
+            return section.get("name")
+    raise AssertionError(f"{name} is in no section")
+
+
+def test_new_widgets_sit_in_their_sections_and_bind_their_parameters():
+    """Expert options in a collapsed Advanced section with the cache action; the sample case and
+    demo up front; the VLM slice choice beside the VLM with the parameter's four choices."""
+    widgets = ui_widgets()
+    for name in (
+        "vlmTemperatureSliderWidget",
+        "vlmRunsSpinBox",
+        "vlmBaseUrlLineEdit",
+        "vlmAllowRemoteCheckBox",
+        "vlmAdapterPathLineEdit",
+        "clearCacheButton",
+    ):
+        assert _section_of(name) == "advancedCollapsibleButton", name
+    advanced = widgets["advancedCollapsibleButton"]
+    collapsed = [p for p in advanced.findall("property") if p.get("name") == "collapsed"]
+    assert collapsed and collapsed[0].findtext("bool") == "true"
+    assert _section_of("sampleCaseButton") == _section_of("runDemoButton")
+    assert _section_of("sampleCaseButton") == "startCollapsibleButton"
+    for name in ("vlmSlicesComboBox", "runVlmButton", "slicesPerCaseSpinBox", "taskGradeCheckBox"):
+        assert _section_of(name) == "runCollapsibleButton", name
+    bound = {
+        p.findtext("string"): n
+        for n, w in widgets.items()
+        for p in w.findall("property")
+        if p.get("name") == "SlicerParameterName"
+    }
+    assert bound["vlmSlices"] == "vlmSlicesComboBox"
+    from GliomaCompareSlicerLib.selectors import CHANNEL_PARAMETERS, REFERENCE_PARAMETER
+
+    assert {*CHANNEL_PARAMETERS.values(), REFERENCE_PARAMETER} <= set(bound)
+    fields = parameter_fields()
+    assert "'reference', 'screen', 'cnn', 'brain'" in fields["vlmSlices"]
+    from GliomaCompareSlicerLib.vlmslices import SLICE_CHOICES
+
+    assert list(SLICE_CHOICES) == ["reference", "screen", "cnn", "brain"]
+    # every form row index is used once per column (a moved row left no gap or clash)
+    root = ET.parse(UI).getroot()
+    for layout in root.iter("layout"):
+        if layout.get("class") != "QFormLayout":
+            continue
+        cells = [(i.get("row"), i.get("column")) for i in layout.findall("item")]
+        assert len(cells) == len(set(cells)), layout.get("name")
+        rows = sorted({int(r) for r, _ in cells})
+        assert rows == list(range(len(rows))), layout.get("name")
+
+
+def test_sample_and_demo_ask_for_what_their_commands_import():
+    from GliomaCompareSlicerLib import dependencies as deps
+
+    sample = {Requirement(r).name for r in deps.requirements("sample")}
+    assert "nilearn" in sample and not sample & {"torch", "monai", "transformers"}
+    demo = {Requirement(r).name for r in deps.requirements("demo")}
+    assert {"nilearn", "monai", "transformers", "matplotlib", "scikit-image"} <= demo
+    declared = {
+        Requirement(r).name.lower(): str(Requirement(r).specifier)
+        for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    for text in deps.requirements("demo"):
+        req = Requirement(text)
+        assert declared.get(req.name.lower()) == str(req.specifier), text
+    assert "demo" in deps._NEEDS_TORCH and "sample" not in deps._NEEDS_TORCH

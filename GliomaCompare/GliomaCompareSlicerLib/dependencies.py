@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Sequence
 __all__ = [
     "CLI_REQUIREMENTS",
     "CNN_REQUIREMENTS",
+    "DEMO_REQUIREMENTS",
     "KINDS",
     "LOAD_REQUIREMENTS",
     "RUN_REQUIREMENTS",
+    "SYNTH_REQUIREMENTS",
     "TORCH_REQUIREMENT",
     "VLM_REQUIREMENTS",
     "ensure",
@@ -48,12 +50,26 @@ VLM_REQUIREMENTS = (
 )
 #: Everything a background run may need (both arms).
 RUN_REQUIREMENTS = tuple(dict.fromkeys(CLI_REQUIREMENTS + CNN_REQUIREMENTS + VLM_REQUIREMENTS))
+#: ``gliomacompare synth`` (the sample case): the MNI152 anatomy ships with nilearn.
+SYNTH_REQUIREMENTS = ("nilearn>=0.10",)
+#: ``gliomacompare demo``: a synthetic cohort, both arms and the report (besides torch).
+DEMO_REQUIREMENTS = tuple(
+    dict.fromkeys(
+        RUN_REQUIREMENTS
+        + SYNTH_REQUIREMENTS
+        + ("scikit-image>=0.22", "matplotlib>=3.8", "SimpleITK>=2.3")
+    )
+)
 #: What each action needs; ``cnn`` and ``vlm`` need torch too (:data:`TORCH_REQUIREMENT`).
 KINDS = {
     "load": LOAD_REQUIREMENTS,
     "cnn": LOAD_REQUIREMENTS + CLI_REQUIREMENTS + CNN_REQUIREMENTS,
     "vlm": LOAD_REQUIREMENTS + CLI_REQUIREMENTS + VLM_REQUIREMENTS,
+    "sample": LOAD_REQUIREMENTS + CLI_REQUIREMENTS + SYNTH_REQUIREMENTS,
+    "demo": LOAD_REQUIREMENTS + DEMO_REQUIREMENTS,
 }
+#: The actions whose command imports torch.
+_NEEDS_TORCH = ("cnn", "vlm", "run", "demo")
 TORCH_REQUIREMENT = ">=2.4"
 
 
@@ -189,7 +205,7 @@ def ensure(kind: str = "load", confirm: bool = True) -> bool:
         RuntimeError: when the PyTorch extension is missing.
     """
     reqs = requirements(kind)
-    if kind != "load" and not _ensure_torch(confirm):
+    if kind in _NEEDS_TORCH and not _ensure_torch(confirm):
         return False
     need = missing(reqs)
     return not need or install(need, confirm)

@@ -19,13 +19,13 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from GliomaCompareSlicerLib import caches, grids, mrml, paths
 from GliomaCompareSlicerLib import cases as case_table
-from GliomaCompareSlicerLib import mrml, paths
 from GliomaCompareSlicerLib.process import (
     CnnRunParams,
     Job,
@@ -34,6 +34,13 @@ from GliomaCompareSlicerLib.process import (
     VlmRunParams,
     cnn_predict_command,
     vlm_command,
+)
+from GliomaCompareSlicerLib.vlmslices import (
+    SLICE_CHOICES,
+    SliceChoice,
+    screen_selection,
+    slice_index_on_screen,
+    write_selection,
 )
 
 paths.ensure_library_importable()
@@ -44,8 +51,17 @@ from GliomaCompareLib.data.conventions import load_convention  # noqa: E402
 from GliomaCompareLib.data.discovery import discover_cases  # noqa: E402
 from GliomaCompareLib.data.io import write_nifti  # noqa: E402
 from GliomaCompareLib.data.slices import SliceGeometry  # noqa: E402
+from GliomaCompareLib.data.synthetic import DATA_DIR_NAME as SYNTH_DATA_DIR  # noqa: E402
 
-__all__ = ["METHODS", "CompareLogic", "LoadedCase", "LoadedResults", "Marker"]
+__all__ = [
+    "DEMO_JOB",
+    "METHODS",
+    "SAMPLE_JOB",
+    "CompareLogic",
+    "LoadedCase",
+    "LoadedResults",
+    "Marker",
+]
 
 #: Methods whose nodes can be shown / hidden, with the GUI's names.
 METHODS = {
@@ -56,6 +72,9 @@ METHODS = {
     "vlm_polygon": "VLM polygon",
 }
 _TINY_LABEL = "tiny random-weight model"
+#: Names of the first-time jobs (the GUI opens their results itself) and their folders.
+SAMPLE_JOB, DEMO_JOB = "Sample case", "Demo"
+SAMPLE_DIR, DEMO_DIR = "sample", "demo"
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,7 @@ class LoadedCase:
         ground_truth: segmentation node (segments by label) or None.
         focus_ras: RAS of the tumour's centre on its largest axial slice (image centre without
             a label map); the slice views are moved there.
+        notes: what was done to the inputs (volumes resampled onto the FLAIR's grid).
     """
 
     case_id: str
@@ -87,6 +107,7 @@ class LoadedCase:
     volumes: dict
     ground_truth: object | None
     focus_ras: tuple[float, float, float]
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,9 +304,13 @@ class CompareLogic:
         nodes this module made are. ``case_id`` gets the convention's folder prefix where it
         lacks it (``Patient`` -> ``BraTS20_Patient``), so the arms' commands find the case.
 
+        A volume on another grid than the FLAIR's (other spacing, extent or orientation, as DICOM
+        series often are) is resampled onto the FLAIR's grid (trilinear, exact affine map; the
+        volumes must be aligned in RAS); :attr:`LoadedCase.notes` says which.
+
         Raises:
-            ValueError: naming the channel without a volume, or the volume whose grid differs
-                from the FLAIR's (resample it onto the FLAIR first).
+            ValueError: naming the channel without a volume, or the volume that does not overlap
+                the FLAIR at all.
         """
         case_id = _fitting_case_id(case_id, self.convention.case_dir_glob)
         channels = self.convention.channels
@@ -293,22 +318,13 @@ class CompareLogic:
         if absent:
             raise ValueError(f"choose a volume for {', '.join(absent)}")
         first = volumes[channels[0]]
-        arrays = []
-        affine = None
-        for channel in channels:
-            array, grid = mrml.array_from_volume_node(volumes[channel])
-            if affine is None:
-                affine = grid
-            elif array.shape != arrays[0].shape or not np.allclose(grid, affine, atol=1e-3):
-                raise ValueError(
-                    f"{volumes[channel].GetName()} ({channel.upper()}): its grid differs from "
-                    f"{first.GetName()}'s; resample it onto the {channels[0].upper()} first"
-                )
-            arrays.append(array.astype(np.float32))
+        arrays, affine, notes = _arrays_on_one_grid(volumes, channels)
         label = None
         if reference is not None:
             label = mrml.label_map_from_segmentation_node(reference, first, self.convention.name)
         keep = {volumes[c].GetID() for c in channels}
+        if reference is not None:  # e.g. a loaded case's ground truth, picked in the selector
+            keep.add(reference.GetID())
         mrml.remove_nodes([n for n in mrml.case_nodes(self.scene) if n.GetID() not in keep])
         case = Case(
             case_id,
@@ -323,7 +339,7 @@ class CompareLogic:
         focus = focus_point(case)
         mrml.jump_slices(self.scene, focus, centered=True)
         self.forget_nodes()
-        self.loaded = LoadedCase(case_id, grade, case, dict(volumes), reference, focus)
+        self.loaded = LoadedCase(case_id, grade, case, dict(volumes), reference, focus, notes)
         return self.loaded
 
     def reference_volume(self):
@@ -481,11 +497,16 @@ class CompareLogic:
         process = self.runner.start(argv, cwd=work, env=paths.cli_environment())
         return Job("CNN", argv, out, case_id, process)
 
-    def start_vlm(self, case_id: str, params: VlmRunParams) -> Job:
-        """Start ``gliomacompare vlm`` on one case in the background."""
+    def start_vlm(
+        self, case_id: str, params: VlmRunParams, slices: SliceChoice | None = None
+    ) -> Job:
+        """Start ``gliomacompare vlm`` on one case in the background, on the slices ``slices``
+        chose (see :meth:`vlm_slices`; default: the command's own rule)."""
         work = self._work_dir(case_id, "vlm")
         data = self.prepare_case_data(case_id, work)
         out = work / "out"
+        if slices is not None:
+            params = self._with_slices(params, slices, work, case_id)
         argv = vlm_command(data, out, params)
         env = paths.cli_environment()
         if params.device == "cpu":
@@ -493,7 +514,71 @@ class CompareLogic:
         process = self.runner.start(argv, cwd=work, env=env)
         job = Job("VLM", argv, out, case_id, process)
         job.backend = params.backend  # type: ignore[attr-defined]
+        job.slices = slices.describe if slices is not None else ""  # type: ignore[attr-defined]
         return job
+
+    # ------------------------------------------------------------------- the VLM's slices
+    def vlm_slices(self, choice: str, slice_node=None) -> SliceChoice:
+        """The slices the VLM is asked about for a panel choice (:data:`SLICE_CHOICES`):
+        ``reference`` (the command's default: the reference tumour slices, label-free without
+        labels), ``screen`` (the slice ``slice_node`` shows, default the Red view), ``cnn`` (the
+        CNN segmentation of the case in the scene: the slices where it sees tumour) or ``brain``.
+
+        Raises:
+            ValueError: without a loaded case, for an unknown choice, a view not on an axial
+                slice of the case, or ``cnn`` without a CNN segmentation with tumour in the scene.
+        """
+        if choice not in SLICE_CHOICES:
+            raise ValueError(f"VLM slices {choice!r}: use one of {', '.join(SLICE_CHOICES)}")
+        loaded = self.loaded
+        if loaded is None or loaded.case is None:
+            raise ValueError("load a case first: the VLM is asked about its slices")
+        case = loaded.case
+        if choice == "reference":
+            what = SLICE_CHOICES["reference"] if case.label is not None else "brain slices"
+            return SliceChoice("", None, 0, what)
+        if choice == "brain":
+            return SliceChoice("brain", None, 0, SLICE_CHOICES["brain"])
+        wt_value = int(self.convention.regions["WT"][0])
+        if choice == "screen":
+            node = slice_node or _red_slice_node(self.scene)
+            if node is None:
+                raise ValueError("no Red slice view in the scene to take the slice from")
+            k = slice_index_on_screen(node, self.reference_volume())
+            label = screen_selection(case.shape, case.affine, k, wt_value)
+            return SliceChoice("cnn", label, 1, f"the slice on screen (k={k})")
+        segs = [
+            n
+            for n in mrml.case_nodes(self.scene, loaded.case_id, "cnn")
+            if n.IsA("vtkMRMLSegmentationNode")
+        ]
+        if not segs:
+            raise ValueError(
+                f"no CNN segmentation of {loaded.case_id} in the scene: run the CNN first"
+            )
+        label = mrml.label_map_from_segmentation_node(
+            segs[-1], self.reference_volume(), self.convention.name
+        )
+        if not np.isin(label, self.convention.regions["WT"]).any():
+            raise ValueError(f"the CNN found no tumour in {loaded.case_id}; choose brain slices")
+        return SliceChoice("cnn", label, 0, SLICE_CHOICES["cnn"])
+
+    def _with_slices(
+        self, params: VlmRunParams, slices: SliceChoice, work: Path, case_id: str
+    ) -> VlmRunParams:
+        """``params`` with the slice rule of ``slices``; its label map (if any) written where the
+        command's ``--cnn-pred`` reads it."""
+        cnn_pred = ""
+        if slices.label_map is not None:
+            folder = work / "slices"
+            write_selection(folder, case_id, slices.label_map, self.loaded.case.affine)
+            cnn_pred = str(folder)
+        return replace(
+            params,
+            slice_rule=slices.slice_rule,
+            cnn_pred=cnn_pred,
+            slices_per_case=slices.max_slices or params.slices_per_case,
+        )
 
     def start_command(self, name: str, args: Sequence[str], cwd: str | Path | None = None) -> Job:
         """Start any ``gliomacompare`` sub-command in the background."""
@@ -517,7 +602,10 @@ class CompareLogic:
         if job.name == "CNN":
             return self.load_cnn_output(job.case_id, job.out_dir)
         if job.name == "VLM":
-            return self.load_vlm_output(job.case_id, job.out_dir, getattr(job, "backend", ""))
+            results = self.load_vlm_output(job.case_id, job.out_dir, getattr(job, "backend", ""))
+            if getattr(job, "slices", ""):
+                results.notes.append(f"VLM asked about {job.slices}")
+            return results
         raise ValueError(f"no results to load for a {job.name} job")
 
     def load_cnn_output(self, case_id: str, out_dir: str | Path) -> LoadedResults:
@@ -630,6 +718,63 @@ class CompareLogic:
         self.results.append(results)
         return results
 
+    # ------------------------------------------------------- first-time path: sample, demo
+    def start_sample_case(
+        self, out: str | Path | None = None, seed: int = 0, shape: Sequence[int] | None = None
+    ) -> Job:
+        """Start ``gliomacompare synth`` for one synthetic HGG case in BraTS layout (made on this
+        computer, nothing downloaded) in the background; :meth:`open_sample_case` loads it.
+
+        Args:
+            out: where to write (default ``<work_root>/sample``); the case folder is
+                ``out/MICCAI_BraTS2020_TrainingData`` (the job's ``out_dir``).
+            seed: the case's random seed.
+            shape: volume shape (default BraTS's 240 x 240 x 155).
+        """
+        out = Path(out or self.work_root / SAMPLE_DIR)
+        out.mkdir(parents=True, exist_ok=True)
+        args = ["synth", str(out), "--cases", "1", "--seed", str(seed), "--hgg-fraction", "1"]
+        if shape is not None:
+            args += ["--shape", ",".join(str(int(v)) for v in shape)]
+        job = self.start_command(SAMPLE_JOB, args, cwd=out)
+        job.out_dir = out / SYNTH_DATA_DIR
+        return job
+
+    def open_sample_case(self, data_dir: str | Path) -> list[case_table.CaseRow]:
+        """List the sample case's folder as the open BraTS folder (no run folder: the sample
+        has no results yet); its one row is then loaded with :meth:`load_case`.
+
+        Raises:
+            FileNotFoundError: when the folder holds no case.
+        """
+        self.run_dir = None
+        return self.open_data(data_dir)
+
+    def start_demo(self, out: str | Path | None = None) -> Job:
+        """Start ``gliomacompare demo`` (the ``demo`` preset on a synthetic cohort, CPU) in the
+        background; its run folder (the job's ``out_dir``, default ``<work_root>/demo``, resumed
+        when run again) opens with :meth:`open_run` once it finished."""
+        out = Path(out or self.work_root / DEMO_DIR)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        job = self.start_command(DEMO_JOB, ["demo", "--out", str(out)], cwd=out.parent)
+        job.out_dir = out
+        return job
+
+    # ---------------------------------------------------------------------------- caches
+    def cache_folders(self) -> list[Path]:
+        """The module's cache folders that exist (see :mod:`GliomaCompareSlicerLib.caches`)."""
+        return caches.cache_folders(self.work_root)
+
+    def clear_caches(self, confirm) -> list[Path]:
+        """Delete the module's cache folders once ``confirm(question)`` says yes; return them.
+        A case list read from a deleted folder (the sample case) is closed too."""
+        removed = caches.clear_caches(self.cache_folders(), confirm)
+        if self.cohort is not None and any(
+            Path(self.cohort.root).resolve().is_relative_to(p.resolve()) for p in removed
+        ):
+            self.cohort, self.rows = None, []
+        return removed
+
     # ------------------------------------------------------------------------------ display
     def set_method_visible(self, method: str, visible: bool) -> int:
         """Show or hide every node of a method (``ground_truth``, ``cnn``, ``vlm_point``, ...;
@@ -715,6 +860,32 @@ class CompareLogic:
         return written
 
 
+def _arrays_on_one_grid(volumes: Mapping[str, object], channels):
+    """``(arrays, affine, notes)``: the channels' voxels (float32) on the first channel's grid,
+    that grid's IJKToRAS, and a note per volume that was resampled onto it (see :func:`GliomaCompareSlicerLib.grids.resample_to_grid`)."""
+    first = volumes[channels[0]]
+    arrays, notes = [], []
+    shape = affine = None
+    for channel in channels:
+        array, grid = mrml.array_from_volume_node(volumes[channel])
+        if shape is None:
+            shape, affine = array.shape, grid
+        elif not grids.same_grid(array.shape, grid, shape, affine):
+            try:
+                array = grids.resample_to_grid(array, grid, shape, affine)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{volumes[channel].GetName()} ({channel.upper()}): {exc}"
+                ) from exc
+            spacing = "x".join(f"{v:.3g}" for v in np.linalg.norm(grid[:3, :3], axis=0))
+            notes.append(
+                f"{channel.upper()} ({volumes[channel].GetName()}, {spacing} mm) resampled onto "
+                f"the {channels[0].upper()} grid of {first.GetName()} (linear)"
+            )
+        arrays.append(array.astype(np.float32))
+    return arrays, affine, tuple(notes)
+
+
 def _file_stems(nodes) -> list[tuple[str, object]]:
     """(file stem, node) for a case's result nodes (not its images): the run folder's file names
     (``cnn``, ``vlm_box`` ...) where a method has one node, so the folder loads like a run's."""
@@ -744,6 +915,17 @@ def _fitting_case_id(case_id: str, pattern: str) -> str:
     if fnmatch.fnmatchcase(safe, pattern) or "*" not in pattern:
         return safe
     return pattern.replace("*", safe, 1).replace("*", "").replace("?", "_")
+
+
+def _red_slice_node(scene):
+    """The Red view's slice node (the application's ``vtkMRMLSliceNodeRed``, or any slice node
+    whose layout name is Red), or None."""
+    node = scene.GetNodeByID("vtkMRMLSliceNodeRed")
+    if node is not None:
+        return node
+    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    found = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+    return next((n for n in found if n.GetLayoutName() == "Red"), None)
 
 
 def _forget_on(logic: CompareLogic):

@@ -284,7 +284,10 @@ def segmentation_node_from_label_map(
         segment.SetColor(*spec.color)
         segment.SetLabelValue(int(spec.label_value))
         for key, value in spec.tags.items():
-            segment.SetTag(key, value)
+            if key == slicer_files.TAG_TERMINOLOGY:  # standard terms, as Slicer's editor sets
+                segment.SetTerminology(value)
+            else:
+                segment.SetTag(key, value)
         segment.AddRepresentation(_BINARY_LABELMAP, images[spec.layer])
         segmentation.AddSegment(segment, spec.id)
     return node

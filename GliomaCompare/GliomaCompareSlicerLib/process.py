@@ -433,6 +433,8 @@ class VlmRunParams:
         slices_per_case: at most this many slices per case (0 = the slice rule's default).
         device: ``auto``, ``cuda`` or ``cpu``; ``cpu`` hides CUDA devices from the process
             (``CUDA_VISIBLE_DEVICES=""``), since the VLM command has no device option.
+        slice_rule: ``--slice-rule`` (``brain``, ``cnn``, ...; "" = the command's default).
+        cnn_pred: ``--cnn-pred``, the folder of label maps the ``cnn`` rule reads ("" = none).
     """
 
     backend: str = "tiny"
@@ -446,6 +448,8 @@ class VlmRunParams:
     batch_size: int = 1
     slices_per_case: int = 0
     device: str = "auto"
+    slice_rule: str = ""
+    cnn_pred: str = ""
 
     def __post_init__(self):
         if self.backend not in VLM_BACKENDS:
@@ -461,6 +465,8 @@ class VlmRunParams:
             raise ValueError(f"device {self.device!r}: use one of {', '.join(DEVICES)}")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("VLM backend openai needs the server's base URL")
+        if self.slice_rule == "cnn" and not self.cnn_pred:
+            raise ValueError("VLM slice rule cnn needs the CNN's label maps (cnn_pred)")
 
 
 def cnn_predict_command(data_dir, out_dir, params: CnnRunParams, python=None) -> list[str]:
@@ -506,6 +512,10 @@ def vlm_command(data_dir, out_dir, params: VlmRunParams, python=None) -> list[st
         args += ["--adapter", params.adapter]
     if params.slices_per_case:
         args += ["--slices-per-case", str(params.slices_per_case)]
+    if params.slice_rule:
+        args += ["--slice-rule", params.slice_rule]
+    if params.cnn_pred:
+        args += ["--cnn-pred", str(params.cnn_pred)]
     args += ["--out", str(out_dir)]
     return paths.cli_command(*args, python=python)
 

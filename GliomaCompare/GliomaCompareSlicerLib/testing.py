@@ -163,7 +163,7 @@ def write_tiny_run(run_dir: str | Path, data_dir: str | Path, seed: int = 1) -> 
 def check_mrml_round_trip(scene) -> None:
     """The module's self-test part that needs only packages Slicer bundles (numpy, VTK, MRML; no
     nibabel, no files): a tiny case's image and label map go into volume and segmentation nodes
-    and come back voxel for voxel, with the same geometry.
+    and come back voxel for voxel, with the same geometry; segments carry SNOMED CT terms.
 
     Raises:
         AssertionError: naming what differs.
@@ -182,4 +182,11 @@ def check_mrml_round_trip(scene) -> None:
     )
     back = mrml.label_map_from_segmentation_node(segmentation, volume)
     np.testing.assert_array_equal(back, label, err_msg="segment voxels / label values")
+    seg = segmentation.GetSegmentation()
+    types = [
+        seg.GetNthSegment(i).GetTerminology().split("~")[2]
+        for i in range(seg.GetNumberOfSegments())
+    ]
+    expected = ["SCT^6574001^Necrosis", "SCT^79654002^Edema", "SCT^86049000^Neoplasm, Primary"]
+    assert types == expected, f"segment terminology {types}, expected {expected}"
     mrml.remove_nodes([volume, segmentation])

@@ -17,8 +17,13 @@ import slicer
 from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector, unannotatedType
 
 from GliomaCompareSlicerLib import dependencies
-from GliomaCompareSlicerLib.logic import CompareLogic
+from GliomaCompareSlicerLib.logic import DEMO_JOB, SAMPLE_JOB, CompareLogic
 from GliomaCompareSlicerLib.process import CnnRunParams, VlmRunParams, available_commands
+from GliomaCompareSlicerLib.selectors import (
+    CHANNEL_PARAMETERS,
+    guess_channels,
+    selection_of_loaded_case,
+)
 
 __all__ = ["CompareWidget", "PathLineEditToStrConnector"]
 
@@ -112,6 +117,9 @@ class CompareWidget:
                 "toggled(bool)", lambda on, m=method: self.logic.set_method_visible(m, on)
             )
         ui.showThreeDCheckBox.connect("toggled(bool)", self.logic.set_show_3d)
+        ui.sampleCaseButton.connect("clicked()", self.sample_case)
+        ui.runDemoButton.connect("clicked()", self.run_demo)
+        ui.clearCacheButton.connect("clicked()", self.clear_cache)
         self.update_buttons()
 
     # ------------------------------------------------------------------------------ helpers
@@ -151,6 +159,9 @@ class CompareWidget:
         if not can_vlm:
             self.ui.runVlmButton.toolTip = "This GliomaCompareLib has no vlm command yet"
         self.ui.cancelButton.enabled = not idle
+        self.ui.sampleCaseButton.enabled = idle and "synth" in self.commands
+        self.ui.runDemoButton.enabled = idle and "demo" in self.commands
+        self.ui.clearCacheButton.enabled = idle  # never under a running job's feet
         self.ui.jumpButton.enabled = self.ui.markerComboBox.count > 0
         self.ui.saveButton.enabled = self.logic.loaded is not None or bool(self.logic.results)
 
@@ -251,6 +262,7 @@ class CompareWidget:
             slicer.util.setSliceViewerLayers(background=loaded.volumes.get("flair"), fit=True)
             self.logic.jump_to(loaded.focus_ras)
             self.ui.caseInfoLabel.text = f"{case_id} ({loaded.grade or 'grade unknown'})"
+            self._show_in_selectors(selection_of_loaded_case(loaded))
         if self.logic.run_dir is not None:
             results = self._guard(
                 f"Loading the run's results for {case_id}", self.logic.load_run_results, case_id
@@ -260,9 +272,23 @@ class CompareWidget:
         self.apply_visibility()
         self.update_buttons()
 
-    def use_scene_volumes(self) -> None:
-        """The four volumes (and reference) picked in "Patient in the scene" become the case."""
+    def _show_in_selectors(self, selection: dict) -> None:
+        """Write parameter name -> node into the "Patient in the scene" selectors."""
         p = self.params()
+        if p is not None:
+            for name, node in selection.items():
+                setattr(p, name, node)
+
+    def use_scene_volumes(self) -> None:
+        """The four volumes (and reference) picked in "Patient in the scene" become the case;
+        with none picked, they are guessed from the volumes' names first (and said so)."""
+        p = self.params()
+        if all(getattr(p, n) is None for n in CHANNEL_PARAMETERS.values()):
+            nodes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            guessed = guess_channels(nodes)
+            self._show_in_selectors({CHANNEL_PARAMETERS[c]: n for c, n in guessed.items()})
+            for channel, node in guessed.items():
+                self.append_log(f"{channel.upper()}: guessed {node.GetName()} from its name")
         volumes = {"flair": p.flairVolume, "t1": p.t1Volume, "t1ce": p.t1ceVolume, "t2": p.t2Volume}
         name = volumes["flair"].GetName() if volumes["flair"] is not None else "Patient"
         loaded = self._guard(
@@ -277,7 +303,10 @@ class CompareWidget:
         self.ui.predictionsLabel.text = "-"
         if loaded is not None:
             labels = "reference labels" if loaded.ground_truth is not None else "no labels"
-            self.ui.caseInfoLabel.text = f"{loaded.case_id} (from the scene, {labels})"
+            text = f"{loaded.case_id} (from the scene, {labels})"
+            self.ui.caseInfoLabel.text = "; ".join([text, *loaded.notes])
+            for note in loaded.notes:
+                self.append_log(note)
         self.update_buttons()
 
     # ------------------------------------------------------------------------------- runs
@@ -327,8 +356,14 @@ class CompareWidget:
             )
 
         params = self._guard("VLM settings", make)
-        if params is not None:
-            self._start("the VLM", "vlm", self.logic.start_vlm, self.logic.loaded.case_id, params)
+        if params is None:
+            return
+        slices = self._guard("Choosing the VLM's slices", self.logic.vlm_slices, p.vlmSlices)
+        if slices is not None:
+            self.append_log(f"VLM: asking about {slices.describe}")
+            self._start(
+                "the VLM", "vlm", self.logic.start_vlm, self.logic.loaded.case_id, params, slices
+            )
 
     def poll_job(self) -> None:
         job = self.job
@@ -348,7 +383,10 @@ class CompareWidget:
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.setValue(1000 if job.succeeded else 0)
         self.append_log(job.summary())
-        if job.succeeded and self.logic.loaded is None:
+        if job.name in (SAMPLE_JOB, DEMO_JOB):
+            if job.succeeded:
+                self.open_first_time_results(job)
+        elif job.succeeded and self.logic.loaded is None:
             self.append_log(f"{job.name}: finished, but no case is loaded any more; not loaded")
         elif job.succeeded:
             results = self._guard(
@@ -358,6 +396,52 @@ class CompareWidget:
                 self.show_results(results)
                 self.apply_visibility()
         self.update_buttons()
+
+    # ------------------------------------------------------- first-time path: sample, demo
+    def sample_case(self) -> None:
+        """Make a synthetic BraTS case in the background; it loads when done (also the action
+        of the module's Sample Data entry)."""
+        if self.job is not None:
+            self.append_log("A background run is going on; try again when it finished.")
+            return
+        self._start("the sample case", "sample", self.logic.start_sample_case)
+
+    def run_demo(self) -> None:
+        """The ``demo`` preset in the background; its run folder opens when done."""
+        self._start("the demo", "demo", self.logic.start_demo)
+
+    def open_first_time_results(self, job) -> None:
+        """A finished sample case is opened and loaded; a finished demo's run folder opened."""
+        p = self.params()
+        if job.name == SAMPLE_JOB:
+            if p is not None:
+                p.dataFolder = str(job.out_dir)
+            rows = self._guard("Opening the sample case", self.logic.open_sample_case, job.out_dir)
+            if rows:
+                self.after_open()
+                self.load(rows[0].case_id)
+            return
+        if p is not None:
+            p.runFolder = str(job.out_dir)
+        if self._guard("Opening the demo run", self.logic.open_run, job.out_dir) is not None:
+            self.after_open()
+            self.append_log(f"demo: report in {Path(job.out_dir) / 'report.html'}")
+
+    # ----------------------------------------------------------------------------- caches
+    def clear_cache(self) -> None:
+        """Delete the module's cache folders after asking (see ``caches``)."""
+        if self.job is not None:
+            return
+        if not self.logic.cache_folders():
+            self.append_log("Nothing cached.")
+            return
+        removed = self._guard(
+            "Clearing the cache", self.logic.clear_caches, slicer.util.confirmOkCancelDisplay
+        )
+        if removed:
+            self.append_log("Deleted " + ", ".join(str(p) for p in removed))
+            if self.logic.cohort is None:
+                self.after_open()  # the case list read from a deleted folder is gone
 
     def cancel_job(self) -> None:
         if self.job is not None:
