@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
 from GliomaCompareLib.vlm.openai_backend import OpenAIBackend
+from GliomaCompareLib.vlm.tiny import parse_tiny_name, tiny_model_names
 from GliomaCompareLib.vlm.types import BACKEND_NAMES, DEFAULT_MODEL_ID, VLMBackend
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "BackendSettings", "make_backend"]
@@ -37,7 +38,8 @@ class BackendSettings:
         default=None,
         metadata={
             "help": f"transformers: local folder or cached hub id (default {DEFAULT_MODEL_ID}; "
-            "never downloaded); openai: the server's model name (default: its only model)"
+            "never downloaded); openai: the server's model name (default: its only model); "
+            f"tiny: {', '.join(tiny_model_names())} (default tiny, the tiny Llama 3.2 Vision)"
         },
     )
     base_url: str | None = field(
@@ -101,8 +103,10 @@ def make_backend(
 
     Args:
         name: ``tiny``, ``transformers`` or ``openai``.
-        model: model id or local folder (transformers; default :data:`DEFAULT_MODEL_ID`), or
-            the server's model name (openai; default: the server's only model).
+        model: model id or local folder (transformers; default :data:`DEFAULT_MODEL_ID`), the
+            server's model name (openai; default: the server's only model), or which tiny model
+            (tiny: ``tiny`` / ``tiny-mllama``, the default, ``tiny-llava``, ``tiny-idefics3``,
+            ``tiny-gemma3``; see :func:`~GliomaCompareLib.vlm.tiny.parse_tiny_name`).
         base_url: server URL (openai).
         allow_remote: allow a non-loopback server (openai; patient images leave the machine).
         adapter: LoRA adapter folder (tiny / transformers).
@@ -118,13 +122,12 @@ def make_backend(
         FileNotFoundError: a model or adapter that is not on this machine.
     """
     if name == "tiny":
-        if model:
-            raise ValueError("--model is not used by the tiny backend (--seed picks its weights)")
+        family = parse_tiny_name(model)  # --seed picks the weights
         if base_url:
             raise ValueError("--base-url is for the openai backend, not tiny")
         if load_in_4bit:
             raise ValueError("The tiny model is not quantised (--load-in-4bit is for transformers)")
-        return TransformersBackend.tiny(seed=seed, adapter=adapter, device=device)
+        return TransformersBackend.tiny(seed=seed, adapter=adapter, device=device, family=family)
     if name == "transformers":
         if base_url:
             raise ValueError("--base-url is for the openai backend, not transformers")
