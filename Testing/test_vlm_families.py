@@ -102,19 +102,32 @@ def test_families_are_detected_from_the_config_and_unknown_ones_refused(tmp_path
         model, _ = build_tiny_model(0, family)
         assert family_of_model(model).name == family
     assert family_by_name("idefics3").text_scope == "text_model"
-    assert "smolvlm" in FAMILIES["idefics3"].model_types
+    assert family_by_name("smolvlm").text_scope == "text_model"
     assert "qwen2_5_vl" in FAMILIES["qwen2_vl"].model_types
     strange = tmp_path / "strange"
     strange.mkdir()
     (strange / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="'bert' is not a supported") as info:
         TransformersBackend(str(strange))
-    for family in ("mllama", "llava", "idefics3", "gemma3", "qwen2_vl"):
+    for family in ("mllama", "llava", "idefics3", "smolvlm", "gemma3", "qwen2_vl"):
         assert family in str(info.value)
     with pytest.raises(ValueError, match="Unknown tiny model 'tiny-bert'"):
         make_backend("tiny", model="tiny-bert")
     with pytest.raises(ValueError, match="Unknown model family"):
         family_by_name("bert")
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl", "smolvlm"])
+def test_a_family_whose_processor_needs_torchvision_says_so_before_loading(model_type, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here")
+    folder = tmp_path / model_type
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(ValueError, match=r"needs torchvision.*pip install torchvision"):
+        TransformersBackend(str(folder))
 
 
 @pytest.mark.parametrize("family", OTHERS)

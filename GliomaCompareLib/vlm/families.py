@@ -30,6 +30,12 @@ the option's tokens are always the last ones of the row, the same in every famil
 A family is found from ``config.json`` (:func:`detect_family`) or from a loaded model
 (:func:`family_of_model`); an unknown ``model_type`` raises :class:`ValueError` naming the
 supported ones (:data:`FAMILIES`).
+
+What has been run: Mllama, LLaVA, Idefics3 and Gemma 3 with tiny random-weight models built in
+code (:mod:`~GliomaCompareLib.vlm.tiny_families`): loading from a folder, generation, P(HGG),
+the collator and LoRA steps (``Testing/test_vlm_families.py``). The ``smolvlm`` and
+``qwen2_vl`` adapters follow the transformers 5.24 sources (module names, special tokens) but
+have not been run: their processors need torchvision, which the test environment lacks.
 """
 
 from __future__ import annotations
@@ -151,13 +157,24 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="idefics3",
-            display="Idefics3 / SmolVLM",
-            model_types=("idefics3", "smolvlm"),
-            architectures=("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration"),
+            display="Idefics3",
+            model_types=("idefics3",),
+            architectures=("Idefics3ForConditionalGeneration",),
             text_scope="text_model",
             vision_scopes=("vision_model", "connector"),
             stop_tokens=("<end_of_utterance>",),
             pad_tokens=("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>"),
+        ),
+        Family(  # Idefics3's architecture with a video processor
+            name="smolvlm",
+            display="SmolVLM",
+            model_types=("smolvlm",),
+            architectures=("SmolVLMForConditionalGeneration",),
+            text_scope="text_model",
+            vision_scopes=("vision_model", "connector"),
+            stop_tokens=("<end_of_utterance>",),
+            pad_tokens=("<|im_end|>", "<|endoftext|>", "<pad>"),
+            needs=("torchvision",),
         ),
         Family(
             name="gemma3",
