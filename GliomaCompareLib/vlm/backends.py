@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from GliomaCompareLib.vlm import tiny
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
 from GliomaCompareLib.vlm.openai_backend import OpenAIBackend
-from GliomaCompareLib.vlm.tiny import parse_tiny_name, tiny_model_names
 from GliomaCompareLib.vlm.types import BACKEND_NAMES, DEFAULT_MODEL_ID, VLMBackend
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "BackendSettings", "make_backend"]
@@ -39,7 +39,7 @@ class BackendSettings:
         metadata={
             "help": f"transformers: local folder or cached hub id (default {DEFAULT_MODEL_ID}; "
             "never downloaded); openai: the server's model name (default: its only model); "
-            f"tiny: {', '.join(tiny_model_names())} (default tiny, the tiny Llama 3.2 Vision)"
+            f"tiny: {', '.join(tiny.tiny_model_names())} (default tiny, the tiny Llama 3.2 Vision)"
         },
     )
     base_url: str | None = field(
@@ -122,7 +122,7 @@ def make_backend(
         FileNotFoundError: a model or adapter that is not on this machine.
     """
     if name == "tiny":
-        family = parse_tiny_name(model)  # --seed picks the weights
+        family = tiny.parse_tiny_name(model)  # --seed picks the weights
         if base_url:
             raise ValueError("--base-url is for the openai backend, not tiny")
         if load_in_4bit:
