@@ -152,6 +152,20 @@ def test_transformers_backend_loads_a_saved_model_offline(tmp_path, tiny, querie
     assert loaded == [a.text for a in tiny.answer(queries, GREEDY)]
 
 
+def test_the_tiny_backend_names_its_models(tiny):
+    """``tiny`` and ``tiny-mllama`` are the same model (same cache identity); the other tiny
+    families are picked by name and keep the tiny label."""
+    assert make_backend("tiny", model="tiny-mllama").identity() == tiny.identity()
+    assert make_backend("tiny").identity() == tiny.identity()
+    assert tiny.family.name == "mllama" and tiny.model_label == TINY_MODEL_LABEL
+    llava = make_backend("tiny", model="tiny-llava", seed=2)
+    assert llava.family.name == "llava"
+    assert llava.identity()["model_id"] == "gliomacompare/tiny-llava-seed2"
+    assert TINY_MODEL_LABEL in llava.model_label and llava.model_label != TINY_MODEL_LABEL
+    with pytest.raises(ValueError, match="tiny-idefics3"):
+        make_backend("tiny", model="meta-llama/Llama-3.2-11B-Vision-Instruct")
+
+
 def test_missing_model_says_where_to_put_it(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         TransformersBackend("meta-llama/Llama-3.2-11B-Vision-Instruct", cache_dir=str(tmp_path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from GliomaCompareLib.vlm import tiny
 from GliomaCompareLib.vlm.hf_backend import TransformersBackend
 from GliomaCompareLib.vlm.openai_backend import STRUCTURED_OUTPUTS, OpenAIBackend
 from GliomaCompareLib.vlm.types import BACKEND_NAMES, DEFAULT_MODEL_ID, VLMBackend
@@ -37,7 +38,8 @@ class BackendSettings:
         default=None,
         metadata={
             "help": f"transformers: local folder or cached hub id (default {DEFAULT_MODEL_ID}; "
-            "never downloaded); openai: the server's model name (default: its only model)"
+            "never downloaded); openai: the server's model name (default: its only model); "
+            f"tiny: {', '.join(tiny.tiny_model_names())} (default tiny, the tiny Llama 3.2 Vision)"
         },
     )
     base_url: str | None = field(
@@ -112,8 +114,10 @@ def make_backend(
 
     Args:
         name: ``tiny``, ``transformers`` or ``openai``.
-        model: model id or local folder (transformers; default :data:`DEFAULT_MODEL_ID`), or
-            the server's model name (openai; default: the server's only model).
+        model: model id or local folder (transformers; default :data:`DEFAULT_MODEL_ID`), the
+            server's model name (openai; default: the server's only model), or which tiny model
+            (tiny: ``tiny`` / ``tiny-mllama``, the default, ``tiny-llava``, ``tiny-idefics3``,
+            ``tiny-gemma3``; see :func:`~GliomaCompareLib.vlm.tiny.parse_tiny_name`).
         base_url: server URL (openai).
         allow_remote: allow a non-loopback server (openai; patient images leave the machine).
         adapter: LoRA adapter folder (tiny / transformers).
@@ -133,13 +137,12 @@ def make_backend(
     if structured_output != "auto" and name != "openai":
         raise ValueError(f"--structured-output is for the openai backend, not {name}")
     if name == "tiny":
-        if model:
-            raise ValueError("--model is not used by the tiny backend (--seed picks its weights)")
+        family = tiny.parse_tiny_name(model)  # --seed picks the weights
         if base_url:
             raise ValueError("--base-url is for the openai backend, not tiny")
         if load_in_4bit:
             raise ValueError("The tiny model is not quantised (--load-in-4bit is for transformers)")
-        return TransformersBackend.tiny(seed=seed, adapter=adapter, device=device)
+        return TransformersBackend.tiny(seed=seed, adapter=adapter, device=device, family=family)
     if name == "transformers":
         if base_url:
             raise ValueError("--base-url is for the openai backend, not transformers")

@@ -8,10 +8,13 @@
   the VLM arm's slice rule, the prompt inference sends, and the exact JSON answer the parser
   expects, computed from the ground-truth mask (:mod:`GliomaCompareLib.vlm.finetune_data`).
   Several tasks may be trained into one adapter. Built examples are cached in ``OUT/data/``.
-- **Model**: the base model (``tiny``, a local folder or a cached hub id; nothing is
-  downloaded) with LoRA adapters (peft) on the language model's attention and MLP projections
-  (``target_modules`` within ``target_scope``); with ``load_in_4bit`` the frozen base is NF4
-  4-bit (QLoRA, bitsandbytes, CUDA only). The vision encoder is never adapted by default.
+- **Model**: the base model (``tiny`` or another tiny model name such as ``tiny-llava``, a
+  local folder or a cached hub id of any supported family; nothing is downloaded) with LoRA
+  adapters (peft) on the language model's attention and MLP projections (``target_modules``
+  within ``target_scope``; the default scope ``language_model`` means the family's language
+  model, e.g. Idefics3's ``text_model``, see :mod:`~GliomaCompareLib.vlm.families`); with
+  ``load_in_4bit`` the frozen base is NF4 4-bit (QLoRA, bitsandbytes, CUDA only). The vision
+  encoder and the projector are never adapted by default.
 - **Loss**: cross-entropy on the answer tokens and the end-of-turn token only (the collator
   masks prompt, padding and image token with -100), normalised by the number of answer tokens
   in the whole optimizer step across micro-batches and processes, so one process with batch
@@ -82,7 +85,12 @@ from GliomaCompareLib.vlm.finetune_trainer import (
 )
 from GliomaCompareLib.vlm.hf_backend import load_model
 from GliomaCompareLib.vlm.tasks import TASK_NAMES, load_tasks, parse_task_list
-from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL, build_tiny_model, tiny_model_id
+from GliomaCompareLib.vlm.tiny import (
+    build_tiny_model,
+    parse_tiny_name,
+    tiny_model_id,
+    tiny_model_label,
+)
 
 __all__ = [
     "BALANCE_MODES",
@@ -173,25 +181,33 @@ class BaseModelLoader(Protocol):
         ...
 
 
+def _is_tiny_name(base: str) -> bool:
+    """``tiny``, or ``tiny-<name>`` that is not a folder on this machine."""
+    return base == "tiny" or (base.startswith("tiny-") and not Path(base).expanduser().exists())
+
+
 class DefaultLoader:
-    """``tiny`` -> :func:`~GliomaCompareLib.vlm.tiny.build_tiny_model`; anything else ->
-    :func:`~GliomaCompareLib.vlm.hf_backend.load_model` (local files only)."""
+    """``tiny`` / ``tiny-<family>`` -> :func:`~GliomaCompareLib.vlm.tiny.build_tiny_model`;
+    anything else -> :func:`~GliomaCompareLib.vlm.hf_backend.load_model` (local files only)."""
 
     def load(self, base: str, *, device: str, load_in_4bit: bool, tiny_seed: int):
-        if base == "tiny":
+        if _is_tiny_name(base):
+            family = parse_tiny_name(base)
             if load_in_4bit:
                 raise ValueError(
                     "The in-code tiny model is not quantised; for QLoRA save it "
                     "(GliomaCompareLib.vlm.tiny.save_tiny_model) and pass its folder as --base"
                 )
 
-            model, processor = build_tiny_model(tiny_seed)
+            model, processor = build_tiny_model(tiny_seed, family)
             model.to(device)
-            model_id = tiny_model_id(tiny_seed)
+            model_id = tiny_model_id(tiny_seed, family)
             info = {
                 "model_id": model_id,
-                "revision": f"tiny-seed{tiny_seed}",
-                "model_label": TINY_MODEL_LABEL,
+                "revision": f"tiny-seed{tiny_seed}"
+                if family == "mllama"
+                else f"tiny-{family}-seed{tiny_seed}",
+                "model_label": tiny_model_label(family),
                 "names": [model_id],
                 "dtype": "float32",
                 "quantization": None,

@@ -28,8 +28,13 @@ slice rule, its largest tumour slice is used, as the VLM arm does.
 :class:`FinetuneCollator` turns examples into model inputs: the chat text of the prompt (as the
 ``transformers`` backend sends it) followed by the answer and the end-of-turn token, with
 ``labels`` equal to ``input_ids`` except ``-100`` on the prompt, on padding and on the image
-token (its id equals the text vocabulary size, so it must never be a target), so that the loss
-covers only the answer tokens and the end-of-turn token.
+tokens, so that the loss covers only the answer tokens and what the chat template puts after
+them (the end-of-turn token). It is the same for every model family: the processor expands the
+image placeholder (one Mllama ``<|image|>``, whose id equals the text vocabulary size; many
+LLaVA ``<image>``, Gemma 3 ``<image_soft_token>`` ...), the prompt part is found by encoding the
+prompt alone with the same image, and the family's image token ids
+(:meth:`~GliomaCompareLib.vlm.families.Family.image_token_ids`) and any id beyond the language
+model's vocabulary are never targets.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import numpy as np
 from GliomaCompareLib import geometry as g
 from GliomaCompareLib.data.case import load_case
 from GliomaCompareLib.data.slices import SliceRule, WindowSpec, case_slices
+from GliomaCompareLib.vlm.families import family_of_model
 from GliomaCompareLib.vlm.parsing import parse_answer
 from GliomaCompareLib.vlm.tasks import TASK_NAMES, Prompt, TaskSpec, load_tasks
 from GliomaCompareLib.vlm.types import build_messages
@@ -556,33 +562,51 @@ class FinetuneCollator:
 
     Args:
         processor: the model's processor (tokenizer + image processor + chat template).
-        image_token_id: id of the image token (masked; default: the tokenizer's
-            ``<|image|>``), None when the model has none.
+        image_token_id: id of the image token (masked; default: the processor's
+            ``image_token_id``), None when the model has none.
         vocab_size: the language model's output vocabulary; ids at or above it are masked.
+        image_token_ids: more image token ids to mask.
     """
 
     def __init__(
-        self, processor, *, image_token_id: int | None = None, vocab_size: int | None = None
+        self,
+        processor,
+        *,
+        image_token_id: int | None = None,
+        vocab_size: int | None = None,
+        image_token_ids: Sequence[int] = (),
     ):
         self.processor = processor
-        tok = processor.tokenizer
-        if image_token_id is None and "<|image|>" in tok.get_vocab():
-            image_token_id = tok.convert_tokens_to_ids("<|image|>")
+        if image_token_id is None:
+            image_token_id = getattr(processor, "image_token_id", None)
         self.image_token_id = image_token_id
+        #: every image token id masked in the labels
+        self.image_token_ids = tuple(
+            dict.fromkeys(i for i in (image_token_id, *image_token_ids) if isinstance(i, int))
+        )
         self.vocab_size = vocab_size
         self._prompt_ids: dict[tuple, list[int]] = {}
         self._warned = False
 
     @classmethod
     def for_model(cls, model, processor) -> FinetuneCollator:
-        """A collator with the image token id and vocabulary size read from ``model``'s config."""
+        """A collator with the image token ids (the model family's, see
+        :meth:`~GliomaCompareLib.vlm.families.Family.image_token_ids`) and the vocabulary size
+        read from ``model``'s config.
+
+        Raises:
+            ValueError: a model of no supported family.
+        """
         config = getattr(model, "config", None)
-        image_id = getattr(config, "image_token_index", None)
-        if image_id is None:
-            image_id = getattr(config, "image_token_id", None)
+        ids = family_of_model(model).image_token_ids(config, processor)
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         vocab = getattr(text_config, "vocab_size", None)
-        return cls(processor, image_token_id=image_id, vocab_size=vocab)
+        return cls(
+            processor,
+            image_token_id=ids[0] if ids else None,
+            vocab_size=vocab,
+            image_token_ids=ids[1:],
+        )
 
     def chat_text(self, prompt_text: str, answer_text: str | None = None) -> str:
         """The chat-formatted text (generation prompt added when no answer is given), as the
@@ -666,8 +690,8 @@ class FinetuneCollator:
                 n = shared
             labels[row, :n] = IGNORE_INDEX
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
-        if self.image_token_id is not None:
-            labels[ids == self.image_token_id] = IGNORE_INDEX
+        for image_id in self.image_token_ids:
+            labels[ids == image_id] = IGNORE_INDEX
         if self.vocab_size is not None:
             labels[ids >= self.vocab_size] = IGNORE_INDEX
         empty = (labels != IGNORE_INDEX).sum(dim=1) == 0

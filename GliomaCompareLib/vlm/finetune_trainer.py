@@ -22,6 +22,7 @@ import numpy as np
 from GliomaCompareLib.distributed import DistContext
 from GliomaCompareLib.fileio import atomic_write_text, jsonable
 from GliomaCompareLib.history import EpochRecord, flatten_metrics, write_history
+from GliomaCompareLib.vlm.families import family_of_model
 from GliomaCompareLib.vlm.finetune_config import BALANCE_MODES, FinetuneConfig
 from GliomaCompareLib.vlm.finetune_data import (
     IGNORE_INDEX,
@@ -301,11 +302,13 @@ class Trainer:
             model.config.use_cache = False
         from peft import LoraConfig, get_peft_model
 
+        # the family names its language model (``language_model``, Idefics3's ``text_model``)
+        targets = family_of_model(model).lora_config(cfg)
         lora = LoraConfig(
             r=cfg.rank,
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
-            target_modules=cfg.target_regex(),
+            target_modules=targets.target_regex(),
             bias="none",
         )
         torch.manual_seed(cfg.seed)  # identical LoRA initialisation in every process
@@ -314,7 +317,7 @@ class Trainer:
         except ValueError as exc:
             raise ValueError(
                 f"LoRA target modules {list(cfg.target_modules)} under "
-                f"{cfg.target_scope or 'any module'!r} match nothing in {self.base} ({exc})"
+                f"{targets.target_scope or 'any module'!r} match nothing in {self.base} ({exc})"
             ) from exc
         self.model = model
         self.collator = FinetuneCollator.for_model(model.get_base_model(), processor)

@@ -1,10 +1,14 @@
-"""The ``transformers`` backend (and the ``tiny`` backend, the same class around the tiny model).
+"""The ``transformers`` backend (and the ``tiny`` backend, the same class around a tiny model).
 
 Loading: ``AutoModelForImageTextToText`` / ``AutoProcessor`` from a local folder, or from the
 local Hugging Face cache for a hub id; nothing is ever downloaded (``local_files_only``), and a
-missing model raises :class:`FileNotFoundError` saying where to put the files. bf16 on CUDA,
-float32 on CPU; optional 4-bit NF4 base weights (bitsandbytes, CUDA only); optional LoRA adapter
-folder (peft), refused when its recorded base model or task does not fit.
+missing model raises :class:`FileNotFoundError` saying where to put the files. Any model of a
+supported family loads (:mod:`~GliomaCompareLib.vlm.families`: Mllama, LLaVA, Idefics3 /
+SmolVLM, Gemma 3, Qwen2-VL ...; the family comes from ``config.json``'s ``model_type``, and an
+unknown one is refused naming the supported families); everything below is generic, the
+family supplies its end-of-turn and padding tokens. bf16 on CUDA, float32 on CPU; optional
+4-bit NF4 base weights (bitsandbytes, CUDA only); optional LoRA adapter folder (peft), refused
+when its recorded base model, model family or task does not fit.
 
 Decoding: batched, left-padded generation with an explicit ``GenerationConfig`` built from the
 :class:`~GliomaCompareLib.vlm.types.DecodingConfig` (greedy unless a temperature is given), so
@@ -17,7 +21,10 @@ the text ``prompt + answer_prefix + o + answer_suffix`` (``{"grade": "`` + ``HGG
 one teacher-forced forward pass; the option's log-probability is the sum of the log-probabilities
 of the tokens after the longest token prefix shared with ``prompt + answer_prefix`` alone (so
 tokens merged across the boundary are handled). P(HGG) is the softmax of the two sums. It does
-not depend on what the model generated.
+not depend on what the model generated. The pass sees the image exactly as generation does (the
+processor expands the image placeholder into the family's image tokens and pixel inputs); the
+token prefix is compared on the unexpanded text, and since the image comes before the answer,
+the option's tokens are the last ones of the row in every family.
 """
 
 from __future__ import annotations
@@ -32,7 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from GliomaCompareLib.vlm.tiny import TINY_MODEL_LABEL, build_tiny_model, tiny_model_id
+from GliomaCompareLib.vlm.families import (
+    Family,
+    detect_family,
+    family_for_architectures,
+    family_of_model,
+)
+from GliomaCompareLib.vlm.tiny import build_tiny_model, tiny_model_id, tiny_model_label
 from GliomaCompareLib.vlm.types import (
     DEFAULT_MODEL_ID,
     Answer,
@@ -46,6 +59,7 @@ __all__ = [
     "AdapterInfo",
     "TransformersBackend",
     "check_adapter_base",
+    "check_adapter_family",
     "folder_fingerprint",
     "load_model",
     "missing_model_message",
@@ -119,6 +133,7 @@ class AdapterInfo:
         hash: fingerprint of the folder (part of the answer-cache key).
         template_hashes: task -> prompt template hash it was trained with.
         meta: the meta file's content (empty without one).
+        base_class: the model class it was trained on (peft's ``auto_mapping``), or None.
     """
 
     path: Path
@@ -127,6 +142,7 @@ class AdapterInfo:
     hash: str
     template_hashes: dict[str, str] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    base_class: str | None = None
 
 
 def read_adapter(folder: str | Path) -> AdapterInfo:
@@ -159,6 +175,7 @@ def read_adapter(folder: str | Path) -> AdapterInfo:
         hash=folder_fingerprint(folder),
         template_hashes=hashes,
         meta=meta,
+        base_class=(config.get("auto_mapping") or {}).get("base_model_class"),
     )
 
 
@@ -190,6 +207,22 @@ def check_adapter_base(info: AdapterInfo, names: Iterable[str]) -> None:
         raise ValueError(
             f"Adapter {info.path} was trained on base model {info.base_model!r}, but the loaded "
             f"model is {names[0]!r}; load it on its own base model"
+        )
+
+
+def check_adapter_family(info: AdapterInfo, family: Family) -> None:
+    """Refuse an adapter trained on a model of another family (its module names and shapes
+    belong to that family).
+
+    Raises:
+        ValueError: naming the adapter, the family it was trained on and the loaded one.
+    """
+    trained = family_for_architectures([info.base_class]) if info.base_class else None
+    if trained is not None and trained.name != family.name:
+        raise ValueError(
+            f"Adapter {info.path} was trained on a {trained.display} model ({info.base_class}, "
+            f"family {trained.name}), but the loaded model is a {family.display} model (family "
+            f"{family.name}); load it on its own base model"
         )
 
 
@@ -265,18 +298,23 @@ def load_model(
 
     Returns:
         ``(model, processor, info)``; ``info`` has ``model_id``, ``path``, ``revision``,
-        ``dtype``, ``device``, ``quantization``, ``model_label`` and ``names`` (every name the
+        ``dtype``, ``device``, ``quantization``, ``model_label``, ``family`` (a
+        :class:`~GliomaCompareLib.vlm.families.Family` name) and ``names`` (every name the
         model goes by, for adapter checks).
 
     Raises:
         FileNotFoundError: the model is not on this machine (message says where to put it).
-        ValueError: 4-bit without CUDA or bitsandbytes; a folder without a processor.
+        ValueError: a model of no supported family (the message lists them); a family whose
+            processor needs a package that is missing; 4-bit without CUDA or bitsandbytes; a
+            folder without a processor.
     """
     import torch
     import transformers
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     folder, hub_revision = _resolve(model, revision, cache_dir)
+    family = detect_family(folder)
+    _check_needs(family, folder)
     device = "auto" if device == "auto" else _pick_device(device)
     on_cuda = device == "auto" or device.startswith("cuda")
     kwargs: dict = {"local_files_only": True}
@@ -325,9 +363,22 @@ def load_model(
         "device": device,
         "quantization": quantization,
         "model_label": extra.get("model_label") or model_id,
+        "family": family.name,
         "names": [n for n in names if n],
     }
     return loaded, processor, info
+
+
+def _check_needs(family: Family, folder: Path) -> None:
+    """Refuse, before loading, a family whose processor needs a package that is missing."""
+    import importlib.util
+
+    missing = [name for name in family.needs if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(
+            f"{folder}: a {family.display} model's processor needs {', '.join(missing)}, which "
+            f"is not installed here: pip install {' '.join(missing)}"
+        )
 
 
 def _state_fingerprint(model) -> str:
@@ -396,6 +447,7 @@ class TransformersBackend:
             "device": str(params.device),
             "quantization": None,
             "model_label": model_label or model_id,
+            "family": family_of_model(model).name,
             "names": [model_id, getattr(model, "name_or_path", None)],
         }
         self._setup(name, model, processor, info, adapter)
@@ -403,19 +455,25 @@ class TransformersBackend:
 
     @classmethod
     def tiny(
-        cls, seed: int = 0, *, adapter: str | Path | None = None, device: str | None = None
+        cls,
+        seed: int = 0,
+        *,
+        adapter: str | Path | None = None,
+        device: str | None = None,
+        family: str = "mllama",
     ) -> TransformersBackend:
-        """The ``tiny`` backend: :func:`~GliomaCompareLib.vlm.tiny.build_tiny_model` ``(seed)``,
-        labelled :data:`~GliomaCompareLib.vlm.tiny.TINY_MODEL_LABEL`."""
+        """The ``tiny`` backend: :func:`~GliomaCompareLib.vlm.tiny.build_tiny_model`
+        ``(seed, family)`` (default the tiny Mllama), labelled
+        :func:`~GliomaCompareLib.vlm.tiny.tiny_model_label` ``(family)``."""
 
-        model, processor = build_tiny_model(seed)
+        model, processor = build_tiny_model(seed, family)
         if device:
             model.to(_pick_device(device))
         return cls.from_model(
             model,
             processor,
-            model_id=tiny_model_id(seed),
-            model_label=TINY_MODEL_LABEL,
+            model_id=tiny_model_id(seed, family),
+            model_label=tiny_model_label(family),
             name="tiny",
             adapter=adapter,
         )
@@ -424,9 +482,12 @@ class TransformersBackend:
         self.name = name
         self.info = {k: v for k, v in info.items() if k != "names"}
         self.model_label = info["model_label"]
+        #: the model's :class:`~GliomaCompareLib.vlm.families.Family`
+        self.family: Family = family_of_model(model)
         self.adapter: AdapterInfo | None = None
         if adapter is not None:
             self.adapter = read_adapter(adapter)
+            check_adapter_family(self.adapter, self.family)
             check_adapter_base(self.adapter, info["names"])
             from peft import PeftModel
 
@@ -436,9 +497,7 @@ class TransformersBackend:
         self.processor = processor
         tok = processor.tokenizer
         tok.padding_side = "left"
-        if tok.pad_token is None:
-            pad = "<|finetune_right_pad_id|>"
-            tok.pad_token = pad if pad in tok.get_vocab() else tok.eos_token
+        self.family.set_pad_token(tok)
         params = next(model.parameters())
         self._device = params.device
         self._dtype = params.dtype if params.dtype.is_floating_point else None
@@ -467,6 +526,7 @@ class TransformersBackend:
         out = dict(self.identity())
         out["path"] = self.info.get("path")
         out["device"] = str(self._device)
+        out["family"] = self.family.name
         if self.adapter:
             out["adapter_path"] = str(self.adapter.path)
             out["adapter_base_model"] = self.adapter.base_model
@@ -526,10 +586,8 @@ class TransformersBackend:
         base = self.model.generation_config
         tok = self.processor.tokenizer
         eos = base.eos_token_id
-        eot = tok.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tok.get_vocab() else None
         eos_ids = [e for e in ([eos] if isinstance(eos, int) else list(eos or [])) if e is not None]
-        if eot is not None and eot not in eos_ids:
-            eos_ids.append(eot)
+        eos_ids += [t for t in self.family.stop_token_ids(tok) if t not in eos_ids]
         if not eos_ids and tok.eos_token_id is not None:
             eos_ids = [tok.eos_token_id]
         sampling = {}
@@ -582,6 +640,8 @@ class TransformersBackend:
         rows: list[tuple[int, str]] = []
         images, texts, contexts = [], [], []
         tok = self.processor.tokenizer
+        # the prefix is compared on text tokens before the processor expands the image: the
+        # image comes first, so the option's tokens are the last ones either way
         for qi, q in enumerate(queries):
             if not (q.score_options and q.prompt.options):
                 continue
@@ -596,10 +656,9 @@ class TransformersBackend:
             return {}
         inputs = self._inputs(images, texts)
         ids = inputs["input_ids"].cpu()
-        mask = inputs["attention_mask"].cpu().bool()
         spans = []
         for r in range(len(rows)):
-            full = ids[r][mask[r]].tolist()
+            full = tok(texts[r], add_special_tokens=False)["input_ids"]
             ctx = contexts[r]
             shared = 0
             while shared < min(len(full), len(ctx)) and full[shared] == ctx[shared]:
