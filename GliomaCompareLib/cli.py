@@ -107,9 +107,12 @@ def _os_error_text(exc: OSError) -> str:
     """``PATH: reason`` for an OSError that names its file, else its own text."""
     if exc.filename is None or not exc.strerror:
         return str(exc)
-    names = [exc.filename] + ([exc.filename2] if exc.filename2 is not None else [])
-    shown = " -> ".join(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names)
-    return f"{shown}: {exc.strerror}"
+    first, second = (
+        os.fsdecode(n) if isinstance(n, bytes) else n for n in (exc.filename, exc.filename2)
+    )
+    if second is None:
+        return f"{first}: {exc.strerror}"
+    return f"{second}: {exc.strerror} (moving {first} there)"  # os.replace / rename / copy
 
 
 def _pipe_closed() -> int:
@@ -126,8 +129,12 @@ def _pipe_closed() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except BrokenPipeError:  # --help into a closed pipe
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help / --version / a usage error: flush while we can catch it
+            sys.stdout.flush()
+            raise
+    except BrokenPipeError:  # `gliomacompare --help | head -1`
         return _pipe_closed()
     if args.command is None:  # a bare `gliomacompare`: the command list
         parser.print_help()
