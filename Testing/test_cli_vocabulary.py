@@ -200,3 +200,23 @@ def test_alias_helper_refuses_what_it_cannot_do():
         argtypes.add_alias(parser, "--old", "--missing")
     with pytest.raises(ValueError, match="already an option"):
         argtypes.add_alias(parser, "--other", "--new")
+
+
+def test_synth_can_overwrite_its_own_cohort_only(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "synth"
+    small = ["synth", str(out), "--cases", "1", "--shape", "32,32,24", "-q"]
+    assert main(small) == 0
+    manifest = out / "MICCAI_BraTS2020_TrainingData" / "synthetic.json"
+    assert main([*small, "--seed", "1"]) == 2  # another cohort is there: refused, as before
+    assert "choose another output folder" in capsys.readouterr().err
+    assert main([*small, "--seed", "1", "--overwrite"]) == 0
+    assert json.loads(manifest.read_text())["config"]["seed"] == 1
+    # a folder of cases this tool did not make is never deleted
+    real = tmp_path / "real" / "MICCAI_BraTS2020_TrainingData" / "BraTS20_Training_001"
+    real.mkdir(parents=True)
+    (real / "BraTS20_Training_001_flair.nii.gz").write_bytes(b"patient data")
+    assert main(["synth", str(tmp_path / "real"), "--cases", "1", "--overwrite", "-q"]) == 2
+    assert "not a synthetic cohort made by this tool" in capsys.readouterr().err
+    assert (real / "BraTS20_Training_001_flair.nii.gz").read_bytes() == b"patient data"
