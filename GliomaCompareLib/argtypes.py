@@ -136,9 +136,12 @@ def device(text: str) -> str:
     return name
 
 
-def add_device_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
-    """``--device auto|cpu|cuda|cuda:N``, validated by :func:`device`."""
-    shown = f" (default {default})" if default else ""
+def add_device_option(
+    parser: argparse.ArgumentParser, default: str | None = "auto", shown: str | None = None
+) -> None:
+    """``--device auto|cpu|cuda|cuda:N``, validated by :func:`device` (``shown``: what the help
+    says the default is, when it is not ``default`` itself)."""
+    shown = f" (default {shown or default})" if shown or default else ""
     parser.add_argument(
         "--device", type=device, default=default, metavar="DEVICE", help=DEVICE_HELP + shown
     )

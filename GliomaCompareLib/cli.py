@@ -36,7 +36,7 @@ no progress output    ``-q/--quiet``             every command                 -
 more log output       ``-v/--verbose``           every command, before or      -
                                                  after its name
 worker processes      ``--jobs N``               synth, inspect, evaluate,     -
-                                                 finetune-vlm
+                                                 vlm, finetune-vlm
 label convention      ``--convention NAME``      inspect, evaluate, train-cnn, -
                                                  predict-cnn
 ====================  =========================  ============================  ======================

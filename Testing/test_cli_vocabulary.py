@@ -132,6 +132,7 @@ def test_same_concept_same_name_across_commands(commands):
         ("--overwrite", ("synth", "train-cnn", "predict-cnn")),
         ("--data", ("train-cnn", "predict-cnn", "vlm", "finetune-vlm")),
         ("--force", ("run", "demo")),
+        ("--jobs", ("synth", "inspect", "evaluate", "vlm", "finetune-vlm")),
     ):
         missing = [name for name in users if option not in have[name]]
         assert not missing, (option, missing)
@@ -220,3 +221,13 @@ def test_synth_can_overwrite_its_own_cohort_only(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "real"), "--cases", "1", "--overwrite", "-q"]) == 2
     assert "not a synthetic cohort made by this tool" in capsys.readouterr().err
     assert (real / "BraTS20_Training_001_flair.nii.gz").read_bytes() == b"patient data"
+
+
+@pytest.mark.slow  # imports torch
+def test_run_device_is_the_configs_device(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA (asking for CUDA must be refused)")
+    out = tmp_path / "run"
+    assert main(["run", "demo", "--out", str(out), "--device", "cuda", "--only", "report"]) == 2
+    assert "device 'cuda' was requested but CUDA is not available" in capsys.readouterr().err

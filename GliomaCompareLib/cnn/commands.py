@@ -38,7 +38,6 @@ CNN_TASKS = ("seg", "cls")
 
 
 def _cnn_tasks(text: str) -> tuple[str, ...]:
-
     names = comma_list(text)
     if names in (("both",), ("all",)):
         return CNN_TASKS
@@ -124,7 +123,10 @@ def register(sub) -> None:
         "--splits", metavar="FILE", help="splits.json; with --subset, predict only those patients"
     )
     p.add_argument(
-        "--subset", default="all", choices=["train", "val", "test", "all"], help="(default all)"
+        "--subset",
+        default="all",
+        choices=["train", "val", "test", "all"],
+        help="which part of --splits (default all)",
     )
     p.add_argument("--case", action="append", default=[], help="only this case (repeatable)")
     p.add_argument(

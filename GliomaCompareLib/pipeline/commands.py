@@ -65,7 +65,7 @@ def _common(p) -> None:
         help="override one config value, e.g. --set vlm.batch_size=4 (value parsed as YAML)",
     )
     p.add_argument("--only", action="append", default=None, metavar="STAGE", help="run only STAGE")
-    add_device_option(p, default=None)
+    add_device_option(p, default=None, shown="the config's device")
     add_quiet_option(p, "no line per stage (the summary is still printed)")
 
 

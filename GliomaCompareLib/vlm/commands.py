@@ -13,6 +13,7 @@ from GliomaCompareLib.argtypes import (
     dataclass_from_args,
     device,
     given,
+    positive_int,
 )
 from GliomaCompareLib.data.discovery import discover_cases
 from GliomaCompareLib.data.splits import SPLIT_NAMES
@@ -59,6 +60,12 @@ def register(sub) -> None:
         rename={"split": "--subset"},
         meta={"split": {"help": "which part of --splits", "choices": (*SPLIT_NAMES, "all")}},
     )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="processes checking the cases' files before asking, as inspect does (default 1)",
+    )
     add_quiet_option(p, "no progress bar")
     add_alias(p, "--split", "--splits")
     add_alias(p, "--split-name", "--subset")
@@ -74,7 +81,7 @@ def _vlm(args) -> int:
         config = replace(config, tasks=parse_task_list(",".join(adapter.tasks)))
     # labels checked as `inspect` checks them (every voxel), so no case is scored against a
     # label map that `inspect` rejects
-    cohort = discover_cases(args.data, validate=True, full=True)
+    cohort = discover_cases(args.data, validate=True, full=True, jobs=args.jobs)
     bar = _progress_bar()
     try:
         result = run_vlm(
