@@ -115,6 +115,18 @@ def _os_error_text(exc: OSError) -> str:
     return f"{second}: {exc.strerror} (moving {first} there)"  # os.replace / rename / copy
 
 
+def _encoding_error_text(exc: UnicodeEncodeError) -> str:
+    """Which name could not be encoded, shown escaped (it cannot be shown as it is)."""
+    text = exc.object if isinstance(exc.object, str) else ""
+    start = max(text.rfind("\n", 0, exc.start) + 1, exc.start - 60)
+    end = text.find("\n", exc.end)
+    shown = text[start : min(end if end >= 0 else len(text), exc.end + 60)]
+    return (
+        f"a name that is not valid {exc.encoding} cannot be written: {shown!a} "
+        "(rename the file or folder)"
+    )
+
+
 def _pipe_closed() -> int:
     """The reader of stdout went away: point stdout at devnull so the interpreter's final flush
     does not fail again, and exit without a traceback (portable; no SIGPIPE handler)."""
@@ -153,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _pipe_closed()
+    except UnicodeEncodeError as exc:  # a file name that is not UTF-8, printed or written
+        print(f"gliomacompare {args.command}: error: {_encoding_error_text(exc)}", file=sys.stderr)
+        return 2
     except (CommandError, ValueError) as exc:
         print(f"gliomacompare {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -155,3 +155,27 @@ def test_vlm_skips_a_case_whose_labels_inspect_rejects(synth_cohort, tmp_path, c
     asked = (out / "answers.jsonl").read_text()
     assert record.case_id not in asked
     assert discover_cases(data).cases[1].case_id in asked
+
+
+def test_a_name_that_cannot_be_printed_is_named_escaped(synth_cohort, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_cohort, data)
+    case = next(p for p in sorted(data.iterdir()) if p.is_dir())
+    odd = os.path.join(os.fsencode(data), os.fsencode(case.name) + b"\xff")
+    try:
+        os.rename(case, odd)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "GliomaCompareLib", "inspect", str(data), "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    errors = [x for x in done.stderr.splitlines() if not x.startswith("warning: ")]
+    line = one_error_line("\n".join(errors), "inspect")
+    assert f"{case.name}\\udcff" in line and "rename the file or folder" in line
