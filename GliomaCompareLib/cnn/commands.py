@@ -48,6 +48,11 @@ def _cnn_tasks(text: str) -> tuple[str, ...]:
 
 
 def register(sub) -> None:
+    _add_train(sub)
+    _add_predict(sub)
+
+
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train-cnn",
         help="train the CNN segmenter and / or LGG-HGG classifier (MONAI)",
@@ -98,6 +103,8 @@ def register(sub) -> None:
     add_alias(p, "--task", "--tasks")
     p.set_defaults(func=_train)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict-cnn",
         help="segment and grade cases with trained CNNs",
