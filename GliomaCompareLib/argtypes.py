@@ -2,6 +2,10 @@
 
 - argparse ``type=`` callables (:func:`positive_int`, :func:`comma_list` ...);
 - :class:`CommandError`, the error a command reports as one line (exit status 2);
+- :class:`CommandParser`, the parser class of ``gliomacompare`` and its sub-commands: old option
+  spellings stay accepted as hidden, deprecated aliases (:func:`add_alias`);
+- the options every command spells the same way (:func:`add_device_option`,
+  :func:`add_quiet_option`, :func:`device`);
 - options generated from config dataclasses (:func:`add_dataclass_arguments`,
   :func:`dataclass_from_args`) and the reverse, :func:`to_cli_args`.
 
@@ -12,18 +16,27 @@ error naming the option.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "DEVICE_HELP",
     "CommandError",
+    "CommandParser",
+    "add_alias",
     "add_dataclass_arguments",
+    "add_device_option",
+    "add_quiet_option",
     "comma_list",
     "count_or_none",
     "dataclass_from_args",
+    "device",
     "given",
     "non_negative_int",
     "positive_float_or_none",
@@ -38,6 +51,105 @@ class CommandError(Exception):
 
     It lives here, not in :mod:`GliomaCompareLib.cli`, so that it is one class also when the
     cli module runs as ``__main__`` (``python -m GliomaCompareLib.cli``)."""
+
+
+# --------------------------------------------------------------------------- one vocabulary
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` whose deprecated option spellings (:func:`add_alias`)
+    work but are left out of ``--help`` and the usage line, and print a warning when used.
+
+    Sub-parsers made by ``add_subparsers().add_parser`` are of the same class."""
+
+    def _alias_map(self) -> dict[str, str]:
+        return self.__dict__.setdefault("_gc_aliases", {})
+
+    @contextlib.contextmanager
+    def _aliases_hidden(self):
+        aliases = self._alias_map()
+        saved = [
+            (a, a.option_strings) for a in self._actions if set(a.option_strings) & set(aliases)
+        ]
+        for action, strings in saved:
+            action.option_strings = [s for s in strings if s not in aliases]
+        try:
+            yield
+        finally:
+            for action, strings in saved:
+                action.option_strings = strings
+
+    def format_usage(self) -> str:
+        with self._aliases_hidden():
+            return super().format_usage()
+
+    def format_help(self) -> str:
+        with self._aliases_hidden():
+            return super().format_help()
+
+    def parse_known_args(self, args=None, namespace=None):
+        aliases = self._alias_map()
+        if aliases:
+            for token in sys.argv[1:] if args is None else args:
+                if token == "--":
+                    break
+                old = str(token).split("=", 1)[0]
+                if old in aliases:
+                    print(
+                        f"{self.prog}: warning: {old} is deprecated and will be removed; "
+                        f"use {aliases[old]}",
+                        file=sys.stderr,
+                    )
+        return super().parse_known_args(args, namespace)
+
+
+def add_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept the option string ``old`` as a deprecated spelling of the option ``new``.
+
+    ``old`` becomes one more option string of ``new``'s action (same destination, type, choices
+    and ``required``); a :class:`CommandParser` hides it from the help and warns when it is used.
+
+    Raises:
+        ValueError: when ``new`` is not an option of ``parser`` or ``old`` already is one.
+    """
+    action = parser._option_string_actions.get(new)
+    if action is None:
+        raise ValueError(f"{parser.prog}: no option {new} to alias {old} to")
+    if old in parser._option_string_actions:
+        raise ValueError(f"{parser.prog}: {old} is already an option")
+    action.option_strings = [*action.option_strings, old]
+    parser._option_string_actions[old] = action
+    parser.__dict__.setdefault("_gc_aliases", {})[old] = new
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+#: The help of ``--device``, the same in every command.
+DEVICE_HELP = "auto (CUDA when available) | cpu | cuda | cuda:N"
+
+
+def device(text: str) -> str:
+    """A device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (lower-cased)."""
+    name = text.strip().lower()
+    if not _DEVICE.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def add_device_option(
+    parser: argparse.ArgumentParser, default: str | None = "auto", shown: str | None = None
+) -> None:
+    """``--device auto|cpu|cuda|cuda:N``, validated by :func:`device` (``shown``: what the help
+    says the default is, when it is not ``default`` itself)."""
+    shown = f" (default {shown or default})" if shown or default else ""
+    parser.add_argument(
+        "--device", type=device, default=default, metavar="DEVICE", help=DEVICE_HELP + shown
+    )
+
+
+def add_quiet_option(parser: argparse.ArgumentParser, what: str = "no progress output") -> None:
+    """``-q/--quiet``: no progress output and only errors logged (``what`` says what else)."""
+    parser.add_argument("-q", "--quiet", action="store_true", help=what)
 
 
 def _whole(text: str) -> int:
@@ -190,6 +302,7 @@ def add_dataclass_arguments(
     *,
     exclude: Sequence[str] = (),
     rename: Mapping[str, str] | None = None,
+    meta: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Add one option per field of the dataclass ``cls`` (see the notes above).
 
@@ -199,12 +312,16 @@ def add_dataclass_arguments(
         exclude: fields given no option (besides those with ``metadata["cli"] is False``).
         rename: field -> option string(s), instead of the metadata's ``flags`` (for a
             command that names an option differently).
+        meta: field -> metadata entries that replace the field's own for this command (e.g.
+            ``{"device": {"type": device, "choices": None}}``; None removes an entry).
     """
     rename = dict(rename or {})
+    overrides = dict(meta or {})
     hints = typing.get_type_hints(cls)
     groups = _groups(parser)
     for f in dataclasses.fields(cls):
-        meta = f.metadata
+        merged = {**f.metadata, **overrides.get(f.name, {})}
+        meta = {k: v for k, v in merged.items() if v is not None}
         if f.name in exclude or meta.get("cli", True) is False:
             continue
         target = parser

@@ -109,7 +109,8 @@ def by_case(rows):
 def test_evaluate_scores_every_case_and_reports_problems(folders, tmp_path, capsys):
     _ref_root, pred, refs, preds = folders
     out = tmp_path / "scores" / "evaluate.csv"
-    code = main(["evaluate", "--pred", str(pred), "--ref", str(tmp_path), "--out", str(out)])
+    argv = ["evaluate", "--pred", str(pred), "--ref", str(tmp_path), "--out", str(out)]
+    code = main([*argv, "--missing", "empty"])  # the BraTS rule
     assert code == 1  # written, but some cases had problems
     assert b"\r" not in out.read_bytes()  # the package's one CSV writer: lines end with \n
     rows = by_case(read_rows(out))
@@ -324,3 +325,80 @@ def test_cli_reexports_the_one_command_error():
     from GliomaCompareLib import argtypes, cli
 
     assert cli.CommandError is argtypes.CommandError
+
+
+def test_only_the_predictions_present_are_scored_by_default(folders, tmp_path, capsys):
+    _ref_root, pred, refs, _ = folders
+    out = tmp_path / "default.csv"
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(tmp_path), "--out", str(out)]) == 1
+    rows = by_case(read_rows(out))
+    missing = rows["BraTS20_Training_004"]
+    assert {r["status"] for r in missing.values()} == {"not_predicted"}
+    assert all(r["dice"] == "" and r["hd95"] == "" for r in missing.values())
+    text = capsys.readouterr().out
+    wt_line = next(line for line in text.splitlines() if line.startswith("WT"))
+    assert wt_line.split()[1] == "9"  # 10 references, one without a prediction
+    assert "1 references without a prediction (not scored" in text
+    # a clean subset: two references, a prediction for one, nothing else wrong -> exit 0
+    ref, sub = tmp_path / "ref2", tmp_path / "pred2"
+    ref.mkdir()
+    sub.mkdir()
+    for i in (1, 2):
+        write_nifti(ref / f"BraTS20_Training_{i:03d}_seg.nii.gz", refs[f"BraTS20_Training_{i:03d}"], AFFINE)  # fmt: skip
+    write_nifti(sub / "BraTS20_Training_001.nii.gz", refs["BraTS20_Training_001"], AFFINE)
+    argv = ["evaluate", "--pred", str(sub), "--ref", str(ref), "--out", str(tmp_path / "s.csv")]
+    assert main(argv) == 0
+    assert main([*argv, "--missing", "empty"]) == 1  # the BraTS rule: 002 scored as empty
+    assert "1 missing predictions (scored as empty)" in capsys.readouterr().out
+    # nothing matched at all is a usage error, not an empty table
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert main(["evaluate", "--pred", str(empty), "--ref", str(ref), "--out", str(out)]) == 2
+    assert "no prediction matches a reference" in capsys.readouterr().err
+
+
+def test_a_run_folder_is_read_in_its_own_layout(folders, tmp_path, capsys):
+    """``--pred RUN`` scores RUN/cases/<id>/cnn.seg.nrrd (not the ground truth beside it)."""
+    from GliomaCompareLib.runlayout import CASES_DIR, CNN_SEG_FILE, GT_SEG_FILE
+
+    ref_root, _pred, refs, preds = folders
+    run = tmp_path / "run"
+    for case in ("BraTS20_Training_002", "BraTS20_Training_003"):
+        folder = run / CASES_DIR / case
+        folder.mkdir(parents=True)
+        write_seg_nrrd(folder / CNN_SEG_FILE, preds[case], AFFINE)
+        write_seg_nrrd(folder / GT_SEG_FILE, refs[case], AFFINE)
+    out = run / "metrics" / "evaluate.csv"  # inside --pred, but not a label map: allowed
+    for pred_arg in (run, run / CASES_DIR):
+        assert main(["evaluate", "--pred", str(pred_arg), "--ref", str(ref_root), "--out", str(out)]) == 0  # fmt: skip
+        rows = by_case(read_rows(out))
+        scored = {c for c, r in rows.items() if r["WT"]["status"] == "ok"}
+        assert scored == {"BraTS20_Training_002", "BraTS20_Training_003"}
+        for case in scored:
+            expected = score_label_maps(preds[case], refs[case], SPACING)
+            assert [float(rows[case][s.region]["dice"]) for s in expected] == pytest.approx(
+                [s.dice for s in expected], abs=1e-9
+            )
+            assert rows[case]["WT"]["prediction"].endswith(f"{case}/{CNN_SEG_FILE}")
+    capsys.readouterr()
+
+
+def test_an_output_that_is_an_input_is_refused(folders, tmp_path, capsys):
+    ref_root, pred, _refs, _ = folders
+    truth = ref_root / "BraTS20_Training_001" / "BraTS20_Training_001_seg.nii.gz"
+    before = truth.read_bytes()
+    for out in (truth, pred / "BraTS20_Training_002_seg.nii.gz", pred / "new.nii.gz"):
+        kept = out.read_bytes() if out.exists() else None
+        assert main(["evaluate", "--pred", str(pred), "--ref", str(ref_root), "--out", str(out)]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert "refusing to overwrite an input" in err and str(out) in err
+        assert (out.read_bytes() if out.exists() else None) == kept
+    assert truth.read_bytes() == before  # the ground truth is untouched
+    # a reference reached through a link is the same file
+    link = tmp_path / "alias_seg.nii.gz"
+    try:
+        link.symlink_to(truth)
+    except OSError:
+        return  # no symbolic links here (Windows without the privilege)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref_root), "--out", str(link)]) == 2
+    assert truth.read_bytes() == before

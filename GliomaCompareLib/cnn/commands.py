@@ -6,6 +6,7 @@ modules import torch and MONAI only when they train or predict.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import fields, replace
@@ -13,7 +14,11 @@ from pathlib import Path
 
 from GliomaCompareLib.argtypes import (
     CommandError,
+    add_alias,
     add_dataclass_arguments,
+    add_device_option,
+    add_quiet_option,
+    comma_list,
     given,
     split_fractions,
 )
@@ -28,8 +33,26 @@ from GliomaCompareLib.pipeline.config import load_run_config
 
 __all__ = ["register"]
 
+#: What ``train-cnn --tasks`` trains: ``seg``, ``cls`` or both (``seg,cls``, ``both``, ``all``).
+CNN_TASKS = ("seg", "cls")
+
+
+def _cnn_tasks(text: str) -> tuple[str, ...]:
+    names = comma_list(text)
+    if names in (("both",), ("all",)):
+        return CNN_TASKS
+    unknown = [n for n in names if n not in CNN_TASKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: use seg, cls or seg,cls (or both / all)")
+    return tuple(t for t in CNN_TASKS if t in names)
+
 
 def register(sub) -> None:
+    _add_train(sub)
+    _add_predict(sub)
+
+
+def _add_train(sub) -> None:
     p = sub.add_parser(
         "train-cnn",
         help="train the CNN segmenter and / or LGG-HGG classifier (MONAI)",
@@ -41,9 +64,17 @@ def register(sub) -> None:
             "`torchrun --nproc_per_node N` with DDP."
         ),
     )
-    p.add_argument("--data", required=True, help="BraTS data folder")
-    p.add_argument("--task", required=True, choices=["seg", "cls", "both"], help="which network")
-    p.add_argument("--out", required=True, help="output folder (OUT/seg, OUT/cls, OUT/splits.json)")
+    p.add_argument("-i", "--data", required=True, help="BraTS data folder")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        type=_cnn_tasks,
+        metavar="seg|cls|seg,cls",
+        help="which networks: seg (segmentation), cls (LGG/HGG), or both (seg,cls / both / all)",
+    )
+    p.add_argument(
+        "-o", "--out", required=True, help="output folder (OUT/seg, OUT/cls, OUT/splits.json)"
+    )
     p.add_argument("--splits", help="splits.json to use (read if it exists, else written there)")
     p.add_argument(
         "--split-fractions",
@@ -57,7 +88,7 @@ def register(sub) -> None:
         help="YAML with a cnn: section: a run config (or preset name, e.g. demo; its "
         "cnn.weights are used too) or a file with seg: / cls:",
     )
-    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (default auto)")
+    add_device_option(p)
     p.add_argument(
         "--weights",
         help="initial weights file (e.g. brats_mri_segmentation's models/model.pt); with "
@@ -66,11 +97,14 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/<task>/last.pt")
     p.add_argument("--overwrite", action="store_true", help="start again where a model exists")
     p.add_argument("--convention", default="brats2020", help="label convention (default brats2020)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_option(p, "no progress bars")
     # every TrainSettings field (--epochs, --lr, --batch-size ...), generated from its metadata
     add_dataclass_arguments(p, TrainSettings)
+    add_alias(p, "--task", "--tasks")
     p.set_defaults(func=_train)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict-cnn",
         help="segment and grade cases with trained CNNs",
@@ -81,7 +115,7 @@ def register(sub) -> None:
             "and skipped. Re-running skips cases already done with the same models."
         ),
     )
-    p.add_argument("--data", required=True, help="BraTS data folder")
+    p.add_argument("-i", "--data", required=True, help="BraTS data folder")
     p.add_argument(
         "--model",
         required=True,
@@ -89,12 +123,17 @@ def register(sub) -> None:
         "segmentation weights file (architecture from --config; default: the "
         "brats_mri_segmentation bundle's)",
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (default auto)")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    add_device_option(p)
     p.add_argument("--save-probabilities", action="store_true", help="also write probability maps")
-    p.add_argument("--split", help="splits.json; with --subset, predict only those patients")
     p.add_argument(
-        "--subset", default="all", choices=["train", "val", "test", "all"], help="(default all)"
+        "--splits", metavar="FILE", help="splits.json; with --subset, predict only those patients"
+    )
+    p.add_argument(
+        "--subset",
+        default="all",
+        choices=["train", "val", "test", "all"],
+        help="which part of --splits (default all)",
     )
     p.add_argument("--case", action="append", default=[], help="only this case (repeatable)")
     p.add_argument(
@@ -103,22 +142,26 @@ def register(sub) -> None:
         "(roi_size, sw_batch_size, overlap, threshold) for a model folder of that architecture",
     )
     p.add_argument("--convention", default="brats2020", help="label convention (default brats2020)")
-    p.add_argument("--redo", action="store_true", help="recompute cases done by an earlier run")
+    p.add_argument(
+        "--overwrite", action="store_true", help="recompute cases done by an earlier run"
+    )
     p.add_argument(
         "--no-score",
         action="store_true",
         help="do not score against the reference label maps / grades (by default cases that "
         "have them are scored: seg_scores.csv, grade_report.json)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_option(p, "no progress bar")
+    add_alias(p, "--split", "--splits")
+    add_alias(p, "--redo", "--overwrite")
     p.set_defaults(func=_predict)
 
 
 def _train(args) -> int:
     config, run_weights = _read_config(args.config)
-    tasks = ["seg", "cls"] if args.task == "both" else [args.task]
+    tasks = list(args.tasks)
     if args.weights and len(tasks) > 1:
-        raise ValueError("--weights belongs to one network; use --task seg or --task cls")
+        raise ValueError("--weights belongs to one network; use --tasks seg or --tasks cls")
     ctx = init_distributed(args.device)
     out = Path(args.out)
     cohort = discover_cases(args.data, args.convention)
@@ -200,7 +243,7 @@ def _read_config(source: str | None):
 def _predict(args) -> int:
     # models: a bare weights file, one model folder, or a train-cnn output folder
     segmenter, classifier = _load_models(args)
-    # cases: the data folder's, narrowed by --split / --subset and --case
+    # cases: the data folder's, narrowed by --splits / --subset and --case
     records = _select_records(args)
     run = predict_cases(
         records,
@@ -209,7 +252,7 @@ def _predict(args) -> int:
         classifier=classifier,
         convention=args.convention,
         save_probabilities=args.save_probabilities,
-        skip_existing=not args.redo,
+        skip_existing=not args.overwrite,
         progress=not args.quiet,
     )
     models = ", ".join(m.model_id for m in (segmenter, classifier) if m is not None)
@@ -260,18 +303,18 @@ def _load_models(args):
 
 
 def _select_records(args) -> list:
-    """The case records to predict: all, those of ``--split``'s ``--subset``, or ``--case``.
+    """The case records to predict: all, those of ``--splits``' ``--subset``, or ``--case``.
 
     Raises:
-        ValueError: ``--subset`` without ``--split``, an unknown ``--case``, no case left.
+        ValueError: ``--subset`` without ``--splits``, an unknown ``--case``, no case left.
     """
     cohort = discover_cases(args.data, args.convention)
     records = list(cohort.cases)
-    if args.split:
-        wanted = set(Splits.load(args.split).ids(args.subset))
+    if args.splits:
+        wanted = set(Splits.load(args.splits).ids(args.subset))
         records = [r for r in records if r.case_id in wanted]
     elif args.subset != "all":
-        raise ValueError(f"--subset {args.subset} needs --split FILE")
+        raise ValueError(f"--subset {args.subset} needs --splits FILE")
     if args.case:
         known = {r.case_id for r in records}
         missing = [c for c in args.case if c not in known]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from pathlib import Path
 
+from GliomaCompareLib.argtypes import add_quiet_option
 from GliomaCompareLib.data.discovery import discover_cases
-from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
+from GliomaCompareLib.data.synthetic import DATA_DIR_NAME, SynthConfig, write_cohort
 
 __all__ = ["register"]
 
@@ -44,6 +47,13 @@ def register(sub) -> None:
     )
     p.add_argument("--ext", choices=[".nii.gz", ".nii"], default=".nii.gz")
     p.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a synthetic cohort already in OUT (made by this tool, e.g. with other "
+        "settings); without it an unfinished cohort with the same settings is resumed",
+    )
+    add_quiet_option(p, "no line per finished case")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(
@@ -56,10 +66,13 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per case")
     p.add_argument("--quick", action="store_true", help="read headers only (no voxel checks)")
     p.add_argument("--jobs", type=int, default=1, help="processes for validation (default 1)")
+    add_quiet_option(p, "no cohort warnings on stderr (problems stay in the table / JSON)")
     p.set_defaults(func=_inspect)
 
 
 def _synth(args) -> int:
+    if args.overwrite:
+        _remove_synthetic_cohort(Path(args.out) / DATA_DIR_NAME)
     config = SynthConfig(
         cases=args.cases,
         seed=args.seed,
@@ -67,16 +80,33 @@ def _synth(args) -> int:
         shape=tuple(args.shape),
         ext=args.ext,
     )
-    data_dir = write_cohort(args.out, config, jobs=args.jobs, progress=True)
+    data_dir = write_cohort(args.out, config, jobs=args.jobs, progress=not args.quiet)
     print(f"wrote {args.cases} synthetic cases to {data_dir}")
     return 0
+
+
+def _remove_synthetic_cohort(data_dir: Path) -> None:
+    """Delete ``data_dir`` for ``synth --overwrite``, only when this tool made it (it holds
+    ``synthetic.json``): a folder of real cases is never deleted.
+
+    Raises:
+        ValueError: when ``data_dir`` holds something else.
+    """
+    if not data_dir.exists():
+        return
+    if not (data_dir / "synthetic.json").is_file():
+        raise ValueError(
+            f"{data_dir}: not a synthetic cohort made by this tool (no synthetic.json); "
+            "--overwrite deletes only those, choose another output folder"
+        )
+    shutil.rmtree(data_dir)
 
 
 def _inspect(args) -> int:
     cohort = discover_cases(
         args.data, args.convention, validate=True, full=not args.quick, jobs=args.jobs
     )
-    for warning in cohort.warnings:
+    for warning in () if args.quiet else cohort.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         json.dump([c.to_dict() for c in cohort.cases], sys.stdout, indent=2)

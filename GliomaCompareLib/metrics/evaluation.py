@@ -18,7 +18,10 @@ HD95 0 for a region absent from both):
 status                    meaning (how it is scored)
 ========================  ====================================================================
 ok                        scored (the note may say it was re-indexed onto the reference grid)
-missing_prediction        no prediction file for this reference (scored as empty)
+missing_prediction        no prediction file for this reference (scored as empty, the BraTS
+                          rule: ``missing="empty"``)
+not_predicted             no prediction file for this reference (not scored:
+                          ``missing="skip"``, the command line's default)
 unreadable                the prediction file cannot be read (scored as empty)
 shape_mismatch            prediction grid differs from the reference's (scored as empty)
 affine_mismatch           same shape but a different voxel-to-mm mapping (scored as empty,
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -54,6 +58,7 @@ from GliomaCompareLib.metrics.segmentation import bounding_box, score_label_maps
 
 __all__ = [
     "CSV_COLUMNS",
+    "MISSING_RULES",
     "NOT_SCORED",
     "SCORE_STATUSES",
     "CaseFiles",
@@ -64,6 +69,7 @@ __all__ = [
     "find_predictions",
     "find_references",
     "match_cases",
+    "output_is_input",
     "summarise",
     "write_csv",
 ]
@@ -74,6 +80,7 @@ log = logging.getLogger(__name__)
 SCORE_STATUSES: tuple[str, ...] = (
     "ok",
     "missing_prediction",
+    "not_predicted",
     "unreadable",
     "shape_mismatch",
     "affine_mismatch",
@@ -83,7 +90,10 @@ SCORE_STATUSES: tuple[str, ...] = (
     "error",
 )
 #: Statuses whose rows carry no scores (left out of summaries).
-NOT_SCORED: tuple[str, ...] = ("no_reference", "unreadable_reference", "error")
+NOT_SCORED: tuple[str, ...] = ("not_predicted", "no_reference", "unreadable_reference", "error")
+#: What ``missing`` may say about a reference without a prediction: score it as an empty
+#: prediction (BraTS) or leave it out of the scores.
+MISSING_RULES: tuple[str, ...] = ("skip", "empty")
 
 _PRED_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
 _AFFINE_ATOL = 1e-3  # mm; NIfTI stores affines as float32
@@ -148,14 +158,33 @@ class EvaluationResult:
 
     @property
     def problem_cases(self) -> list[str]:
-        return sorted({r.case_id for r in self.rows if r.status != "ok"})
+        """Cases with a problem (a prediction left out on purpose, ``not_predicted``, is not
+        one)."""
+        return sorted({r.case_id for r in self.rows if r.status not in ("ok", "not_predicted")})
 
 
 # --------------------------------------------------------------------------- finding files
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) in _PRED_SUFFIXES)
+def _image_files(folder: Path, warnings: list[str] | None = None) -> list[Path]:
+    """The label-map files directly in ``folder``; names that are not valid UTF-8 are left out
+    with a warning (they cannot be written to the CSV, and one must not stop the others)."""
+    found = [p for p in folder.iterdir() if p.is_file() and image_suffix(p) in _PRED_SUFFIXES]
+    return sorted(_utf8_named(found, warnings))
+
+
+def _utf8_named(paths, warnings: list[str] | None) -> list[Path]:
+    kept = []
+    for path in paths:
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            if warnings is not None:
+                warnings.append(f"{shown}: file name is not valid UTF-8; skipped (rename it)")
+            continue
+        kept.append(path)
+    return kept
 
 
 def _suffix_rank(path: Path, preferred: Sequence[str]) -> int:
@@ -208,7 +237,7 @@ def find_references(
     modality_tails = tuple(f"_{key}" for key in conv.modality_keys.values())
     label_tail = f"_{conv.label_key}"
     found: dict[str, list[Path]] = {}
-    for path in _image_files(ref_dir):
+    for path in _image_files(ref_dir, warnings):
         stem = strip_image_suffix(path)
         if stem in aliases:
             case_id = aliases[stem]
@@ -240,6 +269,9 @@ def find_predictions(
     pred_dir: str | Path,
     known_ids: set[str] | None = None,
     convention: str | Convention = "brats2020",
+    *,
+    case_file: str | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, list[Path]]:
     """Prediction files in ``pred_dir`` (not recursive), grouped by case id.
 
@@ -247,6 +279,9 @@ def find_predictions(
         pred_dir: the folder.
         known_ids: reference case ids, used to recognise ``<id>_<anything>`` names.
         convention: for the label-file key (``_seg``).
+        case_file: read ``pred_dir/<case_id>/<case_file>`` instead (a folder per case, as a
+            run folder's ``cases/<case_id>/cnn.seg.nrrd``).
+        warnings: where to add a warning for each file skipped (a name that is not UTF-8).
 
     Raises:
         FileNotFoundError: when ``pred_dir`` does not exist.
@@ -255,18 +290,26 @@ def find_predictions(
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"{pred_dir}: prediction folder not found")
+    if case_file is not None:
+        folders = _utf8_named(sorted(p for p in pred_dir.iterdir() if p.is_dir()), warnings)
+        return {d.name: [d / case_file] for d in folders if (d / case_file).is_file()}
     known = set(known_ids or ())
     out: dict[str, list[Path]] = {}
-    for path in _image_files(pred_dir):
+    for path in _image_files(pred_dir, warnings):
         case_id = _case_id_for(strip_image_suffix(path), known, f"_{conv.label_key}")
         out.setdefault(case_id, []).append(path)
     return out
 
 
 def match_cases(
-    pred_dir: str | Path, ref_dir: str | Path, convention: str | Convention = "brats2020"
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    convention: str | Convention = "brats2020",
+    *,
+    case_file: str | None = None,
 ) -> tuple[list[CaseFiles], list[str]]:
-    """Pair predictions with references by case id.
+    """Pair predictions with references by case id (``case_file``: see
+    :func:`find_predictions`).
 
     Returns:
         (one :class:`CaseFiles` per reference, then one per prediction without reference,
@@ -274,9 +317,10 @@ def match_cases(
     """
     conv = load_convention(convention)
     refs, warnings = find_references(ref_dir, conv)
-    preds = find_predictions(pred_dir, set(refs), conv)
+    preds = find_predictions(pred_dir, set(refs), conv, case_file=case_file, warnings=warnings)
     if not preds:
-        warnings.append(f"{pred_dir}: no prediction files (.nii, .nii.gz, .seg.nrrd)")
+        looked_for = f"*/{case_file}" if case_file else ".nii, .nii.gz, .seg.nrrd"
+        warnings.append(f"{pred_dir}: no prediction files ({looked_for})")
     cases = []
     for case_id in sorted(refs):
         paths = preds.get(case_id)
@@ -415,6 +459,7 @@ def evaluate_case(
     regions: Sequence[str] = REGIONS,
     *,
     ignore_affine: bool = False,
+    missing: str = "empty",
 ) -> list[EvaluationRow]:
     """Score one case; never raises for a bad file (the rows say what went wrong).
 
@@ -424,6 +469,8 @@ def evaluate_case(
         regions: regions to score.
         ignore_affine: score same-shape predictions voxel by voxel even when their affine
             differs from the reference's (for predictions written with a wrong header).
+        missing: without a prediction file, ``"empty"`` scores an empty prediction (BraTS,
+            status ``missing_prediction``); ``"skip"`` scores nothing (``not_predicted``).
 
     Returns:
         One :class:`EvaluationRow` per region.
@@ -433,6 +480,9 @@ def evaluate_case(
     try:
         if case.reference is None:
             return _rows(case, regions, "no_reference", "no reference label map for this case")
+        if case.prediction is None and missing == "skip":
+            note = "no prediction file; not scored (--missing empty scores it as empty)"
+            return _rows(case, regions, "not_predicted", note)
         try:
             ref_raw, ref_meta = read_image(case.reference)
         except ValueError as exc:
@@ -519,8 +569,10 @@ def _check_grid(pred, pred_affine, ref_shape, ref_affine, ignore_affine, notes):
 
 
 def _job(payload) -> list[EvaluationRow]:
-    case, convention_source, regions, ignore_affine = payload
-    return evaluate_case(case, convention_source, regions, ignore_affine=ignore_affine)
+    case, convention_source, regions, ignore_affine, missing = payload
+    return evaluate_case(
+        case, convention_source, regions, ignore_affine=ignore_affine, missing=missing
+    )
 
 
 def evaluate_folders(
@@ -531,6 +583,8 @@ def evaluate_folders(
     regions: Sequence[str] = REGIONS,
     jobs: int = 1,
     ignore_affine: bool = False,
+    missing: str = "empty",
+    case_file: str | None = None,
     progress=None,
 ) -> EvaluationResult:
     """Score every reference case under ``ref_dir`` against ``pred_dir``.
@@ -542,6 +596,10 @@ def evaluate_folders(
         regions: regions to score, in output order.
         jobs: worker processes (cases are scored in parallel).
         ignore_affine: see :func:`evaluate_case`.
+        missing: a reference without a prediction: ``"empty"`` (scored as an empty
+            prediction, BraTS) or ``"skip"`` (not scored); see :func:`evaluate_case`.
+        case_file: predictions as ``pred_dir/<case_id>/<case_file>``
+            (see :func:`find_predictions`).
         progress: optional callable ``(done, total)``.
 
     Returns:
@@ -556,8 +614,11 @@ def evaluate_folders(
     unknown = [r for r in regions if r not in conv.regions]
     if unknown:
         raise ValueError(f"regions {unknown} are not defined by {conv.name}")
-    cases, warnings = match_cases(pred_dir, ref_dir, conv)
-    payloads = [(c, conv.source or conv.name, tuple(regions), ignore_affine) for c in cases]
+    if missing not in MISSING_RULES:
+        raise ValueError(f"missing={missing!r}: use one of {', '.join(MISSING_RULES)}")
+    cases, warnings = match_cases(pred_dir, ref_dir, conv, case_file=case_file)
+    source = conv.source or conv.name
+    payloads = [(c, source, tuple(regions), ignore_affine, missing) for c in cases]
     results: list[list[EvaluationRow]] = []
     if jobs > 1 and len(payloads) > 1:
         results = _run_parallel(payloads, jobs, progress)
@@ -635,6 +696,23 @@ def summarise(rows: Sequence[EvaluationRow], regions: Sequence[str] | None = Non
 
 #: Significant digits of the float cells: enough that Dice and distances read back to 1e-9.
 FLOAT_DIGITS = 10
+
+
+def output_is_input(
+    out: str | Path, pred_dir: str | Path, ref_dir: str | Path, cases: Sequence[CaseFiles] = ()
+) -> str | None:
+    """Why writing ``out`` would destroy an input (None when it would not): it is one of the
+    ``cases``' files, or a label map inside ``pred_dir`` / ``ref_dir`` (a file ``evaluate``
+    reads, or would read next time)."""
+    target = Path(out).resolve()
+    inputs = {Path(p).resolve() for c in cases for p in (c.prediction, c.reference) if p}
+    if target in inputs:
+        return f"{out} is one of the label maps being scored"
+    for name, folder in (("--pred", pred_dir), ("--ref", ref_dir)):
+        inside = target.is_relative_to(Path(folder).resolve())
+        if inside and (image_suffix(target) in _PRED_SUFFIXES or target.is_dir()):
+            return f"{out} is inside {name} {folder}, where it would be read as a label map"
+    return None
 
 
 def write_csv(rows: Sequence[EvaluationRow], path: str | Path) -> Path:

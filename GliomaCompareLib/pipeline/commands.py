@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from GliomaCompareLib.argtypes import add_device_option, add_quiet_option
 from GliomaCompareLib.pipeline.config import read_run_config
 from GliomaCompareLib.pipeline.run import STAGE_NAMES, run_comparison
 from GliomaCompareLib.pipeline.runner import ConfigChangedError, Shard
 from GliomaCompareLib.runlayout import METHOD_LABELS, METRICS_DIR, REPORT_FILE, read_table
 
-__all__ = ["print_summary", "register"]
+__all__ = ["DEMO_OUT", "print_summary", "register"]
+
+#: The demo's run folder when ``--out`` is not given (``make demo`` uses the same).
+DEMO_OUT = "demo_out"
 
 
 def register(sub) -> None:
@@ -24,7 +28,7 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("config", help="run config: a YAML file or a preset name")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("-o", "--out", required=True, help="run folder")
     _common(p)
     p.set_defaults(func=_run)
 
@@ -36,7 +40,7 @@ def register(sub) -> None:
             "random-weight VLM, small CNNs, CPU), then print where the report is."
         ),
     )
-    p.add_argument("--out", default="gliomacompare-demo", help="run folder (default %(default)s)")
+    p.add_argument("-o", "--out", default=DEMO_OUT, help="run folder (default %(default)s)")
     p.add_argument("--config", default="demo", help="preset or YAML file (default demo)")
     _common(p)
     p.set_defaults(func=_run)
@@ -61,13 +65,17 @@ def _common(p) -> None:
         help="override one config value, e.g. --set vlm.batch_size=4 (value parsed as YAML)",
     )
     p.add_argument("--only", action="append", default=None, metavar="STAGE", help="run only STAGE")
+    add_device_option(p, default=None, shown="the config's device")
+    add_quiet_option(p, "no line per stage (the summary is still printed)")
 
 
 def _run(args) -> int:
     for name in args.only or []:
         if name not in STAGE_NAMES:
             raise ValueError(f"--only {name}: no such stage ({', '.join(STAGE_NAMES)})")
-    config, path = read_run_config(args.config, args.overrides)
+    # --device is the config's `device` (--set device=... says the same)
+    overrides = [*([f"device={args.device}"] if args.device else []), *args.overrides]
+    config, path = read_run_config(args.config, overrides)
     try:
         outcome = run_comparison(
             config,
@@ -76,12 +84,17 @@ def _run(args) -> int:
             force=args.force,
             shard=Shard.parse(args.shard),
             only=args.only,
+            display=_silent if args.quiet else None,
         )
     except ConfigChangedError as exc:
         print(f"gliomacompare {args.command}: {exc}", file=sys.stderr)
         return 3
     print_summary(outcome.run_dir, outcome.seconds)
     return 0
+
+
+def _silent(*_args) -> None:
+    """The stage display of ``--quiet``: nothing."""
 
 
 def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from GliomaCompareLib.argtypes import non_negative_int
+from GliomaCompareLib.argtypes import add_quiet_option, non_negative_int
 from GliomaCompareLib.report.build import build_report
 
 __all__ = ["register"]
@@ -33,6 +33,7 @@ def register(sub) -> None:
     )
     p.add_argument("run", metavar="RUN", help="the run folder (gliomacompare run ... --out RUN)")
     p.add_argument(
+        "-o",
         "--out",
         metavar="FILE.html",
         default=None,
@@ -53,6 +54,7 @@ def register(sub) -> None:
     )
     p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib; fastest)")
     p.add_argument("--no-markdown", action="store_true", help="do not write metrics/*.md")
+    add_quiet_option(p, "no warnings (only errors and the report's path)")
     p.set_defaults(func=_report)
 
 

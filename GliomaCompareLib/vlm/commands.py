@@ -5,7 +5,18 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from GliomaCompareLib.argtypes import add_dataclass_arguments, dataclass_from_args, given
+from GliomaCompareLib.argtypes import (
+    DEVICE_HELP,
+    add_alias,
+    add_dataclass_arguments,
+    add_quiet_option,
+    dataclass_from_args,
+    device,
+    given,
+    positive_int,
+)
+from GliomaCompareLib.data.discovery import discover_cases
+from GliomaCompareLib.data.splits import SPLIT_NAMES
 from GliomaCompareLib.vlm.backends import BackendSettings
 from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
 from GliomaCompareLib.vlm.tasks import parse_task_list
@@ -28,17 +39,36 @@ def register(sub) -> None:
             "tumour slices with --cnn-pred)."
         ),
     )
-    p.add_argument("--data", required=True, help="BraTS data folder (or up to two levels above)")
     p.add_argument(
-        "--split",
-        dest="splits_file",
-        help="splits.json: run its --split-name cases (default: every usable case)",
+        "-i", "--data", required=True, help="BraTS data folder (or up to two levels above)"
     )
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--splits",
+        dest="splits_file",
+        metavar="FILE",
+        help="splits.json: run its --subset cases (default: every usable case)",
+    )
+    p.add_argument("-o", "--out", required=True, help="output folder")
     # every setting of BackendSettings and VLMConfig, generated from their fields (defaults and
-    # help live there)
-    add_dataclass_arguments(p, BackendSettings)
-    add_dataclass_arguments(p, VLMConfig)
+    # help live there); the names every command shares are set here
+    add_dataclass_arguments(
+        p, BackendSettings, meta={"device": {"type": device, "help": DEVICE_HELP}}
+    )
+    add_dataclass_arguments(
+        p,
+        VLMConfig,
+        rename={"split": "--subset"},
+        meta={"split": {"help": "which part of --splits", "choices": (*SPLIT_NAMES, "all")}},
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="processes checking the cases' files before asking, as inspect does (default 1)",
+    )
+    add_quiet_option(p, "no progress bar")
+    add_alias(p, "--split", "--splits")
+    add_alias(p, "--split-name", "--subset")
     p.set_defaults(func=_vlm)
 
 
@@ -49,10 +79,18 @@ def _vlm(args) -> int:
     adapter = getattr(backend, "adapter", None)
     if not given(args, "tasks") and adapter is not None and adapter.tasks:
         config = replace(config, tasks=parse_task_list(",".join(adapter.tasks)))
+    # labels checked as `inspect` checks them (every voxel), so no case is scored against a
+    # label map that `inspect` rejects
+    cohort = discover_cases(args.data, validate=True, full=True, jobs=args.jobs)
     bar = _progress_bar()
     try:
         result = run_vlm(
-            args.data, backend, config, args.out, splits=args.splits_file, progress=bar.update
+            cohort,
+            backend,
+            config,
+            args.out,
+            splits=args.splits_file,
+            progress=None if args.quiet else bar.update,
         )
     finally:
         bar.close()

@@ -10,7 +10,15 @@ from __future__ import annotations
 import os
 import sys
 
-from GliomaCompareLib.argtypes import add_dataclass_arguments, dataclass_from_args, split_fractions
+from GliomaCompareLib.argtypes import (
+    DEVICE_HELP,
+    add_alias,
+    add_dataclass_arguments,
+    add_quiet_option,
+    dataclass_from_args,
+    device,
+    split_fractions,
+)
 from GliomaCompareLib.vlm.finetune import FinetuneConfig, finetune
 
 __all__ = ["register"]
@@ -29,21 +37,23 @@ def register(sub) -> None:
             "torchrun / accelerate launch on several GPUs."
         ),
     )
-    p.add_argument("--data", required=True, help="BraTS data folder (or up to two levels above)")
     p.add_argument(
-        "--task",
+        "-i", "--data", required=True, help="BraTS data folder (or up to two levels above)"
+    )
+    p.add_argument(
+        "--tasks",
         required=True,
         help="grade, point, box or polygon; several (comma-separated) or 'all' train one "
         "adapter for all of them",
     )
     p.add_argument(
-        "--base",
+        "--model",
         required=True,
         help="base model: 'tiny' (random-weight test model built in code), a local model folder, "
         "or a hub id in the local Hugging Face cache (never downloaded), e.g. "
         "meta-llama/Llama-3.2-11B-Vision-Instruct",
     )
-    p.add_argument("--out", required=True, help="run folder (OUT/adapter is the result)")
+    p.add_argument("-o", "--out", required=True, help="run folder (OUT/adapter is the result)")
     p.add_argument(
         "--splits",
         help="splits.json (read when it exists, else made once and written there; default "
@@ -58,19 +68,30 @@ def register(sub) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="seed of a new split (0)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT")
     # every setting of FinetuneConfig, generated from its fields (defaults and help live there)
-    add_dataclass_arguments(p, FinetuneConfig)
+    # (--device as in every command: auto, cpu, cuda or cuda:N)
+    add_dataclass_arguments(
+        p,
+        FinetuneConfig,
+        meta={
+            "device": {"type": device, "choices": None, "help": DEVICE_HELP},
+            "tiny_seed": {"help": "weight seed of --model tiny"},
+        },
+    )
+    add_quiet_option(p, "no progress bar (the summary is still printed)")
+    add_alias(p, "--task", "--tasks")
+    add_alias(p, "--base", "--model")
     p.set_defaults(func=_finetune)
 
 
 def _finetune(args) -> int:
     config = dataclass_from_args(FinetuneConfig, args)
     main = int(os.environ.get("RANK", "0")) == 0
-    bar = _ProgressBar() if main else None
+    bar = _ProgressBar() if main and not args.quiet else None
     try:
         result = finetune(
             args.data,
-            args.task,
-            args.base,
+            args.tasks,
+            args.model,
             args.out,
             config,
             splits=args.splits,
@@ -83,7 +104,7 @@ def _finetune(args) -> int:
         if bar:
             bar.close()
     if main:
-        print(_summary(result, args.base, config))
+        print(_summary(result, args.model, config))
     return 0
 
 
@@ -169,6 +190,6 @@ def _summary(result, base: str, config: FinetuneConfig) -> str:
     lines.append(f"adapter: {result.adapter_dir}")
     lines.append(
         f"use it: gliomacompare vlm --backend {backend} --adapter {result.adapter_dir} "
-        f"--tasks {','.join(result.tasks)}{asked} --split SPLITS --data DATA --out OUT"
+        f"--tasks {','.join(result.tasks)}{asked} --splits SPLITS --data DATA --out OUT"
     )
     return "\n".join(lines)
