@@ -196,7 +196,7 @@ class DefaultLoader:
             if load_in_4bit:
                 raise ValueError(
                     "The in-code tiny model is not quantised; for QLoRA save it "
-                    "(GliomaCompareLib.vlm.tiny.save_tiny_model) and pass its folder as --base"
+                    "(GliomaCompareLib.vlm.tiny.save_tiny_model) and pass its folder as --model"
                 )
 
             model, processor = build_tiny_model(tiny_seed, family)

@@ -214,7 +214,7 @@ class FinetuneConfig:
     gradient_checkpointing: bool = _setting(
         False, "save activation memory (big models)", group=_LORA
     )
-    tiny_seed: int = _setting(0, "weight seed of --base tiny", group=_TRAIN)
+    tiny_seed: int = _setting(0, "weight seed of --model tiny", group=_TRAIN)
     checkpoint_every: int | None = _setting(
         None,
         "also checkpoint every N optimizer steps (default: at epoch ends)",

@@ -183,7 +183,7 @@ class VLMConfig:
         },
     )
     split: str = field(
-        default="test", metadata={"help": "which split of --split", "flags": ("--split-name",)}
+        default="test", metadata={"help": "which part of --splits", "flags": ("--subset",)}
     )
     coordinate_system: str = field(
         default="pixel",

@@ -17,7 +17,7 @@ fine-tuning tests and the CPU demo run the real code paths.
 Naming: ``tiny`` and ``tiny-mllama`` are the tiny Mllama; ``tiny-llava``, ``tiny-idefics3``,
 ``tiny-gemma3`` the others (:func:`parse_tiny_name`). The ``tiny`` backend takes them as its
 ``model`` (``--backend tiny --model tiny-llava``; in a run config ``backend: tiny`` with
-``model: tiny-llava``), fine-tuning as its ``--base``. ``--seed`` picks the weights.
+``model: tiny-llava``), fine-tuning as its ``--model``. ``--seed`` picks the weights.
 
 Sizes of the Mllama (about 0.28 M parameters): text hidden 64, 4 layers (cross-attention at
 layers 1 and 3), 4 heads; vision hidden 32, 2 + 1 layers, one 56x56 tile of 14x14 patches (a
