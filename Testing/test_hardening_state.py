@@ -5,6 +5,10 @@ that print markup as text."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.table import Column, Line, TableSpec, build_table
 
@@ -26,3 +30,58 @@ def test_markdown_tables_print_markup_as_text():
     )
     assert "## A &lt;b&gt;title&lt;/b&gt; &amp; more" in md
     assert "- p &lt; 0.05 &amp; n &gt; 3" in md
+
+
+CI_CHECK = """
+import pytest
+
+@pytest.mark.skipif(True, reason="cmake is not installed")
+def test_cmake():
+    pass
+
+def test_slicer():
+    pytest.skip("slicer-core is not installed (No module named 'slicer'); pip install slicer-core")
+
+def test_compiler():
+    pytest.skip("no C++ compiler for project() here")
+
+@pytest.mark.skipif(True, reason="POSIX permissions")
+def test_other_reason():
+    pass
+"""
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_in_ci_a_missing_tool_fails_instead_of_skipping(pytester, monkeypatch, ci):
+    """With CI set, the slicer-core, cmake and compiler tests fail when their tool is missing
+    (Testing/conftest.py); other skips stay skips, and without CI all of them skip."""
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text(encoding="utf-8"))
+    pytester.makepyfile(test_tools=CI_CHECK)
+    monkeypatch.setenv("CI", ci)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    if ci:
+        # a skipif mark skips in setup, so there the test ends as an error: the run fails too
+        result.assert_outcomes(failed=2, errors=1, skipped=1)
+        assert result.ret != 0
+        result.stdout.fnmatch_lines(["*CI is set, so this test must run*cmake is not installed*"])
+    else:
+        result.assert_outcomes(skipped=4)
+
+
+def test_an_exception_in_a_thread_fails_the_test(pytester):
+    """pyproject's filterwarnings makes PytestUnhandledThreadExceptionWarning an error, so a
+    thread's exception cannot pass as a warning."""
+    root = Path(__file__).resolve().parent.parent
+    pytester.makepyprojecttoml((root / "pyproject.toml").read_text(encoding="utf-8"))
+    pytester.makepyfile(
+        test_thread="""
+import threading
+
+def test_thread():
+    t = threading.Thread(target=lambda: 1 / 0)
+    t.start()
+    t.join()
+"""
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
