@@ -5,10 +5,13 @@ that print markup as text."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from GliomaCompareLib.cli import main
+from GliomaCompareLib.report import build_report
 from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.table import Column, Line, TableSpec, build_table
 
@@ -85,3 +88,17 @@ def test_thread():
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
+
+
+def test_report_names_manifest_fields_of_the_wrong_type(tmp_path):
+    """A manifest whose ``git`` is not an object (or ``command`` not a list) crashed ``report``;
+    now the field is named on the page and left out."""
+    run = tmp_path / "run"
+    (run / "metrics").mkdir(parents=True)
+    manifest = {"git": "abc123", "command": 5, "seeds": {"global": 3}, "created": "today"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    page = build_report(run, figures=False).read_text(encoding="utf-8")
+    assert "manifest.json: field &#x27;git&#x27; is str, not an object; not shown" in page
+    assert "manifest.json: field &#x27;command&#x27; is int, not a list; not shown" in page
+    assert "today" in page  # the rest of the manifest is still shown
+    assert main(["report", str(run), "--no-figures"]) == 0
