@@ -6,6 +6,8 @@ that print markup as text."""
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,10 @@ from GliomaCompareLib.cli import main
 from GliomaCompareLib.report import build_report
 from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.table import Column, Line, TableSpec, build_table
+from GliomaCompareLib.vlm.cache import AnswerCache
+from GliomaCompareLib.vlm.hf_backend import TransformersBackend
+from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
+from GliomaCompareLib.vlm.types import DecodingConfig
 
 MD_SPEC = TableSpec(
     "md",
@@ -102,3 +108,57 @@ def test_report_names_manifest_fields_of_the_wrong_type(tmp_path):
     assert "manifest.json: field &#x27;command&#x27; is int, not a list; not shown" in page
     assert "today" in page  # the rest of the manifest is still shown
     assert main(["report", str(run), "--no-figures"]) == 0
+
+
+@pytest.mark.slow
+def test_damaged_answer_cache_lines_are_named_and_asked_again(synth_cohort, tmp_path, caplog):
+    """A truncated line or one of the wrong types in the answer cache crashed the VLM arm on
+    every re-run; now each is skipped with its file and line named, and that query is asked
+    again (the other answers still come from the cache)."""
+    tiny = TransformersBackend.tiny(seed=0)
+    config = VLMConfig(
+        tasks=("grade", "point"), slices_per_case=1, decoding=DecodingConfig(max_new_tokens=8)
+    )
+    config = replace(config, n_bootstrap=0, save_masks=False)
+    ids = ["BraTS20_Training_001", "BraTS20_Training_002"]
+    first = run_vlm(synth_cohort, tiny, config, tmp_path / "out", case_ids=ids)
+    (segment,) = (tmp_path / "out" / "cache").glob("answers-*.jsonl")
+    lines = segment.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(first.records) == 4
+    entry = json.loads(lines[1])
+    entry["answer"]["text"] = 5  # wrong type
+    lines[1] = json.dumps(entry)
+    lines[2] = json.dumps({"key": json.loads(lines[2])["key"], "answer": "ok"})
+    lines[3] = lines[3][: len(lines[3]) // 2]  # truncated
+    segment.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    caplog.set_level(logging.WARNING, logger="GliomaCompareLib.vlm.cache")
+    again = run_vlm(synth_cohort, tiny, config, tmp_path / "out", case_ids=ids)
+    messages = [r.getMessage() for r in caplog.records]
+    for number, reason in ((2, "field 'text' is int"), (3, "answer is str"), (4, "not JSON")):
+        assert any(f"{segment}:{number}: damaged" in m and reason in m for m in messages), number
+    manifest = json.loads((tmp_path / "out" / "vlm.json").read_text())
+    assert manifest["cached"] == 1 and manifest["asked"] == 3
+    assert [r.raw_text for r in again.records] == [r.raw_text for r in first.records]
+
+
+def test_answer_cache_keeps_only_lines_that_are_answers(tmp_path, caplog):
+    good = {"text": "HGG", "refused": False, "latency_s": 0.5, "meta": {}}
+    bad = [
+        "[1, 2]",
+        json.dumps({"key": "", "answer": good}),
+        json.dumps({"key": "k", "answer": [good]}),
+        json.dumps({"key": "k", "answer": {**good, "refused": "no"}}),
+        json.dumps({"key": "k", "answer": {**good, "latency_s": True}}),
+        json.dumps({"key": "k", "answer": {**good, "option_logprobs": {"HGG": "x"}}}),
+        json.dumps({"key": "k", "answer": {**good, "error": "timeout"}}),
+        json.dumps({"key": "k", "answer": {"refused": False}}),
+        '{"key": "k", "ans',
+    ]
+    lines = [json.dumps({"key": "good", "answer": good}), *bad]
+    (tmp_path / "answers-a.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    caplog.set_level(logging.WARNING, logger="GliomaCompareLib.vlm.cache")
+    cache = AnswerCache(tmp_path)
+    assert len(cache) == 1 and cache.get("good").text == "HGG" and cache.get("k") is None
+    assert cache.skipped_lines == len(bad)
+    named = {r.getMessage().split(": damaged")[0] for r in caplog.records}
+    assert named == {f"{tmp_path / 'answers-a.jsonl'}:{n}" for n in range(2, len(lines) + 1)}
