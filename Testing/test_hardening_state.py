@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from test_data_discovery import write_case, write_mapping
 
 from GliomaCompareLib.cli import main
+from GliomaCompareLib.pipeline.cohort import CohortChangedError, load_cohort
+from GliomaCompareLib.pipeline.config import read_run_config
+from GliomaCompareLib.pipeline.runner import StageContext
+from GliomaCompareLib.pipeline.stages.data import DATA, run_data
 from GliomaCompareLib.report import build_report
 from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.table import Column, Line, TableSpec, build_table
@@ -162,3 +169,88 @@ def test_answer_cache_keeps_only_lines_that_are_answers(tmp_path, caplog):
     assert cache.skipped_lines == len(bad)
     named = {r.getMessage().split(": damaged")[0] for r in caplog.records}
     assert named == {f"{tmp_path / 'answers-a.jsonl'}:{n}" for n in range(2, len(lines) + 1)}
+
+
+def _data_stage(run_dir: Path, root: Path) -> StageContext:
+    data = SimpleNamespace(root=str(root), synthetic=None, convention="brats2020", jobs=1)
+    ctx = StageContext(
+        run_dir=run_dir,
+        dir=run_dir / "stages" / "data",
+        stage=DATA,
+        config=SimpleNamespace(data=data),
+        shard=None,
+        upstream={},
+        logger=logging.getLogger("test"),
+    )
+    ctx.dir.mkdir(parents=True, exist_ok=True)
+    run_data(ctx)
+    return ctx
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "replaced", "regraded"])
+def test_a_changed_data_folder_is_refused_when_the_cohort_is_read_back(tmp_path, change):
+    """Issue 17: later stages re-read the cohort from cohort.json's data folder; when that
+    folder changed they scored against another cohort without a word. Now they refuse, naming
+    the folder, the cases and --force data; redoing the data stage (what --force data does)
+    makes the run usable again."""
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    for i in (1, 2, 3):
+        write_case(data, f"BraTS20_Training_00{i}", seed=i)
+    write_mapping(data, [(f"BraTS20_Training_00{i}", "HGG") for i in (1, 2, 3)])
+    _data_stage(run_dir, data)
+    assert len(load_cohort(run_dir).usable) == 3  # unchanged: read back as before
+    if change == "added":
+        write_case(data, "BraTS20_Training_004", seed=4)
+    elif change == "removed":
+        shutil.rmtree(data / "BraTS20_Training_002")
+    elif change == "replaced":
+        flair = data / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz"
+        flair.write_bytes(flair.read_bytes() + b"\0")
+    else:
+        write_mapping(data, [(f"BraTS20_Training_00{i}", "LGG") for i in (1, 2, 3)])
+    with pytest.raises(CohortChangedError) as info:
+        load_cohort(run_dir)
+    message = str(info.value)
+    assert message.startswith(f"{data.resolve()}: the data folder changed")
+    case = "BraTS20_Training_004" if change == "added" else "BraTS20_Training_002"
+    if change == "regraded":
+        case = "BraTS20_Training_001, BraTS20_Training_002, BraTS20_Training_003"
+    label = {"added": "added:", "removed": "removed:"}.get(change, "changed:")
+    assert f"{label} {case}" in message
+    assert f"--out {run_dir} --force data" in message
+    _data_stage(run_dir, data)  # --force data
+    assert load_cohort(run_dir).cases
+
+
+@pytest.mark.slow
+def test_the_cli_names_a_changed_data_folder(tmp_path, capsys):
+    """Through ``gliomacompare run``: the split stage meets the changed folder and the command
+    ends with the message (exit 2), not a traceback; ``--force data`` then carries on."""
+    data, run_dir = tmp_path / "data", tmp_path / "run"
+    for i in range(1, 7):
+        write_case(data, f"BraTS20_Training_00{i}", seed=i)
+    write_mapping(data, [(f"BraTS20_Training_00{i}", ("HGG", "LGG")[i % 2]) for i in range(1, 7)])
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{root: {data}}}\n", encoding="utf-8")
+    assert main(["run", str(config), "--out", str(run_dir), "--only", "data"]) == 0
+    write_case(data, "BraTS20_Training_007", seed=7)
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(run_dir), "--only", "split"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{data.resolve()}: the data folder changed" in err and "added: BraTS20_Training_007" in err
+    )
+    assert f"--out {run_dir} --force data" in err and "Traceback" not in err
+    argv = ["run", str(config), "--out", str(run_dir), "--only", "data", "--only", "split"]
+    assert main([*argv, "--force", "data"]) == 0
+
+
+def test_data_root_beside_a_synthetic_cohort_is_refused(tmp_path):
+    """``--set data.root=...`` on the demo preset was ignored (the synthetic cohort was used);
+    now the combination is refused with the override that does what was meant."""
+    with pytest.raises(ValueError, match=r"not both .*--set data\.synthetic=null"):
+        read_run_config("demo", [f"data.root={tmp_path}"])
+    config, _ = read_run_config("demo", ["data.synthetic=null", f"data.root={tmp_path}"])
+    assert config.data.synthetic is None and config.data.root == str(tmp_path)
+    config, _ = read_run_config("demo", [])
+    assert config.data.root is None and config.data.synthetic is not None
