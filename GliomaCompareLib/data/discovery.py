@@ -103,7 +103,7 @@ def _broken_links(data_dir: Path, convention: Convention) -> list[Path]:
     )
 
 
-def _unreadable_record(link: Path, grade: str | None) -> CaseRecord:
+def _unreadable_record(link: Path, grade: str | None, convention: Convention) -> CaseRecord:
     try:
         os.stat(link)
         reason = "cannot be read"
@@ -113,7 +113,7 @@ def _unreadable_record(link: Path, grade: str | None) -> CaseRecord:
         case_id=link.name,
         folder=link,
         grade=grade,
-        modality_paths={},
+        modality_paths=dict.fromkeys(convention.channels),
         label_path=None,
         problems=(f"{link}: the case folder is a symbolic link that {reason}; left out",),
     )
@@ -198,7 +198,7 @@ def discover_cases(
             )
         records.append(record)
     broken = _broken_links(data_dir, conv)
-    records += [_unreadable_record(link, grades.get(link.name)) for link in broken]
+    records += [_unreadable_record(link, grades.get(link.name), conv) for link in broken]
     records.sort(key=lambda r: r.folder)
     names = {f.name for f in (*folders, *broken)}
     for case_id in sorted(set(grades) - names):
