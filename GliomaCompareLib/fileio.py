@@ -10,7 +10,10 @@ it too.
 
 CSV tables are written by :func:`write_csv` only, so every table has the same cell format
 (:func:`format_cell`: floats with ``digits`` significant digits, NaN and None as empty cells,
-booleans as 0 / 1) and the same line ends (``\\n``).
+booleans as 0 / 1) and the same line ends (``\\n``). A text cell that a spreadsheet would run as
+a formula (it starts with ``=``, ``+``, ``-`` or ``@`` and is not a number, e.g. a model's raw
+answer ``=HYPERLINK(...)``) is written with a leading ``'``, so it opens as text; numbers,
+including negative ones (``-0.12``, ``-inf``), are written as they are.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "format_cell",
+    "inert_text",
     "jsonable",
     "write_csv",
 ]
@@ -100,16 +104,35 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
+#: First characters that make a spreadsheet read a cell as a formula (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@")
+
+
+def inert_text(text: str) -> str:
+    """``text`` made safe to open in a spreadsheet: prefixed with ``'`` when it starts with one
+    of :data:`FORMULA_PREFIXES` and is not a number (``-0.12``, ``+3``, ``-inf`` stay as they
+    are, so numeric cells still read back as numbers)."""
+    if not text.startswith(FORMULA_PREFIXES):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return "'" + text
+    return text
+
+
 def format_cell(value: Any, digits: int = CSV_DIGITS) -> str:
     """The text of one CSV cell: ``""`` for None and NaN, ``f"{value:.{digits}g}"`` for a float
-    (``inf`` stays ``inf``), ``0`` / ``1`` for a bool, ``str(value)`` for anything else."""
+    (``inf`` stays ``inf``), ``0`` / ``1`` for a bool, ``str(value)`` for anything else, made
+    inert by :func:`inert_text` (a text that would run as a spreadsheet formula gets a leading
+    ``'``)."""
     if value is None:
         return ""
     if isinstance(value, float):
         return "" if value != value else f"{value:.{digits}g}"
     if isinstance(value, bool):
         return str(int(value))
-    return str(value)
+    return inert_text(str(value))
 
 
 def write_csv(

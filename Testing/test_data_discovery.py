@@ -350,3 +350,45 @@ def test_a_short_compressed_image_is_refused_before_allocating(tmp_path):
     two = tmp_path / "two.nii.gz"
     two.write_bytes(gzip.compress(raw[:200]) + gzip.compress(raw[200:]))
     np.testing.assert_array_equal(read_image(two)[0], array)
+
+
+def test_a_looping_case_folder_is_named_not_dropped(tmp_path, capsys):
+    """Issue 17: a case folder that is a symbolic link loop (or points nowhere) vanished from
+    ``inspect``; now it is a case that is not usable, with the reason."""
+    data = tmp_path / "data"
+    write_case(data, "BraTS20_Training_001")
+    loop = data / "BraTS20_Training_002"
+    loop.symlink_to(loop)
+    (data / "BraTS20_Training_003").symlink_to(tmp_path / "gone")
+    write_mapping(data, [("BraTS20_Training_001", "HGG"), ("BraTS20_Training_002", "LGG")])
+    cohort = discover_cases(data)
+    assert [c.case_id for c in cohort.cases] == [f"BraTS20_Training_00{i}" for i in (1, 2, 3)]
+    assert [c.usable for c in cohort.cases] == [True, False, False]
+    assert cohort.get("BraTS20_Training_002").grade == "LGG"
+    assert main(["inspect", str(data), "--json"]) == 0
+    found = {c["case_id"]: c for c in json.loads(capsys.readouterr().out)}
+    assert found["BraTS20_Training_002"]["problems"] == [
+        f"{loop}: the case folder is a symbolic link that loops back on itself; left out"
+    ]
+    assert "symbolic link that points nowhere" in found["BraTS20_Training_003"]["problems"][0]
+    # the mapping's row for the looping case is not "a row without a case folder"
+    assert not any("BraTS20_Training_002" in w for w in cohort.warnings)
+
+
+def test_two_copies_of_one_image_are_said(tmp_path, capsys):
+    """Issue 17: ``.nii`` beside ``.nii.gz`` of the same image was resolved without a word."""
+    data = tmp_path / "data"
+    folder = write_case(data, "BraTS20_Training_001")
+    _save(folder / "BraTS20_Training_001_flair.nii", _volume(9))
+    _save(folder / "BraTS20_Training_001_seg.nii", _label())
+    cohort = discover_cases(data)
+    case = cohort.get("BraTS20_Training_001")
+    assert case.usable and case.modality_paths["flair"].name.endswith("_flair.nii.gz")
+    assert case.warnings[:2] == (
+        f"{folder}: two copies of one image (BraTS20_Training_001_flair.nii.gz and "
+        "BraTS20_Training_001_flair.nii); using BraTS20_Training_001_flair.nii.gz",
+        f"{folder}: two copies of one image (BraTS20_Training_001_seg.nii.gz and "
+        "BraTS20_Training_001_seg.nii); using BraTS20_Training_001_seg.nii.gz",
+    )
+    main(["inspect", str(data)])
+    assert "two copies of one image (BraTS20_Training_001_flair.nii.gz" in capsys.readouterr().out

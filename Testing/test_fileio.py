@@ -109,3 +109,29 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     ]
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == expected, path.name
+
+
+def test_text_cells_that_a_spreadsheet_would_run_are_written_inert(tmp_path):
+    """CSV injection (issue 17): a model's raw answer or a user-given name starting with = + - @
+    opens as text (leading '); numbers, negative ones included, stay numbers."""
+    rows = [
+        {"a": '=HYPERLINK("http://x","y")', "b": -0.12},
+        {"a": "+1+cmd|' /C calc'!A0", "b": "-0.12"},
+        {"a": "-2+3", "b": -math.inf},
+        {"a": "@SUM(A1)", "b": np.float64(-1e-7)},
+        {"a": "plain = text", "b": -3},
+        {"a": "-", "b": "+5"},
+    ]
+    path = fileio.write_csv(tmp_path / "t.csv", ["a", "b"], rows)
+    with path.open(newline="") as handle:
+        read = list(csv.DictReader(handle))
+    assert [r["a"] for r in read] == [
+        '\'=HYPERLINK("http://x","y")',
+        "'+1+cmd|' /C calc'!A0",
+        "'-2+3",
+        "'@SUM(A1)",
+        "plain = text",
+        "'-",
+    ]
+    assert [r["b"] for r in read] == ["-0.12", "-0.12", "-inf", "-1e-07", "-3", "+5"]
+    assert fileio.inert_text("-0.5") == "-0.5" and fileio.inert_text("=1") == "'=1"

@@ -12,11 +12,17 @@ A cohort folder looks like (BraTS 2020; other releases through their convention 
             BraTS20_Training_001_seg.nii.gz    (case 355: W39_1998.09.19_Segm.nii)
 
 ``root`` may be that folder or any folder up to two levels above it.
+
+A case folder that is a symbolic link looping back on itself (or pointing nowhere) is listed as a
+case with that problem, not dropped; a case holding two copies of one image (``.nii`` and
+``.nii.gz``) says which one is used, as a warning.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import os
 from pathlib import Path
 
 from GliomaCompareLib.data.conventions import Convention, load_convention
@@ -69,13 +75,48 @@ def read_name_mapping(
     return grades, warnings
 
 
-def _find_file(folder: Path, stems: list[str], convention: Convention) -> Path | None:
-    for stem in stems:
-        for ext in convention.extensions:
-            candidate = folder / f"{stem}{ext}"
-            if candidate.is_file():
-                return candidate
-    return None
+def _find_file(
+    folder: Path, stems: list[str], convention: Convention, warnings: list[str]
+) -> Path | None:
+    """The first of ``stems`` x ``extensions`` that is a file; a warning in ``warnings`` names
+    the other copies when there are several (BraTS 2020 ships case 355's label twice)."""
+    found = [
+        folder / f"{stem}{ext}"
+        for stem in stems
+        for ext in convention.extensions
+        if (folder / f"{stem}{ext}").is_file()
+    ]
+    if len(found) > 1:
+        others = ", ".join(p.name for p in found[1:])
+        warnings.append(
+            f"{folder}: two copies of one image ({found[0].name} and {others}); "
+            f"using {found[0].name}"
+        )
+    return found[0] if found else None
+
+
+def _broken_links(data_dir: Path, convention: Convention) -> list[Path]:
+    """Entries named like case folders that are symbolic links no path resolves (a loop, or a
+    target that is gone): ``is_dir()`` is False for them, so they would vanish silently."""
+    return sorted(
+        p for p in data_dir.glob(convention.case_dir_glob) if p.is_symlink() and not p.exists()
+    )
+
+
+def _unreadable_record(link: Path, grade: str | None, convention: Convention) -> CaseRecord:
+    try:
+        os.stat(link)
+        reason = "cannot be read"
+    except OSError as exc:
+        reason = "loops back on itself" if exc.errno == errno.ELOOP else "points nowhere"
+    return CaseRecord(
+        case_id=link.name,
+        folder=link,
+        grade=grade,
+        modality_paths=dict.fromkeys(convention.channels),
+        label_path=None,
+        problems=(f"{link}: the case folder is a symbolic link that {reason}; left out",),
+    )
 
 
 def _record_for(folder: Path, grade: str | None, convention: Convention) -> CaseRecord:
@@ -86,14 +127,14 @@ def _record_for(folder: Path, grade: str | None, convention: Convention) -> Case
     for channel in convention.channels:
         key = convention.modality_keys[channel]
         stem = convention.file_stem(case_id, key)
-        path = _find_file(folder, [stem], convention)
+        path = _find_file(folder, [stem], convention, warnings)
         if path is None:
             expected = " or ".join(f"{stem}{e}" for e in convention.extensions)
             problems.append(f"{folder / stem}: missing {channel} image (expected {expected})")
         paths[channel] = path
     label_stems = [convention.file_stem(case_id, convention.label_key)]
     label_stems += list(convention.label_file_aliases.get(case_id, ()))
-    label_path = _find_file(folder, label_stems, convention)
+    label_path = _find_file(folder, label_stems, convention, warnings)
     if label_path is None:
         warnings.append(f"{folder}: no label map ({label_stems[0]}.nii[.gz]); inference only")
     return CaseRecord(
@@ -156,7 +197,10 @@ def discover_cases(
                 warnings=[f"{mapping_path}: no row for {folder.name}; grade unknown"]
             )
         records.append(record)
-    names = {f.name for f in folders}
+    broken = _broken_links(data_dir, conv)
+    records += [_unreadable_record(link, grades.get(link.name), conv) for link in broken]
+    records.sort(key=lambda r: r.folder)
+    names = {f.name for f in (*folders, *broken)}
     for case_id in sorted(set(grades) - names):
         cohort_warnings.append(f"{mapping_path}: lists {case_id}, which has no case folder")
     if validate:

@@ -526,6 +526,11 @@ def _data_section(config: Mapping[str, Any]) -> DataSection:
     _refuse_unknown("data", data, _DATA_KEYS)
     if not data.get("root") and not data.get("synthetic"):
         raise ValueError("run config: data: give 'root' (a BraTS folder) or 'synthetic'")
+    if data.get("root") and data.get("synthetic"):  # root was ignored silently (issue 17)
+        raise ValueError(
+            "run config: data: give 'root' or 'synthetic', not both (a preset with 'synthetic', "
+            "such as demo, runs on your folder with --set data.synthetic=null --set data.root=DIR)"
+        )
     return DataSection(
         root=data.get("root"),
         synthetic=_synth_config(data["synthetic"]) if data.get("synthetic") else None,

@@ -16,13 +16,20 @@ from GliomaCompareLib.report.table import Table
 __all__ = ["render_html_table", "render_markdown"]
 
 
+def _md_text(text: str) -> str:
+    """Free text for Markdown: HTML escaped (``<``, ``>``, ``&``), so a model id or a raw answer
+    holding markup shows as text instead of running in a Markdown viewer."""
+    return html.escape(" ".join(str(text).split()), quote=False)
+
+
 def _md_cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|") or " "
+    """A table cell: :func:`_md_text` on one line, with ``|`` escaped so it stays one cell."""
+    return _md_text(text).replace("|", "\\|") or " "
 
 
 def render_markdown(table: Table) -> str:
     """The table as GitHub-flavoured Markdown (title, what produced it, table, notes)."""
-    lines = [f"## {table.title}", ""]
+    lines = [f"## {_md_text(table.title)}", ""]
     if table.tiny:
         lines += [
             f"> **{TINY_LABEL}**: numbers from the tiny VLM with random weights, built in code "
@@ -30,12 +37,12 @@ def render_markdown(table: Table) -> str:
             "",
         ]
     if table.description:
-        lines += [table.description, ""]
+        lines += [_md_text(table.description), ""]
     if table.status != "ok":
-        lines += [f"**{table.status}** — {table.status_detail}", ""]
+        lines += [f"**{_md_text(table.status)}** — {_md_text(table.status_detail)}", ""]
         return "\n".join(lines)
     if table.produced_by:
-        lines += ["Produced by: " + "; ".join(table.produced_by), ""]
+        lines += ["Produced by: " + "; ".join(_md_text(p) for p in table.produced_by), ""]
     numeric = table.numeric or (False,) * len(table.columns)
     lines.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
     lines.append("| " + " | ".join("---:" if n else "---" for n in numeric) + " |")
@@ -46,7 +53,7 @@ def render_markdown(table: Table) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if table.notes:
         lines.append("")
-        lines += [f"- {' '.join(note.split())}" for note in table.notes]
+        lines += [f"- {_md_text(note)}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 

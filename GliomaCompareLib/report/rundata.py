@@ -180,6 +180,20 @@ def _strings(obj: Any) -> Iterable[str]:
             yield from _strings(value)
 
 
+#: The manifest fields the report reads as containers, with the type each must have; a field of
+#: another type (a hand-edited or damaged manifest) is named in the problems and left out.
+MANIFEST_FIELD_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "git": (dict, "an object"),
+    "config": (dict, "an object"),
+    "seeds": (dict, "an object"),
+    "models": ((dict, list), "an object or a list"),
+    "device": (dict, "an object"),
+    "versions": (dict, "an object"),
+    "stages": (dict, "an object"),
+    "command": (list, "a list"),
+}
+
+
 def _read_manifest(path: Path, problems: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         problems.append(f"{path.name} not found: the 'what was run' section is empty")
@@ -192,6 +206,14 @@ def _read_manifest(path: Path, problems: list[str]) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         problems.append(f"{path.name} is not a JSON object")
         return None
+    for key, kind in MANIFEST_FIELD_TYPES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, kind[0]):
+            problems.append(
+                f"{path.name}: field {key!r} is {type(value).__name__}, not {kind[1]}; not shown"
+            )
+            log.warning("%s: field %r is %s, not %s", path, key, type(value).__name__, kind[1])
+            del data[key]
     return data
 
 

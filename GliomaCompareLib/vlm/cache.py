@@ -10,7 +10,9 @@ runs, output folders and pipelines that share the cache folder; anything else mi
 Storage: append-only JSON-lines segment files in the cache folder, one per writing process
 (``answers-<host>-<pid>-<random>.jsonl``), each line ``{"key": ..., "answer": {...}}``, written
 and flushed as soon as an answer arrives, so a killed run loses at most the line being
-written. Opening the cache reads every segment; a truncated last line is skipped. Several
+written. Opening the cache reads every segment; a line that cannot be an answer (truncated or
+damaged JSON, fields of the wrong type) is skipped with a warning naming the file, the line and
+the reason, so that query is asked again instead of crashing every re-run. Several
 processes and machines can share one folder (each appends to its own segment). Failed queries
 (``Answer.error``) are never cached: a later run asks them again.
 """
@@ -32,6 +34,46 @@ from GliomaCompareLib.vlm.types import Answer, DecodingConfig
 __all__ = ["AnswerCache", "answer_key"]
 
 log = logging.getLogger(__name__)
+
+_NUMBER = (int, float)
+#: The type each stored :class:`Answer` field must have (None allowed where listed).
+_ANSWER_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "text": ((str,), True),
+    "refused": ((bool,), False),
+    "finish_reason": ((str,), True),
+    "option_logprobs": ((dict,), True),
+    "option_method": ((str,), True),
+    "latency_s": (_NUMBER, False),
+    "generated_tokens": ((int,), True),
+    "meta": ((dict,), False),
+}
+
+
+def _entry_problem(entry: object) -> str | None:
+    """Why a decoded cache line is not a usable ``{"key": ..., "answer": {...}}``, or None."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    key, answer = entry.get("key"), entry.get("answer")
+    if not isinstance(key, str) or not key:
+        return "no key"
+    if not isinstance(answer, dict):
+        return f"answer is {type(answer).__name__}, not an object"
+    if answer.get("error") is not None:
+        return "a failed query (errors are never cached)"
+    for name, (kinds, optional) in _ANSWER_FIELDS.items():
+        if name not in answer:
+            if name == "text":
+                return "answer has no text"
+            continue
+        value = answer[name]
+        if value is None and optional:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return f"answer field {name!r} is {type(value).__name__}"
+    logprobs = answer.get("option_logprobs") or {}
+    if not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in logprobs.values()):
+        return "answer field 'option_logprobs' holds a value that is not a number"
+    return None
 
 
 def answer_key(
@@ -84,10 +126,20 @@ class AnswerCache:
                     continue
                 try:
                     entry = json.loads(line)
-                    self._answers[entry["key"]] = entry["answer"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                except ValueError as exc:
+                    problem: str | None = f"not JSON ({exc})"
+                else:
+                    problem = _entry_problem(entry)
+                if problem is not None:
                     self.skipped_lines += 1
-                    log.warning("%s:%d: unreadable cache line skipped", segment, number)
+                    log.warning(
+                        "%s:%d: damaged answer-cache line skipped (%s); that query is asked again",
+                        segment,
+                        number,
+                        problem,
+                    )
+                    continue
+                self._answers[entry["key"]] = entry["answer"]
 
     def __len__(self) -> int:
         return len(self._answers)

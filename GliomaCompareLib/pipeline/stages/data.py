@@ -8,7 +8,7 @@ from pathlib import Path
 from GliomaCompareLib.data import discover_cases
 from GliomaCompareLib.data.synthetic import write_cohort
 from GliomaCompareLib.fileio import atomic_write_json
-from GliomaCompareLib.pipeline.cohort import COHORT_FILE
+from GliomaCompareLib.pipeline.cohort import COHORT_FILE, case_fingerprints
 from GliomaCompareLib.pipeline.runner import Stage, StageContext
 
 __all__ = ["DATA"]
@@ -43,6 +43,8 @@ def run_data(ctx: StageContext) -> dict:
             "synthetic": data.synthetic is not None,
             "warnings": list(cohort.warnings),
             "cases": [c.to_dict() for c in cohort.cases],
+            # later stages check the folder still holds this cohort (pipeline.cohort)
+            "case_fingerprints": case_fingerprints(cohort),
         },
     )
     grades = [c.grade for c in cohort.usable]
