@@ -369,3 +369,22 @@ def test_figures_cope_with_a_further_vlm(tmp_path, monkeypatch):
     assert figures.method_colour(EXTRA_VLM) not in figures.METHOD_COLOURS.values()
     page = build_report(run).read_text(encoding="utf-8")
     assert EXTRA_VLM in page
+
+
+def test_headline_and_forest_name_every_vlm(tmp_path, monkeypatch):
+    run, _ = make_run(tmp_path)
+    add_groups_and_answers(run, methods=("vlm_base", "vlm_finetuned", EXTRA_VLM))
+    verdict = build_headline(load_run(run))
+    assert {d.vlm for d in verdict.differences} == {"vlm_base", "vlm_finetuned", EXTRA_VLM}
+    assert any(EXTRA_VLM in sentence for sentence in verdict.grading)
+    assert any(EXTRA_VLM in sentence for sentence in verdict.localisation)
+    captured = Captured(monkeypatch)
+    figures.forest_figure(verdict.differences, ReportOptions(), True, load_published())
+    fig, dpi = captured.last()
+    assert_readable(fig, dpi)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert f"box Dice · same slices · {EXTRA_VLM}" in labels
+    # the study published nothing for a VLM it did not run: no mark on its lines
+    diamonds = [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_marker() == "D"]
+    ys = list(fig.axes[0].get_yticks())
+    assert all(EXTRA_VLM not in labels[ys.index(y)] for y in diamonds) and len(diamonds) == 2
