@@ -164,8 +164,8 @@ def add_method(run: Path, new: str = EXTRA_VLM, like: str = "vlm_base") -> None:
     (as a run with several VLMs writes them, one row set per VLM)."""
     for path in sorted((run / "metrics").glob("*.csv")):
         rows = _csv_rows(path)
-        if not rows:
-            continue
+        if not rows or any(new in (r.get("method"), r.get("method_b")) for r in rows):
+            continue  # empty, or already written for ``new``
         extra = []
         for key in ("method", "method_b"):
             extra += [{**r, key: new} for r in rows if r.get(key) == like]
@@ -377,6 +377,10 @@ def test_headline_and_forest_name_every_vlm(tmp_path, monkeypatch):
     verdict = build_headline(load_run(run))
     assert {d.vlm for d in verdict.differences} == {"vlm_base", "vlm_finetuned", EXTRA_VLM}
     assert any(EXTRA_VLM in sentence for sentence in verdict.grading)
+    # each method's own accuracy beside the difference (classification rows without a decision
+    # column are the fixed rule's)
+    fixed = [s for s in verdict.grading if s.startswith("Fixed rule")]
+    assert fixed and not any("3D CNN — vs" in sentence for sentence in fixed)
     assert any(EXTRA_VLM in sentence for sentence in verdict.localisation)
     captured = Captured(monkeypatch)
     figures.forest_figure(verdict.differences, ReportOptions(), True, load_published())

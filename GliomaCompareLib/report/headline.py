@@ -99,7 +99,8 @@ def _who_is_better(value: float, vlm: str, p: float | None, alpha: float, what: 
 
 def _accuracy(rows: Sequence[Mapping[str, Any]], method: str, decision: str) -> str:
     for r in rows:
-        if r.get("method") == method and r.get("decision") == decision:
+        # a table without decision rules holds the fixed rule's rows
+        if r.get("method") == method and (r.get("decision") or "fixed") == decision:
             return fmt(r.get("accuracy"))
     return "—"
 
