@@ -56,7 +56,9 @@ def scaled_geometry(example: AnswerExample, shape: tuple[int, int]):
 
 
 def _heading(x: AnswerExample) -> str:
-    return f"{x.stage} · {x.task} · {x.status}\n{x.case_id}, slice {x.slice_index}"
+    """The panel's title: task, status, case and slice (the stage, which can be long, is in the
+    HTML caption below the panel, where it can wrap)."""
+    return f"{x.task} · {x.status}\n{x.case_id}, slice {x.slice_index}"
 
 
 def answer_panels(
