@@ -242,7 +242,7 @@ def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure
         if r.get("decision") in (None, "", "fixed")
     }
     models, tiny = _model_text(run, methods)
-    fig = _figure(8.4, 3.9)
+    fig = _figure(9.6, 4.3 + 0.2 * (len(methods) + 1))
     left, right = fig.subplots(1, 2)
     for method in methods:
         points = sorted(
@@ -274,7 +274,8 @@ def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure
         ax.set_xlabel(xlabel, fontsize=10)
         ax.set_ylabel(ylabel, fontsize=10)
         ax.tick_params(labelsize=10)
-        ax.legend(fontsize=9, loc="lower right")
+        # below the plot: with several methods a legend inside would hide the curves
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     left.set_title("ROC", fontsize=10)
     right.set_title("Reliability diagram", fontsize=10)
     _suptitle(fig, title, tiny)
