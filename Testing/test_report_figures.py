@@ -66,6 +66,20 @@ def assert_readable(fig, dpi: int) -> None:
         if t.get_fontsize() * dpi / 72 < MIN_PX - 0.05
     ]
     assert not small, f"labels under {MIN_PX} px: {small}"
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)  # the layout as saved
+    for ax in fig.axes:
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+            shown = [t for t in ticks if t.get_visible() and t.get_text().strip()]
+            boxes = [t.get_window_extent(renderer) for t in shown]
+            for (a, ta), (b, tb) in zip(
+                zip(boxes, shown, strict=True),
+                list(zip(boxes, shown, strict=True))[1:],
+                strict=False,
+            ):
+                assert not a.overlaps(b), (
+                    f"tick labels overlap: {ta.get_text()!r} {tb.get_text()!r}"
+                )
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -360,15 +374,28 @@ def test_figures_cope_with_a_further_vlm(tmp_path, monkeypatch):
     captured = Captured(monkeypatch)
     data, options = load_run(run), ReportOptions()
     for draw in (figures.confusion_figure, figures.roc_calibration_figure,
-                 figures.answer_status_figure, figures.dice_by_group_figure):  # fmt: skip
+                 figures.answer_status_figure, figures.dice_by_group_figure,
+                 figures.centre_figure):  # fmt: skip
         assert draw(data, options).png is not None
         fig, dpi = captured.last()
         assert_readable(fig, dpi)
         words = " ".join(t.get_text() for t in _texts(fig))
         assert EXTRA_VLM in words, f"{draw.__name__} leaves out the further VLM"
     assert figures.method_colour(EXTRA_VLM) not in figures.METHOD_COLOURS.values()
+    figures.dice_figure(data, load_published(), options)  # ids wrapped under their boxes
+    fig, dpi = captured.last()
+    assert_readable(fig, dpi)
+    assert "vlm_qwen25_\nvl_7b_\ninstruct_awq\nbox" in [
+        t.get_text() for t in fig.axes[0].get_xticklabels()
+    ]
     page = build_report(run).read_text(encoding="utf-8")
     assert EXTRA_VLM in page
+
+
+def test_wrap_name():
+    assert figures.wrap_name("vlm_qwen25_vl_7b_instruct_awq") == "vlm_qwen25_\nvl_7b_\ninstruct_awq"
+    assert figures.wrap_name("3D CNN") == "3D CNN"
+    assert figures.wrap_name("VLM\n(fine-tuned)") == "VLM\n(fine-tuned)"
 
 
 def test_headline_and_forest_name_every_vlm(tmp_path, monkeypatch):

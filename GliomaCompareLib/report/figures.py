@@ -13,6 +13,7 @@ polygon). Every figure drawn from a tiny random-weight model says so in its own 
 from __future__ import annotations
 
 import io
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ __all__ = [
     "method_colour",
     "published_differences",
     "roc_calibration_figure",
+    "wrap_name",
 ]
 
 #: Colours per method (and the ground truth) used in every figure.
@@ -301,8 +303,21 @@ def _auc_legend(name: str, info) -> str:
 # --------------------------------------------------------------------------- Dice distributions
 
 
+def wrap_name(name: str, width: int = 12) -> str:
+    """``name`` on lines of at most about ``width`` characters, broken after a space or an
+    underscore (``"vlm_qwen25_vl_7b_instruct"`` -> ``"vlm_qwen25_\nvl_7b_\ninstruct"``), so a long
+    method id under a narrow box does not run into its neighbours' labels."""
+    lines, line = [], ""
+    for part in re.findall(r"[^ _]+[ _]?|[ _]", name):
+        if line and len(line) + len(part.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += part
+    return "\n".join([*lines, line.rstrip()]) if line.strip() else "\n".join(lines)
+
+
 def _group_label(method: str, task: str, region: str | None) -> str:
-    name = _label(method).replace(" (", "\n(")
+    name = wrap_name(_label(method).replace(" (", "\n("))
     return f"{name}\n{region if task == 'seg' and region else task}"
 
 
