@@ -18,7 +18,7 @@ from matplotlib.text import Text
 
 from GliomaCompareLib.metrics.calibration import brier_score, reliability_bins
 from GliomaCompareLib.metrics.roc import roc_curve_points
-from GliomaCompareLib.report import build_report, figures
+from GliomaCompareLib.report import build_report, figures, prompts
 from GliomaCompareLib.report.answer_panels import answer_panels, scaled_geometry
 from GliomaCompareLib.report.headline import build_headline
 from GliomaCompareLib.report.options import ReportOptions
@@ -419,3 +419,21 @@ def test_headline_and_forest_name_every_vlm(tmp_path, monkeypatch):
     diamonds = [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_marker() == "D"]
     ys = list(fig.axes[0].get_yticks())
     assert all(EXTRA_VLM not in labels[ys.index(y)] for y in diamonds) and len(diamonds) == 2
+
+
+def test_pictured_answers_spread_over_vlms_and_tasks():
+    """Three answers of a status from two VLMs and four tasks: both VLMs, and no task twice
+    while another is left out (localisation tasks, which have something to draw, first)."""
+    candidates = {
+        (stage, task, "ok"): [
+            AnswerExample(stage, task, "ok", f"c{i}", "2", "", "") for i in range(3)
+        ]
+        for stage in ("vlm-a", "vlm-b")
+        for task in ("grade", "point", "box", "polygon")
+    }
+    picked = prompts._pictured(candidates)["ok"]
+    assert [(x.stage, x.task) for x in picked] == [
+        ("vlm-a", "point"),
+        ("vlm-b", "box"),
+        ("vlm-a", "box"),
+    ]

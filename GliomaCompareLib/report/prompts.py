@@ -167,22 +167,37 @@ def _example(stage: str, r: Mapping[str, Any]) -> AnswerExample:
     )  # fmt: skip
 
 
+#: Task order of the pictured answers: the localisation tasks (something drawn) first.
+_TASK_ORDER = ("point", "box", "polygon", "grade")
+
+
+def _interleave(lists: list[list[AnswerExample]]) -> list[AnswerExample]:
+    """The first item of each list, then the second of each, and so on."""
+    out: list[AnswerExample] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
 def _pictured(candidates: Mapping[tuple[str, str, str], list[AnswerExample]]):
-    """Per status, up to :data:`PICTURED_PER_STATUS` answers taken in turn from each (stage,
-    task), so the few shown cover as many stages and tasks as there are."""
+    """Per status, up to :data:`PICTURED_PER_STATUS` answers, spread over the stages first (one
+    stage after another) and the tasks next (each stage starting at another task), so the few
+    shown cover as many VLMs and tasks as there are."""
     out: dict[str, list[AnswerExample]] = {}
     found = {k[2] for k in candidates}
+    rank = {t: i for i, t in enumerate(_TASK_ORDER)}
     for status in [
         *(s for s in PARSE_STATUSES if s in found),
         *sorted(found - set(PARSE_STATUSES)),
     ]:
-        queues = [list(v) for k, v in sorted(candidates.items()) if k[2] == status]
-        chosen: list[AnswerExample] = []
-        while len(chosen) < PICTURED_PER_STATUS and any(queues):
-            for queue in queues:
-                if queue and len(chosen) < PICTURED_PER_STATUS:
-                    chosen.append(queue.pop(0))
-        out[status] = chosen
+        stages = sorted({k[0] for k in candidates if k[2] == status})
+        per_stage = []
+        for j, stage in enumerate(stages):
+            keys = sorted((k for k in candidates if k[0] == stage and k[2] == status),
+                          key=lambda k: (rank.get(k[1], len(rank)), k[1]))  # fmt: skip
+            keys = keys[j % len(keys) :] + keys[: j % len(keys)]
+            per_stage.append(_interleave([list(candidates[k]) for k in keys]))
+        out[status] = _interleave(per_stage)[:PICTURED_PER_STATUS]
     return out
 
 
