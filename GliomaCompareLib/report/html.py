@@ -191,7 +191,8 @@ def _render_gallery(sections: Sequence[GallerySection], count: int) -> str:
         f'<p class="description">The {count} worst and {count} best cases of each ranking, on the '
         "axial slice with the largest tumour area among those the VLM saw (radiological view: "
         "the patient's right on the image's left, marked R / L). Green: ground truth (WT); orange: CNN (WT); cyan: "
-        "VLM base; magenta: VLM fine-tuned; X = point, solid = box, dashed = polygon.</p>",
+        "VLM base; magenta: VLM fine-tuned (any other VLM: its colour in the panel's legend); X = point, "
+        "solid = box, dashed = polygon.</p>",
     ]
     if not sections:
         parts.append('<p class="not-run"><strong>not run</strong> — no ranking available</p>')
