@@ -119,7 +119,7 @@ def screenshot(report: Path, path: Path) -> Path:
     return path
 
 
-def _assert_page_fits(report: Path, tmp_path: Path) -> None:
+def _assert_page_fits(report: Path, tmp_path: Path, name: str | None = None) -> None:
     result = check_page(report, tmp_path)
     assert result["innerWidth"] == WIDTH
     assert result["scrollWidth"] <= WIDTH, f"the page overflows horizontally: {result}"
@@ -127,14 +127,14 @@ def _assert_page_fits(report: Path, tmp_path: Path) -> None:
     assert result["images"] > 0 and result["broken"] == [], f"images not decoded: {result}"
     assert result["links"] > 0 and result["dangling"] == [], f"links without target: {result}"
     assert result["errors"] == [], f"script errors: {result['errors']}"
-    shot = screenshot(report, tmp_path / f"{report.parent.name}-report-1280.png")
+    shot = screenshot(report, tmp_path / f"{name or report.parent.name}-report-1280.png")
     assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_report_in_a_real_browser(tmp_path):
     run, _ = make_run(tmp_path / "run")
     add_groups_and_answers(run)  # the forest plot, Dice by group, raw answers on their images
-    _assert_page_fits(build_report(run), tmp_path)
+    _assert_page_fits(build_report(run), tmp_path, "small-run")
 
 
 def test_report_with_a_further_vlm_in_a_real_browser(tmp_path):
@@ -145,7 +145,7 @@ def test_report_with_a_further_vlm_in_a_real_browser(tmp_path):
     add_method(run)
     page = build_report(run)
     assert EXTRA_VLM in page.read_text(encoding="utf-8")
-    _assert_page_fits(page, tmp_path)
+    _assert_page_fits(page, tmp_path, "three-vlms")
 
 
 @pytest.mark.skipif(
