@@ -1,7 +1,8 @@
 """The report in a real browser: Debian's ``chromium``, headless, at a 1280 px window.
 
 The test builds the report of a small run (the fast ``make_run`` fixture of
-``test_report.py``), adds a small script to a copy of the page that records, once the page has
+``test_report.py``, with the paired differences, Dice by group and raw answers of
+``test_report_figures.py`` added; and once more with a third VLM), adds a small script to a copy of the page that records, once the page has
 loaded, the page's scroll width, the widest table against its box, every image's natural
 width, every internal ``#anchor`` link without a target and every script error, and reads the
 result back from ``chromium --dump-dom``. A screenshot of the first screen is kept beside the
@@ -24,6 +25,7 @@ import pytest
 
 from GliomaCompareLib.report import build_report
 from Testing.test_report import make_run
+from Testing.test_report_figures import EXTRA_VLM, add_groups_and_answers, add_method
 
 WIDTH, HEIGHT = 1280, 900
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -117,7 +119,7 @@ def screenshot(report: Path, path: Path) -> Path:
     return path
 
 
-def _assert_page_fits(report: Path, tmp_path: Path) -> None:
+def _assert_page_fits(report: Path, tmp_path: Path, name: str | None = None) -> None:
     result = check_page(report, tmp_path)
     assert result["innerWidth"] == WIDTH
     assert result["scrollWidth"] <= WIDTH, f"the page overflows horizontally: {result}"
@@ -125,13 +127,25 @@ def _assert_page_fits(report: Path, tmp_path: Path) -> None:
     assert result["images"] > 0 and result["broken"] == [], f"images not decoded: {result}"
     assert result["links"] > 0 and result["dangling"] == [], f"links without target: {result}"
     assert result["errors"] == [], f"script errors: {result['errors']}"
-    shot = screenshot(report, tmp_path / f"{report.parent.name}-report-1280.png")
+    shot = screenshot(report, tmp_path / f"{name or report.parent.name}-report-1280.png")
     assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_report_in_a_real_browser(tmp_path):
     run, _ = make_run(tmp_path / "run")
-    _assert_page_fits(build_report(run), tmp_path)
+    add_groups_and_answers(run)  # the forest plot, Dice by group, raw answers on their images
+    _assert_page_fits(build_report(run), tmp_path, "small-run")
+
+
+def test_report_with_a_further_vlm_in_a_real_browser(tmp_path):
+    """A run with a third VLM under a long method name still fits 1280 px: tables, figures and
+    the raw answers' panels."""
+    run, _ = make_run(tmp_path / "run")
+    add_groups_and_answers(run, methods=("vlm_base", "vlm_finetuned", EXTRA_VLM))
+    add_method(run)
+    page = build_report(run)
+    assert EXTRA_VLM in page.read_text(encoding="utf-8")
+    _assert_page_fits(page, tmp_path, "three-vlms")
 
 
 @pytest.mark.skipif(

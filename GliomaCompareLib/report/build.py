@@ -16,9 +16,12 @@ from typing import Any
 
 from GliomaCompareLib import __version__
 from GliomaCompareLib.fileio import atomic_write
+from GliomaCompareLib.report.answer_panels import answer_panels
 from GliomaCompareLib.report.figures import (
+    answer_status_figure,
     centre_figure,
     confusion_figure,
+    dice_by_group_figure,
     dice_figure,
     forest_figure,
     gallery_png,
@@ -237,6 +240,8 @@ def _figures(run: RunData, published: Published, options: ReportOptions, problem
         ("comparisons", lambda: roc_calibration_figure(run, options)),
         ("segmentation", lambda: dice_figure(run, published, options)),
         ("centres", lambda: centre_figure(run, options)),
+        ("dice_by_group", lambda: dice_by_group_figure(run, options)),
+        ("answer_status", lambda: answer_status_figure(run, options)),
     )
     for after, draw in plan:
         try:
@@ -247,10 +252,10 @@ def _figures(run: RunData, published: Published, options: ReportOptions, problem
     return out
 
 
-def _forest(run: RunData, verdict, options: ReportOptions, problems: list[str]):
+def _forest(run: RunData, verdict, published, options: ReportOptions, problems: list[str]):
     tiny = any(is_tiny(m) for d in verdict.differences for m in run.model_labels().get(d.vlm, []))
     try:
-        return forest_figure(verdict.differences, options, tiny)
+        return forest_figure(verdict.differences, options, tiny, published)
     except Exception as exc:  # a figure that cannot be drawn must not cost the report
         log.exception("forest plot failed")
         problems.append(f"the forest plot of paired differences could not be drawn: {exc}")
@@ -294,7 +299,8 @@ def build_report(
     verdict = build_headline(run, options.alpha)
     prompts = read_prompts(run.run_dir)
     problems += prompts.problems
-    forest = _forest(run, verdict, options, problems) if options.figures else None
+    forest = _forest(run, verdict, published, options, problems) if options.figures else None
+    panels = answer_panels(run.run_dir, prompts, options, problems) if options.figures else {}
     page = render_page(
         run=run,
         published=published,
@@ -308,6 +314,7 @@ def build_report(
         verdict=verdict,
         forest=forest,
         prompts=prompts,
+        answer_panels=panels,
     )
     output = options.output or run.run_dir / REPORT_FILE
     with atomic_write(output, "wb") as handle:

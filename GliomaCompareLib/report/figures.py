@@ -13,6 +13,7 @@ polygon). Every figure drawn from a tiny random-weight model says so in its own 
 from __future__ import annotations
 
 import io
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from GliomaCompareLib.geometry import Box, Point, Polygon
-from GliomaCompareLib.report.cells import num
+from GliomaCompareLib.report.cells import label, method_order, num
 from GliomaCompareLib.report.gallery import GALLERY_TASKS, CaseGallery
 from GliomaCompareLib.report.headline import Difference
 from GliomaCompareLib.report.options import ReportOptions
-from GliomaCompareLib.report.published import Published
+from GliomaCompareLib.report.published import Published, PublishedFigure
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny
 from GliomaCompareLib.report.summaries import (
+    ANSWER_STATUSES,
+    USABLE_STATUSES,
     VLM_METHODS,
     VLM_TASKS,
     CentreSummary,
@@ -39,12 +42,18 @@ from GliomaCompareLib.runlayout import METHOD_LABELS, METHODS
 __all__ = [
     "METHOD_COLOURS",
     "ReportFigure",
+    "answer_png",
+    "answer_status_figure",
     "centre_figure",
     "confusion_figure",
+    "dice_by_group_figure",
     "dice_figure",
     "forest_figure",
     "gallery_png",
+    "method_colour",
+    "published_differences",
     "roc_calibration_figure",
+    "wrap_name",
 ]
 
 #: Colours per method (and the ground truth) used in every figure.
@@ -54,7 +63,13 @@ METHOD_COLOURS = {
     "vlm_base": "#17becf",
     "vlm_finetuned": "#e377c2",
 }
+#: The colour of a raw answer's geometry drawn on its slice.
+ANSWER_COLOUR = "#ff2fd0"
+#: Colours of the methods not in :data:`METHOD_COLOURS` (further VLMs of a run), in turn.
+EXTRA_COLOURS = ("#1f77b4", "#9467bd", "#8c564b", "#bcbd22", "#7f7f7f", "#d62728", "#2f4f4f")
 TASK_MARKERS = {"point": "o", "box": "s", "polygon": "^"}
+#: Most panels side by side in a figure of one panel per method (more wrap to the next row).
+PANELS_PER_ROW = 4
 #: At most this many dots per box in the Dice strip plots (a fixed random sample beyond it).
 MAX_DOTS = 300
 
@@ -99,6 +114,31 @@ def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+def method_colour(method: str) -> str:
+    """The colour of ``method`` in every figure: its own for the CNN and the two study VLMs, and
+    for any other method one of :data:`EXTRA_COLOURS` fixed by its name (the same in every figure
+    of a run, whatever else the run holds)."""
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    return EXTRA_COLOURS[sum(method.encode("utf-8")) % len(EXTRA_COLOURS)]
+
+
+def _run_methods(rows, key: str = "method") -> list[str]:
+    """The methods of ``rows`` in report order (the study's methods, then any other VLM), without
+    the majority-class baseline."""
+    return method_order({r.get(key) for r in rows if r.get(key) and r.get(key) != "majority"})
+
+
+def _grid(fig, count: int):
+    """``count`` axes, at most :data:`PANELS_PER_ROW` a row (the unused ones removed)."""
+    cols = min(count, PANELS_PER_ROW)
+    rows = -(-count // cols)
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[count:]:
+        ax.remove()
+    return axes[:count]
+
+
 def _model_text(run: RunData, methods: Sequence[str]) -> tuple[str, bool]:
     labels = run.model_labels()
     parts, tiny = [], False
@@ -131,7 +171,7 @@ def confusion_figure(run: RunData, options: ReportOptions) -> ReportFigure:
         for r in run.rows("classification")
         if r.get("decision") in (None, "", "fixed")
     }
-    methods = [m for m in METHODS if m in rows]
+    methods = _run_methods(rows.values())
     if not methods:
         return ReportFigure(key, title, "", None, status_detail="no classification rows")
     invalid_split: dict[str, list[int]] = {}
@@ -142,17 +182,17 @@ def confusion_figure(run: RunData, options: ReportOptions) -> ReportFigure:
             split = invalid_split.setdefault(m, [0, 0])
             split[1 if (g.get("grade_true") or "").upper() == "HGG" else 0] += 1
     models, tiny = _model_text(run, methods)
-    fig = _figure(3.2 * len(methods), 3.3)
-    axes = fig.subplots(1, len(methods), squeeze=False)[0]
-    for ax, method in zip(axes, methods, strict=True):
+    cols = min(len(methods), PANELS_PER_ROW)
+    fig = _figure(3.3 * cols, 3.4 * -(-len(methods) // cols))
+    for ax, method in zip(_grid(fig, len(methods)), methods, strict=True):
         r = rows[method]
         counts = [[num(r.get(k)) or 0 for k in pair] for pair in (("tn", "fp"), ("fn", "tp"))]
         n_invalid = int(num(r.get("n_invalid")) or 0)
-        cols = ["LGG", "HGG"]
+        heads = ["LGG", "HGG"]
         if n_invalid and method in invalid_split:
             counts[0].append(invalid_split[method][0])
             counts[1].append(invalid_split[method][1])
-            cols.append("no valid\ngrade")
+            heads.append("no valid\ngrade")
         matrix = np.asarray(counts, dtype=float)
         row_sums = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, row_sums, out=np.zeros_like(matrix), where=row_sums > 0)
@@ -168,10 +208,10 @@ def confusion_figure(run: RunData, options: ReportOptions) -> ReportFigure:
                     fontsize=9,
                     color="white" if share[i, j] > 0.6 else "black",
                 )
-        ax.set_xticks(range(len(cols)), cols, fontsize=8)
-        ax.set_yticks([0, 1], ["LGG", "HGG"], fontsize=8)
-        ax.set_xlabel("predicted", fontsize=8)
-        ax.set_ylabel("true", fontsize=8)
+        ax.set_xticks(range(len(heads)), heads, fontsize=9)
+        ax.set_yticks([0, 1], ["LGG", "HGG"], fontsize=9)
+        ax.set_xlabel("predicted", fontsize=9)
+        ax.set_ylabel("true", fontsize=9)
         sub = _label(method)
         if n_invalid and method not in invalid_split:
             sub += f"\n(+{n_invalid} without a valid grade)"
@@ -195,7 +235,7 @@ def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure
     ``metrics/calibration.csv``."""
     key, title = "fig-roc", "ROC curves and calibration of P(HGG)"
     roc, cal = run.rows("roc"), run.rows("calibration")
-    methods = [m for m in METHODS if any(r.get("method") == m for r in roc)]
+    methods = _run_methods(roc)
     if not methods:
         return ReportFigure(key, title, "", None, status_detail="no ROC rows")
     fixed = {
@@ -204,19 +244,17 @@ def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure
         if r.get("decision") in (None, "", "fixed")
     }
     models, tiny = _model_text(run, methods)
-    fig = _figure(8.4, 3.9)
+    fig = _figure(9.6, 4.3 + 0.2 * (len(methods) + 1))
     left, right = fig.subplots(1, 2)
     for method in methods:
         points = sorted(
             (r for r in roc if r.get("method") == method), key=lambda r: num(r.get("point")) or 0
         )
         info = fixed.get(method, {})
-        auc, n = num(info.get("auc")), num(info.get("auc_n")) or num(info.get("n"))
         name = _label(method).replace("\n", " ")
-        legend = f"{name}: AUC {auc:.3f} (n={int(n or 0)})" if auc is not None else name
         left.step(
             [num(r.get("fpr")) for r in points], [num(r.get("tpr")) for r in points],
-            where="post", label=legend, color=METHOD_COLOURS.get(method),
+            where="post", label=_auc_legend(name, info), color=method_colour(method),
         )  # fmt: skip
         bins = [r for r in cal if r.get("method") == method]
         brier = num(info.get("brier"))
@@ -224,7 +262,7 @@ def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure
             [num(r.get("mean_predicted")) for r in bins],
             [num(r.get("observed")) for r in bins],
             marker="o",
-            color=METHOD_COLOURS.get(method),
+            color=method_colour(method),
             label=f"{name}: Brier {brier:.3f}" if brier is not None else name,
         )
     left.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
@@ -238,24 +276,48 @@ def roc_calibration_figure(run: RunData, options: ReportOptions) -> ReportFigure
         ax.set_xlabel(xlabel, fontsize=10)
         ax.set_ylabel(ylabel, fontsize=10)
         ax.tick_params(labelsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        # below the plot: with several methods a legend inside would hide the curves
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     left.set_title("ROC", fontsize=10)
     right.set_title("Reliability diagram", fontsize=10)
     _suptitle(fig, title, tiny)
     caption = (
-        "Left: ROC of each method's patient-level P(HGG) on the test patients (AUC on the "
-        "patients with a score). Right: test patients binned by P(HGG); a calibrated method lies "
+        "Left: ROC of each method's patient-level P(HGG) on the test patients (AUC with its "
+        "bootstrap 95% CI, on the patients with a score). Right: test patients binned by P(HGG); a calibrated method lies "
         "on the diagonal. From metrics/roc.csv and metrics/calibration.csv. Produced by "
         f"{models or 'models not recorded'}."
     )
     return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
 
 
+def _auc_legend(name: str, info) -> str:
+    """``"VLM (base): AUC 0.712 [0.50, 0.90], n=10"`` (the CI when the table has one)."""
+    auc, n = num(info.get("auc")), num(info.get("auc_n")) or num(info.get("n"))
+    if auc is None:
+        return name
+    low, high = num(info.get("auc_ci_low")), num(info.get("auc_ci_high"))
+    ci = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{name}: AUC {auc:.3f}{ci}, n={int(n or 0)}"
+
+
 # --------------------------------------------------------------------------- Dice distributions
 
 
+def wrap_name(name: str, width: int = 12) -> str:
+    """``name`` on lines of at most about ``width`` characters, broken after a space or an
+    underscore (``"vlm_qwen25_vl_7b_instruct"`` -> ``"vlm_qwen25_\nvl_7b_\ninstruct"``), so a long
+    method id under a narrow box does not run into its neighbours' labels."""
+    lines, line = [], ""
+    for part in re.findall(r"[^ _]+[ _]?|[ _]", name):
+        if line and len(line) + len(part.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += part
+    return "\n".join([*lines, line.rstrip()]) if line.strip() else "\n".join(lines)
+
+
 def _group_label(method: str, task: str, region: str | None) -> str:
-    name = _label(method).replace(" (", "\n(")
+    name = wrap_name(_label(method).replace(" (", "\n("))
     return f"{name}\n{region if task == 'seg' and region else task}"
 
 
@@ -275,7 +337,7 @@ def _distribution(ax, groups: list[tuple[str, str, str, list[float]]], published
         if shown.size > MAX_DOTS:  # the box shows all values; the dots a fixed random sample
             shown = rng.choice(shown, MAX_DOTS, replace=False)
         x = pos + rng.uniform(-0.18, 0.18, size=shown.size)
-        ax.scatter(x, shown, s=9, alpha=0.6, color=METHOD_COLOURS.get(method, "grey"), lw=0)
+        ax.scatter(x, shown, s=9, alpha=0.6, color=method_colour(method), lw=0)
     for predicate, value, text in published_marks:
         hit = [p for p, g in zip(positions, groups, strict=True) if predicate(g)]
         if hit:
@@ -372,6 +434,181 @@ def dice_figure(run: RunData, published: Published, options: ReportOptions) -> R
     return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
 
 
+# --------------------------------------------------------------------------- Dice by group
+
+#: How the scopes of ``dice_by_group.csv`` are said in the figure's labels.
+GROUP_SCOPES = {"3d": "3D volume", "slices": "slices it saw", "cnn_same_slices": "same slices"}
+_LEVEL_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
+
+
+def _series_label(method: str, task: str, region: str, scope: str) -> str:
+    """``"3D CNN · WT · 3D volume"``, ``"VLM (base) · box · WT · slices it saw"``, or for the
+    CNN on a VLM's slices ``"3D CNN · WT · VLM (base)'s box slices"``."""
+    if scope == "cnn_same_slices":
+        return f"{label('cnn')} · {region} · {label(method)}'s {task} slices"
+    what = region if task == "seg" else f"{task} · {region}"
+    return f"{label(method)} · {what} · {GROUP_SCOPES.get(scope, scope)}"
+
+
+def _series_order(key: tuple[str, str, str, str]) -> tuple:
+    method, task, region, scope = key
+    rank = method_order([method, "cnn", "cnn_untrained", *VLM_METHODS]).index(method)
+    tasks = {"seg": 0, "point": 1, "box": 2, "polygon": 3}
+    scopes = {"3d": 0, "slices": 1, "cnn_same_slices": 2}
+    regions = {"WT": 0, "TC": 1, "ET": 2}
+    return (scope != "3d", rank, method, tasks.get(task, 9), task, scopes.get(scope, 9),
+            regions.get(region, 9), region)  # fmt: skip
+
+
+def _group_panel(ax, rows, series, group: str) -> None:
+    """One panel of :func:`dice_by_group_figure`: a bar per (series, level), mean Dice, with
+    the mean and the number of patients written at the bar's end."""
+    levels = list(dict.fromkeys(r["level"] for r in rows if r.get("group") == group))
+    if group == "grade":
+        levels = [v for v in ("HGG", "LGG") if v in levels] + [
+            v for v in levels if v not in ("HGG", "LGG")
+        ]
+    height = 0.8 / max(1, len(levels))
+    values = {(r["key"], r["level"]): r for r in rows if r.get("group") == group}
+    for j, level in enumerate(levels):
+        colour = _LEVEL_COLOURS[j % len(_LEVEL_COLOURS)]
+        named = False
+        for i, key in enumerate(series):
+            r = values.get((key, level))
+            if r is None:
+                continue
+            y = i - 0.4 + height * (j + 0.5)
+            mean = num(r.get("dice_mean")) or 0.0
+            ax.barh(y, mean, height=height * 0.9, color=colour, label=None if named else level)
+            named = True
+            ax.text(min(mean, 1.0) + 0.01, y, f"{mean:.2f} (n {int(num(r.get('n')) or 0)})",
+                    va="center", fontsize=9)  # fmt: skip
+    ax.set_yticks(range(len(series)), [_series_label(*k) for k in series], fontsize=10)
+    ax.set_ylim(len(series) - 0.5, -0.5)
+    ax.set_xlim(0, 1.22)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.tick_params(axis="x", labelsize=10)
+    ax.set_xlabel("mean Dice", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(
+        "by grade" if group == "grade" else "by tumour size (WT volume)", fontsize=10, pad=22
+    )
+    ax.legend(fontsize=10, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(levels),
+              frameon=False, borderaxespad=0.1)  # fmt: skip
+
+
+def dice_by_group_figure(run: RunData, options: ReportOptions) -> ReportFigure:
+    """Mean Dice per group of test patients (grade HGG / LGG; reference whole-tumour volume
+    below / above the median), from ``metrics/dice_by_group.csv``: one line per method, task,
+    region and what was scored (the CNN's 3D volume, the VLM's slices, the CNN on those same
+    slices), methods named as in the tables, one panel per grouping."""
+    key, title = "fig-dice-by-group", "Dice by grade and by tumour size"
+    rows = []
+    for r in run.rows("dice_by_group"):
+        if (
+            r.get("method")
+            and r.get("group")
+            and r.get("level")
+            and num(r.get("dice_mean")) is not None
+        ):
+            k = (r["method"], r.get("task") or "", r.get("region") or "", r.get("scope") or "")
+            rows.append({**r, "key": k})
+    groups = [g for g in ("grade", "size") if any(r["group"] == g for r in rows)]
+    groups += sorted({r["group"] for r in rows} - set(groups))
+    if not groups:
+        return ReportFigure(
+            key, title, "", None, status_detail="no rows in metrics/dice_by_group.csv"
+        )
+    series = sorted({r["key"] for r in rows}, key=_series_order)
+    _, tiny = _model_text(run, sorted({k[0] for k in series}))
+    fig = _figure(6.2 * len(groups) + 2.6, 1.6 + 0.42 * len(series))
+    axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)[0]
+    for ax, group in zip(axes, groups, strict=True):
+        _group_panel(ax, rows, series, group)
+        if ax is not axes[0]:
+            ax.tick_params(axis="y", labelleft=False)
+    _suptitle(fig, "Mean Dice per group of test patients", tiny)
+    caption = (
+        "Bars: mean Dice of the patients in each group (n: patients), from "
+        "metrics/dice_by_group.csv. 3D volume: the CNN's per-case 3D Dice per region; slices it "
+        "saw: a VLM's per-slice Dice on the slices it was asked about (per patient first); same "
+        "slices: the CNN's Dice on exactly those slices (like for like). Size groups split at "
+        "the median reference WT volume of the test patients. Small groups (a few LGG "
+        "patients) move with one patient."
+    )
+    return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
+
+
+# --------------------------------------------------------------------------- answer statuses
+
+#: Colours of the parse statuses: usable ones green to yellow, failures red to grey.
+STATUS_COLOURS = {
+    "ok": "#2ca02c",
+    "repaired": "#98df8a",
+    "pattern": "#dbdb8d",
+    "invalid": "#d62728",
+    "refused": "#9467bd",
+    "empty": "#ff9896",
+    "error": "#7f7f7f",
+}
+
+
+def answer_status_figure(run: RunData, options: ReportOptions) -> ReportFigure:
+    """The answer-status bars: per VLM method and task, the share of answers of each parse
+    status (``metrics/answer_status.csv``), usable statuses first; the usable share printed at
+    the bar's end."""
+    key, title = "fig-answer-status", "Answer status per method and task"
+    counts: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for r in run.rows("answer_status"):
+        n = num(r.get("count"))
+        if r.get("method") and r.get("task") and r.get("status") and n is not None:
+            cell = counts[(r["method"], r["task"])]
+            cell[r["status"]] = cell.get(r["status"], 0.0) + n
+    if not counts:
+        return ReportFigure(
+            key, title, "", None, status_detail="no rows in metrics/answer_status.csv"
+        )
+    order = {t: i for i, t in enumerate(("grade", *VLM_TASKS))}
+    methods = method_order({m for m, _ in counts})
+    bars = sorted(counts, key=lambda k: (methods.index(k[0]), order.get(k[1], 9), k[1]))
+    statuses = [s for s in ANSWER_STATUSES if any(s in counts[b] for b in bars)]
+    statuses += sorted({s for b in bars for s in counts[b]} - set(statuses))
+    _, tiny = _model_text(run, sorted({m for m, _ in bars}))
+    fig = _figure(11.0, 1.6 + 0.36 * len(bars))
+    ax = fig.subplots()
+    labelled: set[str] = set()
+    for i, bar in enumerate(bars):
+        total = sum(counts[bar].values()) or 1.0
+        left = 0.0
+        for status in statuses:
+            share = counts[bar].get(status, 0.0) / total
+            if not share:
+                continue
+            ax.barh(i, share, left=left, height=0.7, color=STATUS_COLOURS.get(status, "#c7c7c7"),
+                    edgecolor="white", label=None if status in labelled else status)  # fmt: skip
+            labelled.add(status)
+            if share >= 0.08:
+                ax.text(
+                    left + share / 2, i, f"{100 * share:.0f}%", ha="center", va="center", fontsize=9
+                )
+            left += share
+        usable = sum(counts[bar].get(s, 0.0) for s in USABLE_STATUSES) / total
+        ax.text(1.01, i, f"usable {100 * usable:.0f}% of {int(total)}", va="center", fontsize=10)
+    ax.set_yticks(range(len(bars)), [f"{label(m)} · {t}" for m, t in bars], fontsize=10)
+    ax.set_ylim(len(bars) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.tick_params(axis="x", labelsize=10)
+    ax.set_xlabel("share of the answers", fontsize=10)
+    fig.legend(fontsize=10, ncol=len(statuses), loc="outside lower center", frameon=False)
+    _suptitle(fig, title, tiny)
+    caption = (
+        f"Parse status of every answer (repeats included), from metrics/answer_status.csv. "
+        f"Usable: {', '.join(USABLE_STATUSES)} (the answer's value is scored); every other "
+        "status is scored as a failure, never dropped."
+    )
+    return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)
+
+
 # --------------------------------------------------------------------------- centres
 
 
@@ -399,9 +636,12 @@ def centre_figure(run: RunData, options: ReportOptions) -> ReportFigure:
         (s.method, s.task): s for s in centre_summaries(run, options)
     }
     _, tiny = _model_text(run, methods)
-    fig = _figure(5.2 * len(methods), 5.7)
-    axes = fig.subplots(1, len(methods), squeeze=False)[0]
-    for ax, method in zip(axes, methods, strict=True):
+    cols = min(len(methods), 3)  # a 5.2 in panel each: three fit the page at 80 dpi
+    fig = _figure(5.2 * cols, 5.7 * -(-len(methods) // cols))
+    axes = list(fig.subplots(-(-len(methods) // cols), cols, squeeze=False).ravel())
+    for ax in axes[len(methods) :]:
+        ax.remove()
+    for ax, method in zip(axes, methods, strict=False):
         group = by_method[method]
         tasks = [
             t
@@ -525,7 +765,7 @@ def gallery_png(
             label = "ground truth (WT)" if name == "gt" else "CNN (WT)"
             handles.append(Line2D([], [], color=METHOD_COLOURS[name], lw=1.3, label=label))
     for method, tasks in gallery.answers.items():
-        colour = METHOD_COLOURS.get(method, "yellow")
+        colour = method_colour(method)
         drawn = False
         for task in (*GALLERY_TASKS, *[t for t in tasks if t not in GALLERY_TASKS]):
             answer = tasks.get(task)
@@ -554,6 +794,48 @@ def gallery_png(
     return _png(fig, options.dpi)
 
 
+def answer_png(
+    flair: np.ndarray,
+    geometry,
+    heading: str,
+    options: ReportOptions,
+    *,
+    gt: np.ndarray | None = None,
+    tiny: bool = False,
+) -> bytes:
+    """One raw answer on the slice the VLM saw: the FLAIR image, the whole tumour (green
+    contour) when known, the answer's point (X), box (solid) or polygon (dashed) in magenta, and
+    the R / L marks.
+
+    Args:
+        flair: uint8 ``(H, W)``, the image as the VLM saw it (radiological view).
+        geometry: the parsed answer in pixel coordinates of ``flair`` (None: nothing to draw).
+        heading: the panel title.
+        options: report options (dpi).
+        gt: bool ``(H, W)``, the whole tumour on the slice, or None.
+        tiny: whether the answer came from the tiny random-weight model (said in the title).
+
+    Returns:
+        PNG bytes.
+    """
+    fig = _figure(3.7, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(flair, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    if gt is not None and gt.any() and not gt.all():
+        ax.contour(gt.astype(float), levels=[0.5], colors=[METHOD_COLOURS["gt"]], linewidths=1.2)
+    if geometry is not None:
+        _draw_geometry(ax, geometry, ANSWER_COLOUR, "")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _orientation(ax)
+    h, w = flair.shape
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    title = heading if not tiny else f"{heading}\n[{TINY_LABEL}]"
+    ax.set_title(title, fontsize=10, color="#b00020" if tiny else "black")
+    return _png(fig, options.dpi)
+
+
 def _orientation(ax) -> None:
     """R / L marks at the image's left and right edges (radiological view: the patient's right
     on the image's left)."""
@@ -564,34 +846,131 @@ def _orientation(ax) -> None:
 
 # --------------------------------------------------------------------------- forest plot
 
+#: How the forest plot marks the study's published values.
+PUBLISHED_COLOUR = "#d62728"
 
-def forest_figure(differences: Sequence[Difference], options: ReportOptions, tiny: bool):
+
+@dataclass(frozen=True)
+class PublishedDifference:
+    """A difference of two published figures of the same kind: CNN minus a VLM.
+
+    The study published no paired difference; this is its CNN's figure minus its VLM's, both on
+    the study's own test set (different data from this run), with no CI.
+
+    Attributes:
+        metric: e.g. ``"accuracy"``.
+        vlm: the VLM method the figure is published for (``vlm_base``...).
+        cnn, other: the two published figures.
+    """
+
+    metric: str
+    vlm: str
+    cnn: PublishedFigure
+    other: PublishedFigure
+
+    @property
+    def value(self) -> float:
+        return self.cnn.number - self.other.number
+
+    @property
+    def text(self) -> str:
+        """``"0.80 − 0.76 = +0.04"``."""
+        digits = max(len(f.value.partition(".")[2]) for f in (self.cnn, self.other))
+        return f"{self.cnn.value} − {self.other.value} = {self.value:+.{digits}f}"
+
+
+def published_differences(
+    published: Published | None,
+) -> dict[tuple[str, str], PublishedDifference]:
+    """(metric, VLM method) -> the study's CNN figure minus its VLM figure, where the study
+    published both as exact values (no "up to") on the same line (e.g. the abstract's
+    accuracies): the only published quantities comparable with the forest plot's differences."""
+    if published is None:
+        return {}
+    figures = [f for f in published.figures_for("classification") if not f.qualifier]
+    out = {}
+    for cnn in (f for f in figures if f.method == "cnn"):
+        for other in figures:
+            if other.method in ("cnn", "majority", "vlm") or other.metric != cnn.metric:
+                continue
+            if other.row == cnn.row:
+                out.setdefault(
+                    (cnn.metric, other.method),
+                    PublishedDifference(cnn.metric, other.method, cnn, other),
+                )
+    return out
+
+
+def _published_mark(d: Difference, marks: dict) -> PublishedDifference | None:
+    """The published difference to mark beside ``d``: the fixed rule's grading lines only (the
+    study's CNN at P(HGG) 0.5, its VLM by majority vote)."""
+    if d.question != "grading" or d.rule != "fixed rule":
+        return None
+    return marks.get((d.metric, d.vlm))
+
+
+def forest_figure(
+    differences: Sequence[Difference],
+    options: ReportOptions,
+    tiny: bool,
+    published: Published | None = None,
+):
     """The paired differences of the headline (CNN minus each VLM) with their 95% CIs and
     p-values, one line each: accuracy and balanced accuracy per decision rule, like-for-like
-    Dice per task. Right of zero: the CNN is better."""
+    Dice per task. Right of zero: the CNN is better. Where the study published a comparable
+    quantity (its CNN's accuracy and its VLM's, in the abstract), their difference is marked
+    beside the line as "published (different data)", never mixed into ours."""
+    from matplotlib.lines import Line2D
+
     key, title = "fig-forest", "Paired differences, CNN minus VLM (95% CI)"
     if not differences:
         return ReportFigure(key, title, "", None, status_detail="no paired differences in the run")
-    fig = _figure(10.0, 1.0 + 0.3 * len(differences))
+    marks = published_differences(published)
+    fig = _figure(10.0, 1.3 + 0.3 * len(differences) + (0.3 if marks else 0.0))
     ax = fig.subplots()
     ys = list(range(len(differences)))[::-1]
+    marked = []
     for y, d in zip(ys, differences, strict=True):
-        colour = METHOD_COLOURS.get(d.vlm, "black")
+        colour = method_colour(d.vlm)
         if d.low is not None and d.high is not None:
             ax.plot([d.low, d.high], [y, y], color=colour, linewidth=2)
         ax.plot([d.value], [y], marker="s" if d.question == "grading" else "o", color=colour)
         p = "p n/a" if d.p is None else f"p = {d.p:.2g}"
         ax.annotate(p, (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=10)
+        mark = _published_mark(d, marks)
+        if mark is not None:
+            ax.plot([mark.value], [y], marker="D", ms=8, mfc="none", mec=PUBLISHED_COLOUR, mew=1.6)
+            marked.append(mark)
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
     ax.set_yticks(ys, [d.label for d in differences], fontsize=10)
     ax.set_ylim(-0.6, len(differences) - 0.4)
     ax.set_xlim(-1.05, 1.05)
     ax.tick_params(labelsize=10)
     ax.set_xlabel("3D CNN minus VLM (line: 95% CI); right of 0: the CNN is better", fontsize=10)
+    if marked:
+        fig.legend(
+            handles=[Line2D([], [], ls="none", marker="D", ms=8, mfc="none", mec=PUBLISHED_COLOUR,
+                            mew=1.6, label="published (different data): the study's CNN minus "
+                            "VLM accuracy, no CI")],
+            fontsize=10, loc="outside lower center", frameon=False,
+        )  # fmt: skip
     _suptitle(fig, title, tiny)
     caption = (
         "Squares: grading (accuracy: McNemar p; balanced accuracy: bootstrap CI only) from "
         "metrics/comparisons.csv; dots: like-for-like Dice on the slices the VLM saw "
         "(Wilcoxon p) from metrics/localisation.csv."
     )
+    if marked:
+        cite = published.citation.short if published is not None else "the study"
+        said = "; ".join(
+            f"{label('cnn')} minus {label(m.vlm)} {m.metric}: {m.text}"
+            for m in dict.fromkeys(marked)
+        )
+        caption += (
+            f" Open red diamonds: published (different data) — {cite}, differences of the "
+            f"accuracies quoted in its abstract ({said}), on the study's own test set: not "
+            "paired, no CI, not part of this run's numbers. Marked on the fixed rule only (the "
+            "study's rule). The study published no balanced accuracy and no like-for-like Dice, "
+            "so those lines have no mark."
+        )
     return ReportFigure(key, title, caption, _png(fig, options.dpi), tiny)

@@ -17,7 +17,7 @@ from typing import Any
 
 from GliomaCompareLib.report.cells import fmt, label, num
 from GliomaCompareLib.report.rundata import RunData
-from GliomaCompareLib.report.summaries import VLM_METHODS
+from GliomaCompareLib.report.summaries import CNN_METHODS
 
 __all__ = ["RULES", "Difference", "Headline", "build_headline"]
 
@@ -27,6 +27,12 @@ RULES = {
     "val_threshold": "threshold chosen on the validation patients",
 }
 _SHORT_RULES = {"fixed": "fixed rule", "val_threshold": "validation threshold"}
+
+
+def _is_vlm(method: str | None) -> bool:
+    """Whether ``method`` is one of the run's VLMs (the study's two, or any further VLM of a run
+    with several): any method but the CNNs and the majority-class baseline."""
+    return bool(method) and method not in (*CNN_METHODS, "majority")
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,8 @@ def _who_is_better(value: float, vlm: str, p: float | None, alpha: float, what: 
 
 def _accuracy(rows: Sequence[Mapping[str, Any]], method: str, decision: str) -> str:
     for r in rows:
-        if r.get("method") == method and r.get("decision") == decision:
+        # a table without decision rules holds the fixed rule's rows
+        if r.get("method") == method and (r.get("decision") or "fixed") == decision:
             return fmt(r.get("accuracy"))
     return "—"
 
@@ -105,7 +112,7 @@ def _grading(run: RunData, alpha: float) -> tuple[list[str], list[Difference]]:
     for decision in RULES:
         for row in run.rows("comparisons"):
             vlm = row.get("method_b")
-            if row.get("method_a") != "cnn" or vlm not in VLM_METHODS:
+            if row.get("method_a") != "cnn" or not _is_vlm(vlm):
                 continue
             if (row.get("decision") or "fixed") != decision:
                 continue
@@ -148,7 +155,7 @@ def _localisation(run: RunData, alpha: float) -> tuple[list[str], list[Differenc
     for r in run.rows("localisation"):
         vlm, task = r.get("method"), r.get("task")
         value = num(r.get("cnn_minus_vlm_dice"))
-        if vlm not in VLM_METHODS or value is None:
+        if not _is_vlm(vlm) or value is None:
             continue
         low, high = num(r.get("cnn_minus_vlm_ci_low")), num(r.get("cnn_minus_vlm_ci_high"))
         p = num(r.get("wilcoxon_p"))

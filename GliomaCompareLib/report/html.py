@@ -15,12 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from GliomaCompareLib.report.answer_panels import AnswerPanel
 from GliomaCompareLib.report.figures import ReportFigure
 from GliomaCompareLib.report.headline import RULES, Headline
 from GliomaCompareLib.report.prompts import PromptsSummary
 from GliomaCompareLib.report.published import Published
 from GliomaCompareLib.report.render import render_html_table
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData
+from GliomaCompareLib.report.summaries import USABLE_STATUSES
 from GliomaCompareLib.report.table import Table
 from GliomaCompareLib.runlayout import METHOD_LABELS
 
@@ -61,7 +63,7 @@ border-bottom:1px solid #ccc;padding-bottom:.2rem}h3{font-size:1.05rem}
 .tiny-note{background:#ffe1e1;border-left:4px solid #b00020;padding:.3rem .6rem}
 nav ul{columns:3;list-style:none;padding:0}nav a{color:#0645ad}
 .scroll{overflow-x:auto;max-width:100%}
-td{overflow-wrap:break-word}td.num{overflow-wrap:normal}.ci{color:#555;font-size:.72rem}
+td{overflow-wrap:anywhere}td.num{overflow-wrap:normal}.ci{color:#555;font-size:.72rem}
 table{border-collapse:collapse;font-size:.78rem;background:#fff;margin:.4rem 0}
 th,td{border:1px solid #ccc;padding:.2rem .35rem;vertical-align:top}
 th{background:#eee;text-align:left}td.num,th.num{text-align:right}td.num{white-space:nowrap}
@@ -75,6 +77,7 @@ figure img{max-width:100%;height:auto}figcaption{font-size:.85rem;color:#333}
 .gallery{display:flex;flex-wrap:wrap;gap:.6rem}
 .gallery figure{width:310px;margin:0}
 .gallery figcaption{font-size:.78rem}
+.gallery.answers figcaption code{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.72rem}
 .missing{color:#666;font-style:italic}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem}
 pre.prompt{white-space:pre-wrap;max-height:20rem}
@@ -188,7 +191,8 @@ def _render_gallery(sections: Sequence[GallerySection], count: int) -> str:
         f'<p class="description">The {count} worst and {count} best cases of each ranking, on the '
         "axial slice with the largest tumour area among those the VLM saw (radiological view: "
         "the patient's right on the image's left, marked R / L). Green: ground truth (WT); orange: CNN (WT); cyan: "
-        "VLM base; magenta: VLM fine-tuned; X = point, solid = box, dashed = polygon.</p>",
+        "VLM base; magenta: VLM fine-tuned (any other VLM: its colour in the panel's legend); X = point, "
+        "solid = box, dashed = polygon.</p>",
     ]
     if not sections:
         parts.append('<p class="not-run"><strong>not run</strong> — no ranking available</p>')
@@ -333,6 +337,7 @@ def render_page(
     verdict: Headline | None = None,
     forest: ReportFigure | None = None,
     prompts: PromptsSummary | None = None,
+    answer_panels: Mapping[str, Sequence[AnswerPanel]] | None = None,
 ) -> str:
     """The whole report page.
 
@@ -349,6 +354,7 @@ def render_page(
         verdict: the headline sentences per question (the panel at the top).
         forest: the forest plot of the paired differences, shown in that panel.
         prompts: the prompts and a few raw VLM answers (the section before "What was run").
+        answer_panels: parse status -> raw answers drawn on the slice the VLM saw.
     """
     parts = [
         *_page_header(run, tables, problems, generated, _headline_panel(verdict, forest)),
@@ -365,7 +371,7 @@ def render_page(
         if table.key in figures:
             parts.append(render_figure(figures[table.key]))
     parts.append(_render_gallery(gallery, gallery_count))
-    parts.append(_render_prompts(prompts))
+    parts.append(_render_prompts(prompts, answer_panels or {}))
     parts.append(_render_what_was_run(run))
     parts.append(_render_published(published))
     parts.append(
@@ -465,9 +471,54 @@ def _headline_panel(verdict: Headline | None, forest: ReportFigure | None) -> st
     return "\n".join(parts)
 
 
-def _render_prompts(summary: PromptsSummary | None) -> str:
-    """The prompts as rendered, with the hashes the answers carry, and per parse status a few
-    raw answers; collapsed."""
+def _render_answer_panels(
+    summary: PromptsSummary, panels: Mapping[str, Sequence[AnswerPanel]]
+) -> str:
+    """Per parse status, a few raw answers on the slice the VLM saw (open, not collapsed)."""
+    parts = [
+        '<h3 id="answer-images">Raw answers on the slice the VLM saw, per parse status</h3>',
+        '<p class="description">A few answers of each parse status, taken from the answers given '
+        "on the slice whose image the run folder keeps for each case (the gallery slice). "
+        "Magenta: the answer as parsed (X = point, solid = box, dashed = polygon; nothing drawn "
+        "when the answer gave no usable geometry); green: the reference whole tumour; "
+        "radiological view, R / L marked. Usable statuses: "
+        f"{e(', '.join(USABLE_STATUSES))}; every other status is scored as a failure.</p>",
+    ]
+    statuses = list(dict.fromkeys([*panels, *(x.status for x in summary.examples)]))
+    if not statuses:
+        parts.append('<p class="not-run">No answers to show.</p>')
+    for status in statuses:
+        kind = "usable" if status in USABLE_STATUSES else "scored as a failure"
+        parts.append(f"<h4>{e(status)} ({kind})</h4>")
+        shown = panels.get(status) or []
+        if not shown:
+            parts.append(
+                '<p class="missing">No answer of this status was given on a slice whose image '
+                "the run folder keeps; its raw text is in the table below.</p>"
+            )
+            continue
+        parts.append('<div class="gallery answers">')
+        for panel in shown:
+            x = panel.example
+            body = (
+                _img(panel.png, f"{x.status} answer, {x.case_id} slice {x.slice_index}")
+                if panel.png is not None
+                else f'<p class="missing">{e(panel.missing)}</p>'
+            )
+            note = f"<br>parser: {e(x.note)}" if x.note else ""
+            parts.append(
+                f"<figure>{body}<figcaption>{e(x.stage)} · {e(x.task)} · run {x.run}<br>"
+                f"<code>{e(x.raw_text) or '(no text)'}</code>{note}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _render_prompts(
+    summary: PromptsSummary | None, panels: Mapping[str, Sequence[AnswerPanel]] | None = None
+) -> str:
+    """The prompts as rendered, with the hashes the answers carry, per parse status a few raw
+    answers on their images, and a few raw answers per stage, task and status (collapsed)."""
     parts = ['<section id="prompts"><h2>Prompts and raw VLM answers</h2>']
     if summary is None or not (summary.prompts or summary.examples):
         parts.append(
@@ -496,6 +547,7 @@ def _render_prompts(summary: PromptsSummary | None) -> str:
         if use.text:
             parts.append(f'<pre class="prompt">{e(use.text)}</pre>')
     parts.append("</details>")
+    parts.append(_render_answer_panels(summary, panels or {}))
     parts.append(
         "<details><summary>Raw answers: a few per stage, task and parse status "
         "(text truncated)</summary>"

@@ -1,5 +1,10 @@
 """The prompts the VLM was given and, per parse status, a few of its raw answers.
 
+Besides a few answers per (stage, task, status), up to :data:`PICTURED_PER_STATUS` answers per
+parse status are kept that were given on a slice whose image the run folder keeps (each case's
+gallery slice, ``cases/<case_id>/gallery.npz``), so the report can show them on the image the
+VLM saw.
+
 Every answer in a stage's ``answers.jsonl`` carries the ``template_hash`` of its task's
 template and the ``prompt_hash`` of the rendered text. The report renders each template of
 ``Resources/prompts`` for the image size and coordinate system the answers record, and says
@@ -15,13 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from GliomaCompareLib.vlm.parsing import PARSE_STATUSES
 from GliomaCompareLib.vlm.tasks import load_tasks
 
-__all__ = ["AnswerExample", "PromptUse", "PromptsSummary", "read_prompts"]
+__all__ = ["AnswerExample", "PromptUse", "PromptsSummary", "gallery_slices", "read_prompts"]
 
 #: Raw answers kept per (stage, task, parse status), and characters kept of each.
 EXAMPLES_PER_STATUS = 2
 RAW_CHARS = 300
+#: Answers kept per parse status on slices whose image the run folder keeps.
+PICTURED_PER_STATUS = 3
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,11 @@ class AnswerExample:
     slice_index: str
     raw_text: str
     note: str
+    run: int = 0
+    pixel: Mapping[str, Any] | None = None
+    width: int = 0
+    height: int = 0
+    model: str = ""
 
 
 @dataclass
@@ -67,6 +82,7 @@ class PromptsSummary:
 
     prompts: list[PromptUse] = field(default_factory=list)
     examples: list[AnswerExample] = field(default_factory=list)
+    pictured: dict[str, list[AnswerExample]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -96,11 +112,11 @@ def _records(path: Path, problems: list[str]) -> Iterator[Mapping[str, Any]]:
         problems.append(f"{path} could not be read: {exc}")
 
 
-def _int(value: Any) -> int:
+def _int(value: Any, default: int = 0) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        return 0
+        return default
 
 
 def _render(uses: list[PromptUse], problems: list[str]) -> None:
@@ -126,6 +142,65 @@ def _render(uses: list[PromptUse], problems: list[str]) -> None:
         )
 
 
+def gallery_slices(run_dir: str | Path) -> dict[str, int]:
+    """Case id -> the axial slice whose image ``cases/<case_id>/gallery.npz`` keeps (only its
+    ``slice_index`` array is read; unreadable files are left out)."""
+    out = {}
+    for path in sorted(Path(run_dir).glob("cases/*/gallery.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                out[path.parent.name] = int(data["slice_index"])
+        except Exception:  # a damaged file: no image for that case (the gallery says why)
+            continue
+    return out
+
+
+def _example(stage: str, r: Mapping[str, Any]) -> AnswerExample:
+    raw = str(r.get("raw_text") or "")
+    short = raw if len(raw) <= RAW_CHARS else raw[:RAW_CHARS] + " … [truncated]"
+    pixel = r.get("pixel")
+    return AnswerExample(
+        stage, str(r.get("task") or "?"), str(r.get("status") or "?"), str(r.get("case_id")),
+        str(r.get("slice_index")), short, str(r.get("note") or ""), _int(r.get("run")),
+        pixel if isinstance(pixel, Mapping) else None, _int(r.get("width")), _int(r.get("height")),
+        str(r.get("model_label") or ""),
+    )  # fmt: skip
+
+
+#: Task order of the pictured answers: the localisation tasks (something drawn) first.
+_TASK_ORDER = ("point", "box", "polygon", "grade")
+
+
+def _interleave(lists: list[list[AnswerExample]]) -> list[AnswerExample]:
+    """The first item of each list, then the second of each, and so on."""
+    out: list[AnswerExample] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+def _pictured(candidates: Mapping[tuple[str, str, str], list[AnswerExample]]):
+    """Per status, up to :data:`PICTURED_PER_STATUS` answers, spread over the stages first (one
+    stage after another) and the tasks next (each stage starting at another task), so the few
+    shown cover as many VLMs and tasks as there are."""
+    out: dict[str, list[AnswerExample]] = {}
+    found = {k[2] for k in candidates}
+    rank = {t: i for i, t in enumerate(_TASK_ORDER)}
+    for status in [
+        *(s for s in PARSE_STATUSES if s in found),
+        *sorted(found - set(PARSE_STATUSES)),
+    ]:
+        stages = sorted({k[0] for k in candidates if k[2] == status})
+        per_stage = []
+        for j, stage in enumerate(stages):
+            keys = sorted((k for k in candidates if k[0] == stage and k[2] == status),
+                          key=lambda k: (rank.get(k[1], len(rank)), k[1]))  # fmt: skip
+            keys = keys[j % len(keys) :] + keys[: j % len(keys)]
+            per_stage.append(_interleave([list(candidates[k]) for k in keys]))
+        out[status] = _interleave(per_stage)[:PICTURED_PER_STATUS]
+    return out
+
+
 def read_prompts(run_dir: str | Path) -> PromptsSummary:
     """The prompts and a few raw answers per parse status, from a run's answer files.
 
@@ -139,6 +214,8 @@ def read_prompts(run_dir: str | Path) -> PromptsSummary:
     out = PromptsSummary()
     uses: dict[tuple, PromptUse] = {}
     kept: Counter = Counter()
+    pictured: dict[tuple[str, str, str], list[AnswerExample]] = defaultdict(list)
+    images = gallery_slices(run_dir)
     statuses: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for path in _answer_files(run_dir):
         stage = str(path.parent.relative_to(run_dir / "stages"))
@@ -156,12 +233,11 @@ def read_prompts(run_dir: str | Path) -> PromptsSummary:
                 use.count += 1
             if kept[(stage, task, status)] < EXAMPLES_PER_STATUS:
                 kept[(stage, task, status)] += 1
-                raw = str(r.get("raw_text") or "")
-                short = raw if len(raw) <= RAW_CHARS else raw[:RAW_CHARS] + " … [truncated]"
-                out.examples.append(
-                    AnswerExample(stage, task, status, str(r.get("case_id")),
-                                  str(r.get("slice_index")), short, str(r.get("note") or ""))
-                )  # fmt: skip
+                out.examples.append(_example(stage, r))
+            on_image = images.get(str(r.get("case_id"))) == _int(r.get("slice_index"), -1)
+            if on_image and len(pictured[(stage, task, status)]) < PICTURED_PER_STATUS:
+                pictured[(stage, task, status)].append(_example(stage, r))
+    out.pictured = _pictured(pictured)
     out.prompts = sorted(uses.values(), key=lambda u: (u.task, -u.count))
     _render(out.prompts, out.problems)
     return out
