@@ -7,7 +7,7 @@ from pathlib import Path
 
 from GliomaCompareLib.argtypes import add_device_option, add_quiet_option
 from GliomaCompareLib.pipeline.config import read_run_config
-from GliomaCompareLib.pipeline.run import STAGE_NAMES, run_comparison
+from GliomaCompareLib.pipeline.run import run_comparison, stage_names
 from GliomaCompareLib.pipeline.runner import ConfigChangedError, Shard
 from GliomaCompareLib.runlayout import METHOD_LABELS, METRICS_DIR, REPORT_FILE, read_table
 
@@ -70,12 +70,13 @@ def _common(p) -> None:
 
 
 def _run(args) -> int:
-    for name in args.only or []:
-        if name not in STAGE_NAMES:
-            raise ValueError(f"--only {name}: no such stage ({', '.join(STAGE_NAMES)})")
     # --device is the config's `device` (--set device=... says the same)
     overrides = [*([f"device={args.device}"] if args.device else []), *args.overrides]
     config, path = read_run_config(args.config, overrides)
+    names = stage_names(config)  # a vlms: config has one set of VLM stages per VLM
+    for name in args.only or []:
+        if name not in names:
+            raise ValueError(f"--only {name}: no such stage ({', '.join(names)})")
     try:
         outcome = run_comparison(
             config,
