@@ -741,6 +741,9 @@ def _vlm_entry(item, index: int, config: Mapping[str, Any], device: str) -> VlmE
     vlm_raw = deep_merge(_section(config, "vlm"), own)
     ft_raw = _entry_finetune(item, _section(config, "finetune"), where)
     vlm = _vlm_section_from(vlm_raw, device, where)
+    if vlm.backend == "tiny" and ft_raw.get("enabled"):
+        # the adapter is trained on the very tiny model this entry asks (its weight seed)
+        ft_raw.setdefault("tiny_seed", vlm.seed)
     finetune = _finetune_section_from(ft_raw, vlm.inference, device, f"{where}.finetune")
     raw = {"vlm": vlm_raw, "finetune": ft_raw, "device": config.get("device")}
     return VlmEntry(name, vlm, finetune, raw)

@@ -4,6 +4,7 @@ tasks); with several VLMs (``vlms:``), one ``vlm-finetune-<name>`` stage per VLM
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -61,6 +62,9 @@ def base_model(config: RunConfig | VlmEntry) -> str:
 
 def run_vlm_finetune(ctx: StageContext, name: str = "") -> dict:
     entry = vlm_entry(ctx.config, name)
+    if ctx.fresh and (ctx.dir / "run").exists():
+        # forced, or its inputs changed: an earlier adapter is discarded, not resumed
+        shutil.rmtree(ctx.dir / "run")
     result = finetune(
         load_cohort(ctx.run_dir),
         entry.finetune.tasks,
