@@ -51,7 +51,7 @@ def base_model(config: RunConfig | VlmEntry) -> str:
     if config.finetune.base:
         return config.finetune.base
     if config.vlm.backend == "tiny":
-        return "tiny"
+        return str(config.vlm.model or "tiny")  # a named tiny model, where the backend has them
     if config.vlm.backend == "transformers":
         return str(config.vlm.model or DEFAULT_MODEL_ID)
     raise ValueError(
