@@ -354,3 +354,19 @@ def test_the_several_vlm_presets_parse():
         "google/medgemma-4b-it",
     ]  # fmt: skip
     assert compare.vlms[0].finetune.enabled and not compare.vlms[1].finetune.enabled
+
+
+def test_vlms_entries_share_the_slices_and_the_scoring():
+    with pytest.raises(
+        ValueError, match=r"vlms\[0\] \(a\): \['slice_rule', 'window'\] are the same"
+    ):
+        parse_run_config(
+            _vlms(
+                {
+                    "name": "a",
+                    "backend": "tiny",
+                    "slice_rule": {"mode": "brain"},
+                    "window": {"lower": 1},
+                }
+            )
+        )

@@ -43,6 +43,7 @@ __all__ = [
     "CONSISTENCY_METHODS",
     "DEVICES",
     "KNOWN_SECTIONS",
+    "SHARED_VLM_KEYS",
     "VLM_BACKEND_KEYS",
     "CnnSection",
     "ConsistencySection",
@@ -411,7 +412,10 @@ class VlmEntry:
     :mod:`GliomaCompareLib.runlayout`). Each item takes every key of a ``vlm:`` section (merged over
     the top-level ``vlm:``, which then holds shared settings only: prompts, slice rule, decoding)
     and ``finetune: true | false | {mapping merged over the top-level finetune:}``. Each item names
-    its own ``backend`` (and ``model``, unless tiny), so a model is compared only when listed.
+    its own ``backend`` (and ``model``, unless tiny), so a model is compared only when listed; the
+slices and their scoring (:data:`SHARED_VLM_KEYS`) are the same for all and stay in ``vlm:``.
+The first VLM listed is the one ``slice-sensitivity`` asks, and ``RunConfig.vlm`` /
+``RunConfig.finetune`` are its sections.
 
     Attributes:
         name: the short name (``""`` for the single VLM of a ``vlm:`` config).
@@ -707,6 +711,10 @@ def _finetune_section_from(
 # ------------------------------------------------------------------------------ several VLMs
 #: Keys of one ``vlms:`` item besides those of a ``vlm:`` section.
 _VLM_ENTRY_KEYS = ("name", "finetune")
+#: ``vlm:`` keys every VLM of a run shares: the same slices, windowed the same way, and answers
+#: scored the same way (one like-for-like scorer), so a ``vlms:`` item may not set them.
+SHARED_VLM_KEYS = ("slice_rule", "slices_per_case", "window", "point_radius_mm", "max_vertices",
+                   "cnn_predictions")  # fmt: skip
 
 
 def _entry_finetune(item: Mapping[str, Any], shared: Mapping[str, Any], where: str) -> dict:
@@ -738,6 +746,12 @@ def _vlm_entry(item, index: int, config: Mapping[str, Any], device: str) -> VlmE
             "with 'vlms:', the top-level 'vlm:' section holds shared settings only"
         )
     own = {k: v for k, v in item.items() if k not in _VLM_ENTRY_KEYS}
+    shared = sorted(set(own) & set(SHARED_VLM_KEYS))
+    if shared:
+        raise ValueError(
+            f"run config: {where}: {shared} are the same for every VLM compared (the same slices, "
+            "scored the same way); set them in the shared 'vlm:' section"
+        )
     vlm_raw = deep_merge(_section(config, "vlm"), own)
     ft_raw = _entry_finetune(item, _section(config, "finetune"), where)
     vlm = _vlm_section_from(vlm_raw, device, where)
