@@ -146,7 +146,8 @@ def test_the_cnn_is_compared_with_each_vlm_and_each_vlm_with_its_fine_tuned_self
 
 
 # ------------------------------------------------------------------------------ a real run
-#: The demo with three tiny VLMs, shrunk to what a test can afford: VLM a fine-tuned, b and c not.
+#: The demo with three tiny VLMs of different families (Mllama, LLaVA, Idefics3), shrunk to what a
+#: test can afford: VLM a fine-tuned, b and c not.
 MULTI = """\
 extends: demo
 name: multivlm-mini
@@ -176,8 +177,8 @@ report:
   gallery_count: 1
 vlms:
   - {name: a, backend: tiny, seed: 0}
-  - {name: b, backend: tiny, seed: 1, finetune: false}
-  - {name: c, backend: tiny, seed: 2, finetune: false}
+  - {name: b, backend: tiny, model: tiny-llava, seed: 1, finetune: false}
+  - {name: c, backend: tiny, model: tiny-idefics3, seed: 2, finetune: false}
 """
 NAMES = ("a", "b", "c")
 METHODS = ("vlm_base-a", "vlm_finetuned-a", "vlm_base-b", "vlm_base-c")
@@ -223,7 +224,8 @@ def test_every_table_has_a_row_per_vlm(multi_run):
     consistency = {r["method"] for r in read_table(metrics / "consistency.csv")}
     assert consistency == {"vlm_base-b"}
     models = {r["method"]: r["model"] for r in classification}
-    assert "seed1" in models["vlm_base-b"] and "seed2" in models["vlm_base-c"]
+    assert "tiny-llava-seed1" in models["vlm_base-b"]
+    assert "tiny-idefics3-seed2" in models["vlm_base-c"]
     assert "LoRA adapter" in models["vlm_finetuned-a"]
 
 

@@ -347,7 +347,7 @@ def test_vlms_consistency_methods_name_the_entries():
 def test_the_several_vlm_presets_parse():
     demo, _ = read_run_config("demo-vlms")
     assert len(demo.vlms) == 3 and all(e.vlm.backend == "tiny" for e in demo.vlms)
-    assert [e.vlm.seed for e in demo.vlms] == [0, 1, 2]
+    assert [e.vlm.model for e in demo.vlms] == [None, "tiny-llava", "tiny-idefics3"]
     compare, _ = read_run_config("compare-vlms", ["data.root=/nowhere"])
     assert [e.vlm.model for e in compare.vlms] == [
         "meta-llama/Llama-3.2-11B-Vision-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
