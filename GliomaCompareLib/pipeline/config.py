@@ -413,9 +413,9 @@ class VlmEntry:
     the top-level ``vlm:``, which then holds shared settings only: prompts, slice rule, decoding)
     and ``finetune: true | false | {mapping merged over the top-level finetune:}``. Each item names
     its own ``backend`` (and ``model``, unless tiny), so a model is compared only when listed; the
-slices and their scoring (:data:`SHARED_VLM_KEYS`) are the same for all and stay in ``vlm:``.
-The first VLM listed is the one ``slice-sensitivity`` asks, and ``RunConfig.vlm`` /
-``RunConfig.finetune`` are its sections.
+    slices and their scoring (:data:`SHARED_VLM_KEYS`) are the same for all and stay in ``vlm:``.
+    The first VLM listed is the one ``slice-sensitivity`` asks, and ``RunConfig.vlm`` /
+    ``RunConfig.finetune`` are its sections.
 
     Attributes:
         name: the short name (``""`` for the single VLM of a ``vlm:`` config).
