@@ -14,7 +14,13 @@
       report.html              one self-contained file (figures embedded)
 
 Methods are named ``cnn``, ``vlm_base`` and ``vlm_finetuned``; ``majority`` is the
-majority-class baseline on the same patients. Every table row carries ``model``, which names what
+majority-class baseline on the same patients. A run that compares several VLMs (``vlms:`` in its
+config, each entry with a short ``name``) names each VLM's methods ``vlm_base-<name>`` and
+``vlm_finetuned-<name>`` (:func:`vlm_method`); their stages are ``vlm-base-<name>``,
+``vlm-finetune-<name>`` and ``vlm-finetuned-<name>`` (each with its own answer cache), their
+case markups ``vlm_<task>_base-<name>.mrk.json`` / ``vlm_<task>_finetuned-<name>.mrk.json``. A run with
+one ``vlm:`` section keeps the unnamed ids above. :func:`is_vlm_method`, :func:`vlm_methods_in`
+and :func:`method_label` read any of them, so the report lists whatever VLMs a run holds. Every table row carries ``model``, which names what
 produced it (and says "tiny random-weight model" when it was the tiny VLM).
 """
 
@@ -44,9 +50,17 @@ __all__ = [
     "TABLES",
     "TEXT_COLUMNS",
     "VLM_BOX_FILE",
+    "VLM_NAME_PATTERN",
     "VLM_POINT_FILE",
     "VLM_POLYGON_FILE",
+    "is_finetuned_method",
+    "is_vlm_method",
+    "method_label",
     "read_table",
+    "vlm_markup_variant",
+    "vlm_method",
+    "vlm_methods_in",
+    "vlm_name_of",
     "write_table",
 ]
 
@@ -81,6 +95,76 @@ METHOD_LABELS = {
     "vlm_finetuned": "VLM (fine-tuned)",
     "majority": "Majority class (always the most frequent grade)",
 }
+
+#: A VLM's ``name`` in a ``vlms:`` run config (it becomes part of method ids, stage and file
+#: names, so only lower-case letters, digits, ``_`` and ``-``).
+VLM_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,39}"
+_VLM_PREFIXES = {"vlm_base": False, "vlm_finetuned": True}
+
+
+def vlm_method(name: str = "", finetuned: bool = False) -> str:
+    """The method id of a VLM: ``vlm_base`` / ``vlm_finetuned`` for the unnamed VLM of a
+    ``vlm:`` run config, ``vlm_base-<name>`` / ``vlm_finetuned-<name>`` for a ``vlms:`` entry."""
+    prefix = "vlm_finetuned" if finetuned else "vlm_base"
+    return f"{prefix}-{name}" if name else prefix
+
+
+def _split_vlm(method: str) -> tuple[str, str] | None:
+    prefix, _, name = str(method).partition("-")
+    if prefix not in _VLM_PREFIXES or (_ and not name):
+        return None
+    return prefix, name
+
+
+def is_vlm_method(method: str) -> bool:
+    """True for a VLM's method id (``vlm_base``, ``vlm_finetuned-qwen``, ...)."""
+    return _split_vlm(method) is not None
+
+
+def is_finetuned_method(method: str) -> bool:
+    """True for a fine-tuned VLM's method id."""
+    parts = _split_vlm(method)
+    return bool(parts and _VLM_PREFIXES[parts[0]])
+
+
+def vlm_name_of(method: str) -> str:
+    """The VLM name in a method id (``""`` for ``vlm_base`` / ``vlm_finetuned``)."""
+    parts = _split_vlm(method)
+    if parts is None:
+        raise ValueError(f"{method!r} is not a VLM method id")
+    return parts[1]
+
+
+def vlm_markup_variant(method: str) -> str:
+    """The ``variant`` of :func:`GliomaCompareLib.slicer_files.vlm_markup_file` for a VLM method:
+    ``base``, ``finetuned``, ``base-<name>`` or ``finetuned-<name>``, so the files are
+    ``vlm_point.mrk.json``, ``vlm_point_finetuned.mrk.json``, ``vlm_point_base-<name>.mrk.json``
+    and ``vlm_point_finetuned-<name>.mrk.json`` (a ``vlm_point`` prefix still finds them all)."""
+    name = vlm_name_of(method)
+    kind = "finetuned" if is_finetuned_method(method) else "base"
+    return kind if not name else f"{kind}-{name}"
+
+
+def vlm_methods_in(methods: Iterable[str]) -> list[str]:
+    """The VLM method ids among ``methods``, once each, in the order first seen (a table's rows,
+    a run config's VLM list): the report's list of the run's VLMs."""
+    out: list[str] = []
+    for method in methods:
+        if is_vlm_method(method) and method not in out:
+            out.append(method)
+    return out
+
+
+def method_label(method: str) -> str:
+    """A method's label for tables and figures: :data:`METHOD_LABELS`, else for a named VLM
+    ``VLM <name> (base)`` / ``VLM <name> (fine-tuned)``, else the id itself."""
+    if method in METHOD_LABELS:
+        return METHOD_LABELS[method]
+    if is_vlm_method(method):
+        kind = "fine-tuned" if is_finetuned_method(method) else "base"
+        return f"VLM {vlm_name_of(method)} ({kind})"
+    return str(method)
+
 
 _CI = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc")
 

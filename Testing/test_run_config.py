@@ -218,3 +218,155 @@ def test_a_yaml_alias_bomb_or_a_huge_config_is_refused(tmp_path):
     (tmp_path / "big.yaml").write_text("seed: 1\n" + "#" * (2 * 1024 * 1024) + "\n")
     with pytest.raises(ValueError, match=r"big\.yaml: \d+ bytes is more than"):
         load_run_config(tmp_path / "big.yaml")
+
+
+# ------------------------------------------------------------------------------ several VLMs
+def _vlms(*items, **sections) -> dict:
+    return _with(vlms=list(items), **sections)
+
+
+def test_a_vlm_config_is_one_unnamed_vlm_with_the_ids_and_stages_it_always_had():
+    config = parse_run_config(_with(vlm={"backend": "tiny"}, finetune={"enabled": True}))
+    (entry,) = config.vlms
+    assert entry.name == "" and entry.vlm is config.vlm and entry.finetune is config.finetune
+    assert config.vlm_methods() == ["vlm_base", "vlm_finetuned"]
+    assert [entry.stage(k) for k in ("vlm-base", "vlm-finetune", "vlm-finetuned")] == [
+        "vlm-base", "vlm-finetune", "vlm-finetuned",
+    ]  # fmt: skip
+    assert config.consistency.methods == ("vlm_base",)
+
+
+def test_vlms_entries_inherit_the_shared_vlm_section_and_get_their_own_ids():
+    config = parse_run_config(
+        _vlms(
+            {"name": "a", "backend": "tiny", "seed": 1},
+            {
+                "name": "b-2",
+                "backend": "tiny",
+                "seed": 2,
+                "finetune": False,
+                "decoding": {"max_new_tokens": 12},
+            },
+            {"name": "c", "backend": "openai", "model": "qwen", "base_url": "http://127.0.0.1:9"},
+            vlm={"backend": "tiny", "tasks": "grade, box", "decoding": {"max_new_tokens": 40}},
+            finetune={"enabled": True, "rank": 4},
+        )
+    )
+    a, b, c = config.vlms
+    assert [e.name for e in config.vlms] == ["a", "b-2", "c"]
+    assert config.vlm_methods() == [
+        "vlm_base-a", "vlm_finetuned-a", "vlm_base-b-2", "vlm_base-c", "vlm_finetuned-c",
+    ]  # fmt: skip
+    assert (a.vlm.seed, b.vlm.seed) == (1, 2)
+    assert a.vlm.inference.tasks == b.vlm.inference.tasks == ("grade", "box")  # shared
+    assert a.vlm.inference.decoding.max_new_tokens == 40
+    assert b.vlm.inference.decoding.max_new_tokens == 12  # its own
+    assert a.finetune.enabled and a.finetune.training.rank == 4 and not b.finetune.enabled
+    assert a.finetune.training.tiny_seed == 1  # the adapter is trained on the model it asks
+    assert (c.vlm.backend, c.vlm.model) == ("openai", "qwen")
+    assert a.stage("vlm-base") == "vlm-base-a" and c.stage("vlm-finetuned") == "vlm-finetuned-c"
+    assert config.vlm == a.vlm and config.finetune == a.finetune  # the first stands in
+    assert config.vlm_entry("vlm_base-b-2") is b
+    assert config.consistency.methods == ("vlm_base-a",)
+    assert a.raw["vlm"]["seed"] == 1 and a.raw["vlm"]["tasks"] == "grade, box"
+
+
+def test_vlms_refuses_duplicate_names():
+    with pytest.raises(ValueError, match=r"vlms: duplicate names \['a'\]"):
+        parse_run_config(_vlms({"name": "a", "backend": "tiny"}, {"name": "a", "backend": "tiny"}))
+
+
+@pytest.mark.parametrize("name", ["", "Upper", "has space", "a/b", "x" * 41, None])
+def test_vlms_refuses_names_that_cannot_be_ids_or_folders(name):
+    with pytest.raises(ValueError, match=r"vlms\[0\]: name .*short name of lower-case"):
+        parse_run_config(_vlms({"name": name, "backend": "tiny"}))
+
+
+def test_vlms_refuses_unknown_keys_naming_the_entry():
+    with pytest.raises(ValueError, match=r"vlms\[1\] \(b\): unknown keys \['temprature'\]"):
+        parse_run_config(
+            _vlms(
+                {"name": "a", "backend": "tiny"},
+                {"name": "b", "backend": "tiny", "temprature": 0.3},
+            )
+        )
+    with pytest.raises(ValueError, match=r"vlms\[0\] \(a\)\.decoding: unknown keys"):
+        parse_run_config(_vlms({"name": "a", "backend": "tiny", "decoding": {"temp": 1}}))
+
+
+def test_vlms_entries_must_name_their_own_backend_and_model():
+    with pytest.raises(ValueError, match=r"vlms\[0\] \(a\): say which backend and model"):
+        parse_run_config(_vlms({"name": "a", "seed": 3}, vlm={"backend": "tiny"}))
+    with pytest.raises(ValueError, match=r"vlms\[0\] \(q\): say which backend and model"):
+        parse_run_config(_vlms({"name": "q", "backend": "transformers"}))
+
+
+def test_vlms_refuses_a_top_level_model_that_no_entry_compares():
+    ambiguous = _vlms(
+        {"name": "qwen", "backend": "transformers", "model": "Qwen/Qwen2.5-VL-7B-Instruct"},
+        vlm={"backend": "transformers", "model": "meta-llama/Llama-3.2-11B-Vision-Instruct"},
+    )
+    with pytest.raises(ValueError, match="is it compared or not"):
+        parse_run_config(ambiguous)
+    # listed as one of the entries: the top-level section is then just the shared settings
+    ambiguous["vlms"].append(
+        {"name": "llama", "backend": "transformers",
+         "model": "meta-llama/Llama-3.2-11B-Vision-Instruct"}
+    )  # fmt: skip
+    assert [e.name for e in parse_run_config(ambiguous).vlms] == ["qwen", "llama"]
+
+
+def test_vlms_refuses_a_shared_finetune_base_and_bad_shapes():
+    with pytest.raises(ValueError, match=r"finetune\.base with 'vlms:'"):
+        parse_run_config(_vlms({"name": "a", "backend": "tiny"}, finetune={"base": "x"}))
+    with pytest.raises(ValueError, match="vlms: a non-empty list"):
+        parse_run_config(_with(vlms=[]))
+    with pytest.raises(ValueError, match="vlms: a non-empty list"):
+        parse_run_config(_with(vlms={"name": "a"}))
+    with pytest.raises(ValueError, match=r"vlms\[0\]: each VLM is a mapping"):
+        parse_run_config(_with(vlms=["a"]))
+    with pytest.raises(ValueError, match=r"vlms\[0\] \(a\)\.finetune: use true, false"):
+        parse_run_config(_vlms({"name": "a", "backend": "tiny", "finetune": "yes"}))
+
+
+def test_vlms_consistency_methods_name_the_entries():
+    config = parse_run_config(
+        _vlms(
+            {"name": "a", "backend": "tiny"},
+            {"name": "b", "backend": "tiny"},
+            consistency={"methods": ["vlm_base-b", "vlm_finetuned-a"]},
+        )
+    )
+    assert config.consistency.methods == ("vlm_base-b", "vlm_finetuned-a")
+    with pytest.raises(ValueError, match=r"unknown method 'vlm_base'.*use vlm_base-a"):
+        parse_run_config(
+            _vlms({"name": "a", "backend": "tiny"}, consistency={"methods": ["vlm_base"]})
+        )
+
+
+def test_the_several_vlm_presets_parse():
+    demo, _ = read_run_config("demo-vlms")
+    assert len(demo.vlms) == 3 and all(e.vlm.backend == "tiny" for e in demo.vlms)
+    assert [e.vlm.model for e in demo.vlms] == [None, "tiny-llava", "tiny-idefics3"]
+    compare, _ = read_run_config("compare-vlms", ["data.root=/nowhere"])
+    assert [e.vlm.model for e in compare.vlms] == [
+        "meta-llama/Llama-3.2-11B-Vision-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
+        "google/medgemma-4b-it",
+    ]  # fmt: skip
+    assert compare.vlms[0].finetune.enabled and not compare.vlms[1].finetune.enabled
+
+
+def test_vlms_entries_share_the_slices_and_the_scoring():
+    with pytest.raises(
+        ValueError, match=r"vlms\[0\] \(a\): \['slice_rule', 'window'\] are the same"
+    ):
+        parse_run_config(
+            _vlms(
+                {
+                    "name": "a",
+                    "backend": "tiny",
+                    "slice_rule": {"mode": "brain"},
+                    "window": {"lower": 1},
+                }
+            )
+        )

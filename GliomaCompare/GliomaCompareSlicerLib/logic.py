@@ -790,6 +790,29 @@ class CompareLogic:
             mrml.set_visibility(node, visible)
         return len(nodes)
 
+    def vlm_sources(self) -> list[str]:
+        """The VLMs whose answers are in the scene, as their markup files name them: ``base``,
+        ``finetuned``, and for a run that compares several VLMs ``base-<name>``,
+        ``finetuned-<name>`` (see ``GliomaCompareLib.runlayout.vlm_markup_variant``)."""
+        found = (_vlm_source(n.GetAttribute(mrml.ATTR_METHOD)) for n in mrml.case_nodes(self.scene))
+        return sorted({source for source in found if source is not None})
+
+    def show_only_vlm(self, source: str | None) -> int:
+        """Hide the answers of every VLM but ``source`` (one of :meth:`vlm_sources`; None hides
+        nothing); return how many nodes were hidden. Which tasks show stays with
+        :meth:`set_method_visible`."""
+        if source is None:
+            return 0
+        nodes = [
+            n
+            for n in mrml.case_nodes(self.scene)
+            if _vlm_source(n.GetAttribute(mrml.ATTR_METHOD)) not in (None, source)
+            and n.IsA("vtkMRMLDisplayableNode")
+        ]
+        for node in nodes:
+            mrml.set_visibility(node, False)
+        return len(nodes)
+
     def set_show_3d(self, on: bool) -> int:
         """Show (or hide) every segmentation of the case in 3D views, building its closed
         surface on first use; return how many segmentations changed."""
@@ -901,6 +924,18 @@ def _file_stems(nodes) -> list[tuple[str, object]]:
         used.add(stem)
         out.append((stem, node))
     return out
+
+
+def _vlm_source(method: str | None) -> str | None:
+    """``vlm_point`` -> ``base``, ``vlm_box_finetuned-qwen`` -> ``finetuned-qwen``; None for a
+    node that is not a VLM answer."""
+    for task in ("point", "box", "polygon"):
+        stem = f"vlm_{task}"
+        if method == stem:
+            return "base"
+        if method and method.startswith(stem + "_"):
+            return method[len(stem) + 1 :]
+    return None
 
 
 def _shorten(text: str, limit: int = 300) -> str:

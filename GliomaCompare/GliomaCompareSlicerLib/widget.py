@@ -120,6 +120,13 @@ class CompareWidget:
         ui.sampleCaseButton.connect("clicked()", self.sample_case)
         ui.runDemoButton.connect("clicked()", self.run_demo)
         ui.clearCacheButton.connect("clicked()", self.clear_cache)
+        # which VLM's answers to show, for a run that compares several (issue 18)
+        self.vlmComboBox = qt.QComboBox()
+        self.vlmComboBox.toolTip = "Show the answers of one VLM only (runs with several VLMs)"
+        show_layout = ui.showVlmPointCheckBox.parentWidget().findChild(qt.QHBoxLayout, "showLayout")
+        if show_layout is not None:
+            show_layout.addWidget(self.vlmComboBox)
+        self.vlmComboBox.connect("currentIndexChanged(int)", lambda _i: self.apply_visibility())
         self.update_buttons()
 
     # ------------------------------------------------------------------------------ helpers
@@ -452,6 +459,7 @@ class CompareWidget:
     def show_results(self, results) -> None:
         for note in results.notes:
             self.append_log(note)
+        self._fill_vlm_choices()
         lines = []
         for method, pred in sorted(results.predictions.items()):
             parts = [
@@ -484,9 +492,22 @@ class CompareWidget:
             table.resizeColumnsToContents()
         self.update_buttons()
 
+    def _fill_vlm_choices(self) -> None:
+        """The VLM selector: all VLMs, then each VLM whose answers are in the scene."""
+        current = self.vlmComboBox.currentData
+        self.vlmComboBox.blockSignals(True)
+        self.vlmComboBox.clear()
+        self.vlmComboBox.addItem("All VLMs", None)
+        for source in self.logic.vlm_sources():
+            self.vlmComboBox.addItem(f"VLM {source}", source)
+        index = self.vlmComboBox.findData(current) if current is not None else 0
+        self.vlmComboBox.setCurrentIndex(max(index, 0))
+        self.vlmComboBox.blockSignals(False)
+
     def apply_visibility(self) -> None:
         for name, method in _SHOW.items():
             self.logic.set_method_visible(method, bool(getattr(self.ui, name).checked))
+        self.logic.show_only_vlm(self.vlmComboBox.currentData)
         if self.ui.showThreeDCheckBox.checked:
             self.logic.set_show_3d(True)
 

@@ -45,16 +45,16 @@ from GliomaCompareLib.pipeline.grading import (
 )
 from GliomaCompareLib.pipeline.localisation import LocalisationScorer, training_baseline
 from GliomaCompareLib.pipeline.outputs import (
-    VLM_STAGES,
     ArmOutputs,
     CnnOutputs,
     MethodOutputs,
     as_float,
     collect_vlm,
     read_csv,
+    vlm_stage_of,
 )
 from GliomaCompareLib.report import GradePrediction
-from GliomaCompareLib.runlayout import METHODS, METRICS_DIR, write_table
+from GliomaCompareLib.runlayout import METRICS_DIR, write_table
 from GliomaCompareLib.vlm.tasks import load_tasks
 
 __all__ = ["CaseScores", "aggregate_run"]
@@ -102,7 +102,8 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
     test_ids = usable_test_ids(run_dir, cohort)
     grades = {c.case_id: c.grade for c in cohort.usable}
     truth = {c: grades[c] for c in test_ids}
-    arms = ArmOutputs.read(run_dir)
+    vlm_methods = _all_vlm_methods(config)
+    arms = ArmOutputs.read(run_dir, vlm_methods)
 
     # patient by patient: CNN scores, grades, like-for-like localisation, the Slicer files and
     # the gallery
@@ -140,7 +141,7 @@ def aggregate_run(run_dir: str | Path, config: RunConfig) -> dict:
         "dice_by_group": _dice_by_group_rows(seg_rows, scores, truth),
         "slices": [r for o in arms.vlm.values() for r in _slice_rows(o)],
         "answer_status": [r for o in arms.vlm.values() for r in _status_rows(o)],
-        "consistency": _consistency_rows(run_dir),
+        "consistency": _consistency_rows(run_dir, vlm_methods),
         "slice_sensitivity": _sensitivity_rows(scores, arms, truth, config),
     }
     for key, rows in tables.items():
@@ -380,7 +381,7 @@ def _method_grades(run_dir: Path, scores: CaseScores, arms: ArmOutputs, grades, 
 def _vlm_val_grade_rows(run_dir: Path, method: str) -> dict[str, dict]:
     """A VLM method's grade rows on the validation patients (its stage's ``out_val/``)."""
     rows: dict[str, dict] = {}
-    folder = run_dir / "stages" / VLM_STAGES[method] / "out_val"
+    folder = run_dir / "stages" / vlm_stage_of(method) / "out_val"
     for path in sorted(folder.glob("*/metrics/vlm_patients.csv")):
         for row in read_csv(path):
             if row.get("task") == "grade" and str(row.get("run")) == "0":
@@ -491,7 +492,8 @@ def _sensitivity_rows(scores: CaseScores, arms: ArmOutputs, truth, config: RunCo
     if not arms.sensitivity:
         return []
     main_rule = config.vlm.inference.rule
-    groups = {main_rule.mode: (arms.vlm.get("vlm_base"), scores.localisation)}
+    asked = config.vlm_entries()[0].base_method  # the VLM the sensitivity stage asks
+    groups = {main_rule.mode: (arms.vlm.get(asked), scores.localisation)}
     for rule, outputs in arms.sensitivity.items():
         groups[rule] = (outputs, scores.sensitivity[rule])
     rows = []
@@ -501,7 +503,7 @@ def _sensitivity_rows(scores: CaseScores, arms: ArmOutputs, truth, config: RunCo
         base = {"slice_rule": rule, "oracle": rule in ORACLE_MODES, "model": outputs.model}
         rows.append({**base, "task": "grade", **_vote_accuracy(outputs, truth)})
         for loc in scorer.rows(config.metrics.n_bootstrap, config.seed):
-            if loc["method"] == "vlm_base":
+            if loc["method"] == asked:
                 rows.append(
                     {**base, **{k: v for k, v in loc.items() if k not in ("model", "method")}}
                 )
@@ -518,11 +520,17 @@ def _vote_accuracy(outputs: MethodOutputs, truth: Mapping[str, str | None]) -> d
     return {"n_patients": len(graded), "accuracy": right / len(graded)}
 
 
-def _consistency_rows(run_dir: Path) -> list[dict]:
+def _all_vlm_methods(config: RunConfig) -> list[str]:
+    """Every VLM method the run may hold, in table order: each VLM's base and fine-tuned one
+    (a method whose stage did not run has no outputs and no rows)."""
+    return [m for e in config.vlm_entries() for m in (e.base_method, e.finetuned_method)]
+
+
+def _consistency_rows(run_dir: Path, vlm_methods) -> list[dict]:
     """``consistency``: the repeated-query statistics of each method, over its shards."""
     rows = []
     base = run_dir / "stages" / "consistency"
-    for method in METHODS:
+    for method in vlm_methods:
         outputs = collect_vlm(run_dir, method, base / method)
         if outputs is None:
             continue

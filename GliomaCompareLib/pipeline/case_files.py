@@ -1,6 +1,8 @@
 """The Slicer-loadable ``cases/<case_id>/`` folder of a test patient: the ground truth and the
 CNN segmentation as ``.seg.nrrd`` (BraTS labels kept), the VLM answers as markups placed in RAS
-on their slices (base and fine-tuned), ``metrics.json`` and the report's ``gallery.npz``."""
+on their slices (base and fine-tuned, of each VLM: file names by
+:func:`~GliomaCompareLib.runlayout.vlm_markup_variant`), ``metrics.json`` and the report's
+``gallery.npz``."""
 
 from __future__ import annotations
 
@@ -22,7 +24,14 @@ from GliomaCompareLib.report import (
     write_gallery,
 )
 from GliomaCompareLib.report.gallery import geometry_from_dict
-from GliomaCompareLib.runlayout import CASE_METRICS_FILE, CNN_SEG_FILE, GT_SEG_FILE
+from GliomaCompareLib.runlayout import (
+    CASE_METRICS_FILE,
+    CNN_SEG_FILE,
+    GT_SEG_FILE,
+    is_finetuned_method,
+    vlm_markup_variant,
+    vlm_name_of,
+)
 from GliomaCompareLib.slicer_files import (
     PointsMarkup,
     case_dir,
@@ -45,7 +54,10 @@ def _geometry(pixel: Mapping[str, Any] | None):
 
 
 def _method_label(method: str) -> str:
-    return "VLM" if method == "vlm_base" else "VLM fine-tuned"
+    """The markup name's prefix: ``VLM``, ``VLM fine-tuned``, ``VLM <name>`` ..."""
+    name = vlm_name_of(method)
+    label = f"VLM {name}" if name else "VLM"
+    return f"{label} fine-tuned" if is_finetuned_method(method) else label
 
 
 def _shape_markup(answer: dict, geom, slice_geom: SliceGeometry, label: str, desc: str):
@@ -102,7 +114,7 @@ def write_case_files(run_dir, case, cnn_label, vlm: dict[str, MethodOutputs], me
                        extra_tags={"GliomaCompare.Source": "3D CNN"})  # fmt: skip
     for method, outputs in vlm.items():
         answers = [a for a in outputs.answers if a["case_id"] == case.case_id]
-        variant = "base" if method == "vlm_base" else "finetuned"
+        variant = vlm_markup_variant(method)
         for task in LOCALISATION_TASKS:
             path = folder / vlm_markup_file(task, variant)
             markups = _markups_for(answers, case, task, method)

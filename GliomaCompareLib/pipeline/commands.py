@@ -7,9 +7,9 @@ from pathlib import Path
 
 from GliomaCompareLib.argtypes import add_device_option, add_quiet_option
 from GliomaCompareLib.pipeline.config import read_run_config
-from GliomaCompareLib.pipeline.run import STAGE_NAMES, run_comparison
+from GliomaCompareLib.pipeline.run import run_comparison, stage_names
 from GliomaCompareLib.pipeline.runner import ConfigChangedError, Shard
-from GliomaCompareLib.runlayout import METHOD_LABELS, METRICS_DIR, REPORT_FILE, read_table
+from GliomaCompareLib.runlayout import METRICS_DIR, REPORT_FILE, method_label, read_table
 
 __all__ = ["DEMO_OUT", "print_summary", "register"]
 
@@ -70,12 +70,13 @@ def _common(p) -> None:
 
 
 def _run(args) -> int:
-    for name in args.only or []:
-        if name not in STAGE_NAMES:
-            raise ValueError(f"--only {name}: no such stage ({', '.join(STAGE_NAMES)})")
     # --device is the config's `device` (--set device=... says the same)
     overrides = [*([f"device={args.device}"] if args.device else []), *args.overrides]
     config, path = read_run_config(args.config, overrides)
+    names = stage_names(config)  # a vlms: config has one set of VLM stages per VLM
+    for name in args.only or []:
+        if name not in names:
+            raise ValueError(f"--only {name}: no such stage ({', '.join(names)})")
     try:
         outcome = run_comparison(
             config,
@@ -113,7 +114,7 @@ def print_summary(run_dir: str | Path, seconds: float | None = None, stream=None
         out.append("\nSegmentation (3D Dice against the reference, mean):")
         for r in rows:
             out.append(
-                f"  {METHOD_LABELS.get(r['method'], r['method']):<20} {r['region']:<3} Dice "
+                f"  {method_label(r['method']):<20} {r['region']:<3} Dice "
                 f"{_f(r['dice_mean'])}  HD95 {_f(r['hd95_mean'], 7, 1)} mm  (n={_n(r['n'])})"
             )
     path = metrics / "answer_status.csv"
@@ -151,7 +152,7 @@ def _grading_lines(metrics: Path) -> list[str]:
                f"{'bal.acc':>8} {'AUC':>6} {'p':>6}  model")  # fmt: skip
     for r in rows:
         out.append(
-            f"  {METHOD_LABELS.get(r['method'], r['method']):<18} "
+            f"  {method_label(r['method']):<18} "
             f"{_RULES.get(r.get('decision'), r.get('decision') or '-'):<10} {_n(r['n']):>3} "
             f"{_f(r['accuracy'])} {_f(r['sensitivity'])} {_f(r['specificity'])} "
             f"{_f(r['balanced_accuracy'], 8)} {_f(r['auc'])} "
@@ -172,7 +173,7 @@ def _localisation_lines(metrics: Path) -> list[str]:
                f"{'oracle':>6} {'blind':>6}")  # fmt: skip
     for r in rows:
         out.append(
-            f"  {METHOD_LABELS.get(r['method'], r['method']):<18} {r['task']:<8} "
+            f"  {method_label(r['method']):<18} {r['task']:<8} "
             f"{_n(r['n_slices']):>6} {_f(r['dice_slices_mean'])} "
             f"{_f(r['cnn_dice_same_slices'])} {_f(r['oracle_dice_same_slices'])} "
             f"{_f(r['baseline_dice_same_slices'])}"

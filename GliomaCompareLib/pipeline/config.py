@@ -10,7 +10,8 @@ recipe) lives in the config and is printed in the report and the manifest.
 :func:`load_run_config` reads the mapping (``extends`` and overrides resolved);
 :func:`parse_run_config` checks it once and returns a frozen :class:`RunConfig` with one typed
 section per YAML section (``data``, ``split``, ``cnn``, ``vlm``, ``finetune``, ``consistency``,
-``metrics``, ``report``). Stages read the typed sections; the mapping itself stays available as
+``metrics``, ``report``; ``vlms`` for several VLMs, see :class:`VlmEntry`). Stages read the typed
+sections; the mapping itself stays available as
 ``RunConfig.raw``, because the stage fingerprints (by dotted key, ``"cnn.seg"``) and the manifest
 are taken from it.
 """
@@ -18,6 +19,7 @@ are taken from it.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -32,6 +34,7 @@ from GliomaCompareLib.data.slices import SLICE_MODES, SliceRule, WindowSpec
 from GliomaCompareLib.data.synthetic import SynthConfig
 from GliomaCompareLib.report import ReportOptions
 from GliomaCompareLib.resources import resource_path
+from GliomaCompareLib.runlayout import VLM_NAME_PATTERN, vlm_method
 from GliomaCompareLib.vlm import DecodingConfig, FinetuneConfig, VLMConfig
 from GliomaCompareLib.vlm.openai_backend import STRUCTURED_OUTPUTS
 from GliomaCompareLib.vlm.tasks import PROMPT_VARIANTS
@@ -40,6 +43,7 @@ __all__ = [
     "CONSISTENCY_METHODS",
     "DEVICES",
     "KNOWN_SECTIONS",
+    "SHARED_VLM_KEYS",
     "VLM_BACKEND_KEYS",
     "CnnSection",
     "ConsistencySection",
@@ -48,6 +52,7 @@ __all__ = [
     "MetricsSection",
     "RunConfig",
     "SplitSection",
+    "VlmEntry",
     "VlmSection",
     "apply_overrides",
     "available_presets",
@@ -70,6 +75,7 @@ KNOWN_SECTIONS = (
     "split",
     "cnn",
     "vlm",
+    "vlms",
     "finetune",
     "consistency",
     "sensitivity",
@@ -224,7 +230,7 @@ DEVICES = ("auto", "cpu", "cuda")
 #: keys of the ``vlm:`` section that choose the backend (the rest is the VLMConfig).
 VLM_BACKEND_KEYS = ("backend", "model", "base_url", "allow_remote", "device", "load_in_4bit",
                     "seed", "concurrency", "timeout_s", "max_retries",
-                    "structured_output")  # fmt: skip
+                    "structured_output", "adapter")  # fmt: skip
 
 #: VLM methods the ``consistency`` stage can repeat.
 CONSISTENCY_METHODS = ("vlm_base", "vlm_finetuned")
@@ -304,6 +310,7 @@ class VlmSection:
         device: the VLM's device (default: the run's ``device``).
         concurrency, timeout_s, max_retries, structured_output: openai options (None: the
             backend's defaults).
+        adapter: a LoRA adapter folder the base queries load (None: the model as it is).
         inference: slice rule, window, prompts, decoding, tasks ... (:class:`VLMConfig`).
     """
 
@@ -318,6 +325,7 @@ class VlmSection:
     timeout_s: float | None = None
     max_retries: int | None = None
     structured_output: str | None = None
+    adapter: str | None = None
     inference: VLMConfig = field(default_factory=VLMConfig)
 
 
@@ -393,6 +401,55 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class VlmEntry:
+    """One VLM of the comparison, with its own methods, stages and answer cache.
+
+    A config with a ``vlm:`` section (every study preset) has one entry, ``name == ""``: its
+    methods are ``vlm_base`` / ``vlm_finetuned`` and its stages ``vlm-base``, ``vlm-finetune``,
+    ``vlm-finetuned``, exactly as before several VLMs existed. A config with ``vlms:`` (a list)
+    has one entry per item: ``name`` (unique, ``[a-z0-9_-]``), methods ``vlm_base-<name>`` /
+    ``vlm_finetuned-<name>`` and stages ``vlm-base-<name>`` ... (see
+    :mod:`GliomaCompareLib.runlayout`). Each item takes every key of a ``vlm:`` section (merged over
+    the top-level ``vlm:``, which then holds shared settings only: prompts, slice rule, decoding)
+    and ``finetune: true | false | {mapping merged over the top-level finetune:}``. Each item names
+    its own ``backend`` (and ``model``, unless tiny), so a model is compared only when listed; the
+    slices and their scoring (:data:`SHARED_VLM_KEYS`) are the same for all and stay in ``vlm:``.
+    The first VLM listed is the one ``slice-sensitivity`` asks, and ``RunConfig.vlm`` /
+    ``RunConfig.finetune`` are its sections.
+
+    Attributes:
+        name: the short name (``""`` for the single VLM of a ``vlm:`` config).
+        vlm, finetune: its typed sections.
+        raw: ``{"vlm": ..., "finetune": ..., "device": ...}``: its resolved mapping (defaults
+            merged in); the fingerprints of its stages when ``name`` is set.
+    """
+
+    name: str = ""
+    vlm: VlmSection = field(default_factory=VlmSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def base_method(self) -> str:
+        return vlm_method(self.name, finetuned=False)
+
+    @property
+    def finetuned_method(self) -> str:
+        return vlm_method(self.name, finetuned=True)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Its method ids: the base one, and the fine-tuned one when fine-tuning is on."""
+        if self.finetune.enabled:
+            return (self.base_method, self.finetuned_method)
+        return (self.base_method,)
+
+    def stage(self, kind: str) -> str:
+        """Its stage of ``kind`` (``vlm-base``, ``vlm-finetune``, ``vlm-finetuned``)."""
+        return f"{kind}-{self.name}" if self.name else kind
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run config, checked once (see :func:`parse_run_config`).
 
@@ -400,7 +457,9 @@ class RunConfig:
         name, description: the run's name and one line about it.
         seed: the run's seed (split and bootstrap defaults).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        data, split, cnn, vlm, finetune, consistency, sensitivity, metrics: the typed sections.
+        data, split, cnn, vlm, finetune, consistency, sensitivity, metrics: the typed sections
+            (``vlm`` and ``finetune`` of the first VLM when ``vlms:`` lists several).
+        vlms: every VLM compared (one unnamed entry for a ``vlm:`` config), see :class:`VlmEntry`.
         report: the report settings of the ``report:`` section.
         raw: the mapping it was parsed from (JSON-able; fingerprints and the manifest use it).
     """
@@ -418,7 +477,28 @@ class RunConfig:
     sensitivity: SensitivitySection = field(default_factory=SensitivitySection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     report: ReportOptions = field(default_factory=ReportOptions)
+    vlms: tuple[VlmEntry, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def vlm_entries(self) -> tuple[VlmEntry, ...]:
+        """The VLMs compared (``vlms``; a config built by hand without them: its ``vlm`` and
+        ``finetune`` sections as the one unnamed VLM)."""
+        return self.vlms or (VlmEntry("", self.vlm, self.finetune),)
+
+    def vlm_methods(self) -> list[str]:
+        """Every VLM method id of the run, in config order (base, then fine-tuned, per VLM)."""
+        return [m for entry in self.vlm_entries() for m in entry.methods]
+
+    def vlm_entry(self, method: str) -> VlmEntry:
+        """The VLM a method id belongs to.
+
+        Raises:
+            KeyError: for a method that is not one of this run's VLM methods.
+        """
+        for entry in self.vlm_entries():
+            if method in (entry.base_method, entry.finetuned_method):
+                return entry
+        raise KeyError(f"{method!r} is not a VLM method of this run")
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -579,11 +659,14 @@ def _cnn_section(config: Mapping[str, Any]) -> CnnSection:
 
 
 def _vlm_section(config: Mapping[str, Any], device: str) -> VlmSection:
-    vlm = _section(config, "vlm")
-    inference = vlm_config_from_dict(vlm)
+    return _vlm_section_from(_section(config, "vlm"), device, "vlm")
+
+
+def _vlm_section_from(vlm: Mapping[str, Any], device: str, where: str) -> VlmSection:
+    inference = vlm_config_from_dict(vlm, where)
     structured_output = vlm.get("structured_output")
     if structured_output is not None and structured_output not in STRUCTURED_OUTPUTS:
-        raise ValueError(f"run config: vlm.structured_output {structured_output!r}: use "
+        raise ValueError(f"run config: {where}.structured_output {structured_output!r}: use "
                          f"{', '.join(STRUCTURED_OUTPUTS)}")  # fmt: skip
     return VlmSection(
         backend=str(vlm.get("backend", "tiny")),
@@ -592,21 +675,28 @@ def _vlm_section(config: Mapping[str, Any], device: str) -> VlmSection:
         allow_remote=bool(vlm.get("allow_remote", False)),
         device=vlm.get("device") or device,
         load_in_4bit=bool(vlm.get("load_in_4bit", False)),
-        seed=_convert("vlm.seed", int, vlm.get("seed", 0)),
+        seed=_convert(f"{where}.seed", int, vlm.get("seed", 0)),
         concurrency=vlm.get("concurrency"),
         timeout_s=vlm.get("timeout_s"),
         max_retries=vlm.get("max_retries"),
         structured_output=structured_output,
+        adapter=str(vlm["adapter"]) if vlm.get("adapter") else None,
         inference=inference,
     )
 
 
 def _finetune_section(config: Mapping[str, Any], vlm: VLMConfig, device: str) -> FinetuneSection:
     ft = _section(config, "finetune")
+    return _finetune_section_from(ft, vlm, device, "finetune")
+
+
+def _finetune_section_from(
+    ft: Mapping[str, Any], vlm: VLMConfig, device: str, where: str
+) -> FinetuneSection:
     enabled = bool(ft.get("enabled", False))
     training = None
     if enabled:
-        training = finetune_config_from_dict(ft, vlm)
+        training = finetune_config_from_dict(ft, vlm, where)
         if "device" not in ft:
             training = replace(training, device=device)
     tasks = _task_list(ft.get("tasks") or vlm.tasks)
@@ -618,13 +708,107 @@ def _finetune_section(config: Mapping[str, Any], vlm: VLMConfig, device: str) ->
     )
 
 
-def _consistency_section(config: Mapping[str, Any], vlm: VLMConfig) -> ConsistencySection:
+# ------------------------------------------------------------------------------ several VLMs
+#: Keys of one ``vlms:`` item besides those of a ``vlm:`` section.
+_VLM_ENTRY_KEYS = ("name", "finetune")
+#: ``vlm:`` keys every VLM of a run shares: the same slices, windowed the same way, and answers
+#: scored the same way (one like-for-like scorer), so a ``vlms:`` item may not set them.
+SHARED_VLM_KEYS = ("slice_rule", "slices_per_case", "window", "point_radius_mm", "max_vertices",
+                   "cnn_predictions")  # fmt: skip
+
+
+def _entry_finetune(item: Mapping[str, Any], shared: Mapping[str, Any], where: str) -> dict:
+    """An item's ``finetune:`` (true / false / a mapping) over the top-level ``finetune:``."""
+    value = item.get("finetune")
+    if value is None:
+        return dict(shared)
+    if isinstance(value, bool):
+        return {**shared, "enabled": value}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"run config: {where}.finetune: use true, false or a mapping")
+    return deep_merge(shared, value)
+
+
+def _vlm_entry(item, index: int, config: Mapping[str, Any], device: str) -> VlmEntry:
+    where = f"vlms[{index}]"
+    if not isinstance(item, Mapping):
+        raise ValueError(f"run config: {where}: each VLM is a mapping, got {type(item).__name__}")
+    name = str(item.get("name") or "")
+    if not re.fullmatch(VLM_NAME_PATTERN, name):
+        raise ValueError(
+            f"run config: {where}: name {name!r}: give each VLM a short name of lower-case "
+            "letters, digits, _ and - (it becomes part of method ids and folder names)"
+        )
+    where = f"{where} ({name})"
+    if "backend" not in item or ("model" not in item and item.get("backend") != "tiny"):
+        raise ValueError(
+            f"run config: {where}: say which backend and model this VLM is in its own entry; "
+            "with 'vlms:', the top-level 'vlm:' section holds shared settings only"
+        )
+    own = {k: v for k, v in item.items() if k not in _VLM_ENTRY_KEYS}
+    shared = sorted(set(own) & set(SHARED_VLM_KEYS))
+    if shared:
+        raise ValueError(
+            f"run config: {where}: {shared} are the same for every VLM compared (the same slices, "
+            "scored the same way); set them in the shared 'vlm:' section"
+        )
+    vlm_raw = deep_merge(_section(config, "vlm"), own)
+    ft_raw = _entry_finetune(item, _section(config, "finetune"), where)
+    vlm = _vlm_section_from(vlm_raw, device, where)
+    if vlm.backend == "tiny" and ft_raw.get("enabled"):
+        # the adapter is trained on the very tiny model this entry asks (its weight seed)
+        ft_raw.setdefault("tiny_seed", vlm.seed)
+    finetune = _finetune_section_from(ft_raw, vlm.inference, device, f"{where}.finetune")
+    raw = {"vlm": vlm_raw, "finetune": ft_raw, "device": config.get("device")}
+    return VlmEntry(name, vlm, finetune, raw)
+
+
+def _vlm_entries(config: Mapping[str, Any], device: str) -> tuple[VlmEntry, ...]:
+    """The ``vlms:`` list, checked: names unique, each with its own backend and model, no
+    top-level ``vlm.backend`` / ``vlm.model`` that none of them uses, no shared
+    ``finetune.base`` (it would fine-tune one model for all of them)."""
+    items = config.get("vlms")
+    if not isinstance(items, list) or not items:
+        raise ValueError("run config: vlms: a non-empty list of VLMs, each a mapping with a name")
+    entries = tuple(_vlm_entry(item, i, config, device) for i, item in enumerate(items))
+    names = [e.name for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"run config: vlms: duplicate names {duplicates}; each VLM needs its own")
+    shared = _section(config, "vlm")
+    if "backend" in shared or "model" in shared:
+        pair = (shared.get("backend", "tiny"), shared.get("model"))
+        if pair not in {(e.vlm.backend, e.vlm.model) for e in entries}:
+            raise ValueError(
+                f"run config: vlm: backend/model {pair[0]} {pair[1] or ''} is not one of the "
+                f"VLMs in 'vlms:' ({', '.join(names)}); is it compared or not? List it in 'vlms:' "
+                "or remove it from 'vlm:'"
+            )
+    if _section(config, "finetune").get("base"):
+        raise ValueError(
+            "run config: finetune.base with 'vlms:': it would fine-tune one model for every VLM; "
+            "set finetune: {base: ...} in the entry of the VLM it belongs to"
+        )
+    return entries
+
+
+def _consistency_section(
+    config: Mapping[str, Any], vlm: VLMConfig, entries: Sequence[VlmEntry] = ()
+) -> ConsistencySection:
     cons = _section(config, "consistency")
     _refuse_unknown("consistency", cons, _CONSISTENCY_KEYS)
-    methods = _task_list(cons.get("methods") or ("vlm_base",))
+    allowed = (
+        [m for e in entries for m in (e.base_method, e.finetuned_method)]
+        if entries
+        else list(CONSISTENCY_METHODS)
+    )
+    methods = _task_list(cons.get("methods") or allowed[:1])
     for method in methods:
-        if method not in CONSISTENCY_METHODS:
-            raise ValueError(f"run config: consistency.methods: unknown method {method!r}")
+        if method not in allowed:
+            raise ValueError(
+                f"run config: consistency.methods: unknown method {method!r} "
+                f"(use {', '.join(allowed)})"
+            )
     max_cases = cons.get("max_cases")
     return ConsistencySection(
         enabled=bool(cons.get("enabled", False)),
@@ -695,7 +879,11 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
     given_device = str(raw.get("device") or "auto")  # checked after the arms, as it always was
     vlm = _vlm_section(raw, given_device)
     finetune = _finetune_section(raw, vlm.inference, given_device)
-    consistency = _consistency_section(raw, vlm.inference)
+    named = _vlm_entries(raw, given_device) if "vlms" in raw else ()
+    if named:  # the first VLM stands in wherever one VLM is asked (sensitivity, consistency)
+        vlm, finetune = named[0].vlm, named[0].finetune
+    unnamed = VlmEntry("", vlm, finetune, {k: raw.get(k) for k in ("vlm", "finetune", "device")})
+    consistency = _consistency_section(raw, vlm.inference, named)
     sensitivity = _sensitivity_section(raw, vlm.inference)
     device = _device(raw)
     return RunConfig(
@@ -712,5 +900,6 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
         sensitivity=sensitivity,
         metrics=_metrics_section(raw),
         report=_report_section(raw),
+        vlms=named or (unnamed,),
         raw=raw,
     )

@@ -50,6 +50,12 @@ from GliomaCompareLib.metrics import (
 )
 from GliomaCompareLib.metrics.classification import encode_labels
 from GliomaCompareLib.pipeline.outputs import as_float
+from GliomaCompareLib.runlayout import (
+    is_finetuned_method,
+    vlm_method,
+    vlm_methods_in,
+    vlm_name_of,
+)
 
 __all__ = [
     "DECISIONS",
@@ -74,8 +80,19 @@ FIXED_THRESHOLD = 0.5
 #: What a VLM patient's score is (the score its validation threshold is chosen on).
 VLM_GRADE_SCORES = ("vote_share", "mean_p")
 
-#: The methods compared pairwise, in this order.
-_COMPARED = ("cnn", "vlm_base", "vlm_finetuned")
+
+def _compared_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs of methods compared: the CNN against each VLM method, then each VLM's base
+    against its own fine-tuned model (VLMs in the order given; for the single VLM of a ``vlm:``
+    run: cnn - vlm_base, cnn - vlm_finetuned, vlm_base - vlm_finetuned, as always). Two
+    different VLMs are not tested against each other: the question is the CNN against each."""
+    vlms = vlm_methods_in(names)
+    pairs = [("cnn", m) for m in vlms if "cnn" in names]
+    for base in (m for m in vlms if not is_finetuned_method(m)):
+        tuned = vlm_method(vlm_name_of(base), finetuned=True)
+        if tuned in vlms:
+            pairs.append((base, tuned))
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -296,30 +313,29 @@ def comparison_rows(
     index = {(g.method, g.decision): g for g in methods}
     rows = []
     for decision in DECISIONS:
-        names = [m for m in _COMPARED if (m, decision) in index]
+        names = [m for m, d in index if d == decision]
         preds = {
             m: encode_labels([index[m, decision].grades.get(c) for c in case_ids],
                              allow_invalid=True)
             for m in names
         }  # fmt: skip
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                data = mcnemar(t, preds[a], preds[b]).to_dict()
-                acc = _difference(t, preds[a], preds[b], accuracy, n_bootstrap, seed)
-                bal = _difference(t, preds[a], preds[b], balanced_accuracy, n_bootstrap, seed)
-                rows.append(
-                    {
-                        "method_a": a, "method_b": b, "decision": decision, "n": len(case_ids),
-                        "b": data.get("b"), "c": data.get("c"),
-                        "statistic": data.get("statistic"), "p_value": data.get("p_value"),
-                        "test": data.get("method"),
-                        "accuracy_diff": acc[0], "accuracy_diff_ci_low": acc[1],
-                        "accuracy_diff_ci_high": acc[2],
-                        "balanced_accuracy_diff": bal[0], "balanced_accuracy_diff_ci_low": bal[1],
-                        "balanced_accuracy_diff_ci_high": bal[2],
-                        "n_bootstrap": n_bootstrap,
-                    }
-                )  # fmt: skip
+        for a, b in _compared_pairs(names):
+            data = mcnemar(t, preds[a], preds[b]).to_dict()
+            acc = _difference(t, preds[a], preds[b], accuracy, n_bootstrap, seed)
+            bal = _difference(t, preds[a], preds[b], balanced_accuracy, n_bootstrap, seed)
+            rows.append(
+                {
+                    "method_a": a, "method_b": b, "decision": decision, "n": len(case_ids),
+                    "b": data.get("b"), "c": data.get("c"),
+                    "statistic": data.get("statistic"), "p_value": data.get("p_value"),
+                    "test": data.get("method"),
+                    "accuracy_diff": acc[0], "accuracy_diff_ci_low": acc[1],
+                    "accuracy_diff_ci_high": acc[2],
+                    "balanced_accuracy_diff": bal[0], "balanced_accuracy_diff_ci_low": bal[1],
+                    "balanced_accuracy_diff_ci_high": bal[2],
+                    "n_bootstrap": n_bootstrap,
+                }
+            )  # fmt: skip
     return rows
 
 

@@ -150,11 +150,14 @@ class LocalisationScorer:
 
     def rows(self, n_bootstrap: int, seed: int) -> list[dict]:
         """``localisation`` rows, methods and tasks in study order, each with its ``model``."""
-        ordered = dict(sorted(self.cases.items(), key=_study_order))
+        order = {method: i for i, method in enumerate(self.models)}  # the run's VLM order
+        ordered = dict(sorted(self.cases.items(), key=lambda item: _study_order(item, order)))
         rows = localisation_rows(ordered, n_bootstrap=n_bootstrap, seed=seed)
         return [{"model": self.models.get(r["method"], ""), **r} for r in rows]
 
 
-def _study_order(item) -> tuple[int, int]:
+def _study_order(item, order: Mapping[str, int]) -> tuple[int, int]:
+    """Methods in the order they were first scored (the run's VLMs, base before fine-tuned),
+    then tasks in study order."""
     (method, task), _ = item
-    return (0 if method == "vlm_base" else 1, LOCALISATION_TASKS.index(task))
+    return (order.get(method, len(order)), LOCALISATION_TASKS.index(task))

@@ -1,6 +1,6 @@
 """What the arms wrote into a run folder, gathered over every shard for the ``metrics`` stage:
 the CNN's per-case records and label maps (trained, and the untrained baseline), and each VLM
-method's answers and per-patient rows."""
+method's answers and per-patient rows (every VLM of a ``vlms:`` run, see :func:`vlm_stage_of`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from GliomaCompareLib.data import read_image
+from GliomaCompareLib.runlayout import is_finetuned_method, vlm_name_of
 
 __all__ = [
     "VLM_STAGES",
@@ -25,12 +26,21 @@ __all__ = [
     "as_float",
     "collect_vlm",
     "read_csv",
+    "vlm_stage_of",
 ]
 
 log = logging.getLogger("gliomacompare.metrics")
 
-#: VLM method -> the stage that asks it.
+#: VLM method -> the stage that asks it (the single VLM of a ``vlm:`` run; see vlm_stage_of).
 VLM_STAGES = {"vlm_base": "vlm-base", "vlm_finetuned": "vlm-finetuned"}
+
+
+def vlm_stage_of(method: str) -> str:
+    """The stage that asks a VLM method: ``vlm-base`` / ``vlm-finetuned``, or for a VLM of a
+    ``vlms:`` run ``vlm-base-<name>`` / ``vlm-finetuned-<name>``."""
+    name = vlm_name_of(method)
+    stage = "vlm-finetuned" if is_finetuned_method(method) else "vlm-base"
+    return f"{stage}-{name}" if name else stage
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -74,7 +84,7 @@ def _model_name(identity: Mapping[str, Any], label: str) -> str:
 
 def collect_vlm(run_dir: Path, method: str, stage_dir: Path | None = None) -> MethodOutputs | None:
     """Gather a VLM stage's answers and patient rows over its shards (None when it did not run)."""
-    stage_dir = stage_dir or run_dir / "stages" / VLM_STAGES[method]
+    stage_dir = stage_dir or run_dir / "stages" / vlm_stage_of(method)
     outs = sorted(p for p in (stage_dir / "out").glob("*") if (p / "vlm.json").is_file())
     if not outs:
         return None
@@ -137,12 +147,12 @@ class CnnOutputs:
         return np.rint(label).astype(np.uint8)
 
 
-def _sensitivity_outputs(run_dir: Path) -> dict[str, MethodOutputs]:
+def _sensitivity_outputs(run_dir: Path, method: str = "vlm_base") -> dict[str, MethodOutputs]:
     """The base VLM's outputs under each other slice rule (``slice-sensitivity/<rule>/``)."""
     stage = run_dir / "stages" / "slice-sensitivity"
     out = {}
     for folder in sorted(p for p in stage.glob("*") if p.is_dir()):
-        outputs = collect_vlm(run_dir, "vlm_base", folder)
+        outputs = collect_vlm(run_dir, method, folder)
         if outputs is not None:
             out[folder.name] = outputs
     return out
@@ -160,15 +170,19 @@ class ArmOutputs:
     sensitivity: dict[str, MethodOutputs] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, run_dir: Path) -> ArmOutputs:
+    def read(cls, run_dir: Path, vlm_methods: Sequence[str] = tuple(VLM_STAGES)) -> ArmOutputs:
+        """``vlm_methods``: the run's VLM methods, in table order (the first one's base method
+        is the one the ``slice-sensitivity`` stage asked)."""
         cnn = CnnOutputs.read(run_dir, "cnn")
         ran = (run_dir / "stages" / "cnn-predict" / "done.json").exists() or bool(cnn.records)
         return cls(
             cnn=cnn,
             cnn_untrained=CnnOutputs.read(run_dir, "cnn_untrained"),
             cnn_ran=ran,
-            vlm={m: o for m in VLM_STAGES if (o := collect_vlm(run_dir, m)) is not None},
-            sensitivity=_sensitivity_outputs(run_dir),
+            vlm={m: o for m in vlm_methods if (o := collect_vlm(run_dir, m)) is not None},
+            sensitivity=_sensitivity_outputs(
+                run_dir, vlm_methods[0] if vlm_methods else "vlm_base"
+            ),
         )
 
     def cnn_sources(self) -> list[CnnOutputs]:

@@ -19,6 +19,8 @@ the runner that skips, resumes and shards them: :mod:`GliomaCompareLib.pipeline.
 - ``vlm-finetuned`` (per case): the same queries with the adapter.
 - ``consistency`` (not sharded: a case's repeats form one table): repeated identical queries
   at a set temperature.
+- With several VLMs (``vlms:``), ``vlm-base``, ``vlm-finetune`` and ``vlm-finetuned`` are made once
+  per VLM, ``vlm-base-<name>`` ... (:func:`build_stages`), in the order the config lists them.
 - ``metrics``: every table of :mod:`GliomaCompareLib.runlayout`, and ``cases/<id>/``.
 - ``report``: ``report.html``.
 """
@@ -29,7 +31,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,16 @@ from GliomaCompareLib.pipeline.stages.cnn_train import CNN_TRAIN_CLS, CNN_TRAIN_
 from GliomaCompareLib.pipeline.stages.data import DATA
 from GliomaCompareLib.pipeline.stages.metrics import METRICS
 from GliomaCompareLib.pipeline.stages.report import REPORT
-from GliomaCompareLib.pipeline.stages.sensitivity import SLICE_SENSITIVITY
+from GliomaCompareLib.pipeline.stages.sensitivity import SLICE_SENSITIVITY, sensitivity_stage
 from GliomaCompareLib.pipeline.stages.split import SPLIT
 from GliomaCompareLib.pipeline.stages.vlm_finetune import VLM_FINETUNE
-from GliomaCompareLib.pipeline.stages.vlm_infer import CONSISTENCY, VLM_BASE, VLM_FINETUNED
+from GliomaCompareLib.pipeline.stages.vlm_infer import (
+    CONSISTENCY,
+    VLM_BASE,
+    VLM_FINETUNED,
+    consistency_stage,
+    vlm_stages,
+)
 from GliomaCompareLib.runlayout import LOG_FILE, MANIFEST_FILE, REPORT_FILE
 
 __all__ = [
@@ -63,6 +71,7 @@ __all__ = [
     "finetune_config_from_dict",
     "load_cohort",
     "run_comparison",
+    "stage_names",
     "vlm_config_from_dict",
 ]
 
@@ -92,9 +101,25 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 
 def build_stages(config: RunConfig | None = None) -> list[Stage]:
-    """The stages of a comparison run, in order (every config runs the same list; a stage
-    that is off in ``config`` is skipped by its own ``enabled``)."""
-    return list(STAGES)
+    """The stages of a comparison run, in order. A ``vlm:`` config runs :data:`STAGES` (a stage
+    that is off in ``config`` is skipped by its own ``enabled``); a ``vlms:`` config runs each
+    VLM's own stages (see :func:`~.stages.vlm_infer.vlm_stages`) in place of the VLM ones."""
+    entries = config.vlm_entries() if config is not None else ()
+    if not entries or not entries[0].name:
+        return list(STAGES)
+    per_vlm = [stage for entry in entries for stage in vlm_stages(entry)]
+    answers = [s.name for s in per_vlm if not s.name.startswith("vlm-finetune-")]
+    metrics = replace(
+        METRICS, depends=("cnn-predict", *answers, "consistency", "slice-sensitivity")
+    )
+    head = [s for s in STAGES if s.name in ("data", "split") or s.name.startswith("cnn-")]
+    tail = [consistency_stage(entries), sensitivity_stage(entries[0]), metrics, REPORT]
+    return [*head, *per_vlm, *tail]
+
+
+def stage_names(config: RunConfig | None = None) -> tuple[str, ...]:
+    """The names of :func:`build_stages` (``config``'s VLMs' stages included)."""
+    return tuple(stage.name for stage in build_stages(config))
 
 
 # ------------------------------------------------------------------------------ the run
@@ -153,10 +178,10 @@ def _attach_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _stage_summaries(run_dir: Path) -> dict[str, dict]:
+def _stage_summaries(run_dir: Path, names: Sequence[str] = STAGE_NAMES) -> dict[str, dict]:
     """Each finished stage's summary and timing, read from its completion marker."""
     out = {}
-    for name in STAGE_NAMES:
+    for name in names:
         raw = read_marker(run_dir / "stages" / name / "done.json", log)
         if raw is not None:
             summary = raw.get("summary")
@@ -165,30 +190,33 @@ def _stage_summaries(run_dir: Path) -> dict[str, dict]:
     return out
 
 
-def _write_manifest(
-    run_dir: Path, config: Mapping[str, Any], config_path, device, shard: Shard
-) -> None:
-    """(Re)write ``manifest.json`` from the raw config and the finished stages' summaries."""
-    summaries = _stage_summaries(run_dir)
+def _write_manifest(run_dir: Path, config: RunConfig, config_path, device, shard: Shard) -> None:
+    """(Re)write ``manifest.json`` from the raw config and the finished stages' summaries
+    (VLM models under their method ids, adapters under ``vlm_adapter`` or
+    ``vlm_adapter-<name>``)."""
+    summaries = _stage_summaries(run_dir, stage_names(config))
     models: dict[str, Any] = {}
     for task in ("seg", "cls"):
         summary = summaries.get(f"cnn-train-{task}") or {}
         if summary.get("model_id"):
             models[f"cnn_{task}"] = {k: v for k, v in summary.items() if not k.startswith("_")}
-    for stage, key in (("vlm-base", "vlm_base"), ("vlm-finetuned", "vlm_finetuned")):
-        summary = summaries.get(stage) or {}
-        if summary.get("identity"):
-            models[key] = {
-                "model_label": summary.get("model_label"),
-                "identity": summary.get("identity"),
-                "adapter": summary.get("adapter"),
-            }
-    ft = summaries.get("vlm-finetune") or {}
-    if ft.get("adapter_dir"):
-        models["vlm_adapter"] = {k: v for k, v in ft.items() if not k.startswith("_")}
+    for entry in config.vlm_entries():
+        for stage, key in ((entry.stage("vlm-base"), entry.base_method),
+                           (entry.stage("vlm-finetuned"), entry.finetuned_method)):  # fmt: skip
+            summary = summaries.get(stage) or {}
+            if summary.get("identity"):
+                models[key] = {
+                    "model_label": summary.get("model_label"),
+                    "identity": summary.get("identity"),
+                    "adapter": summary.get("adapter"),
+                }
+        ft = summaries.get(entry.stage("vlm-finetune")) or {}
+        if ft.get("adapter_dir"):
+            key = f"vlm_adapter-{entry.name}" if entry.name else "vlm_adapter"
+            models[key] = {k: v for k, v in ft.items() if not k.startswith("_")}
     stages = {name: {"seconds": s.get("_seconds")} for name, s in summaries.items()}
     manifest = build_manifest(
-        config, config_path, device=device, models=models, stages=stages,
+        config.raw, config_path, device=device, models=models, stages=stages,
         shard=f"{shard.index}/{shard.count}",
     )  # fmt: skip
     atomic_write_json(run_dir / MANIFEST_FILE, manifest)
@@ -230,15 +258,15 @@ def run_comparison(
             show(position, total, stage, state)
             if state in ("done", "skip") or (state == "start" and stage.name == "report"):
                 # the manifest says what has run so far; the report reads it
-                _write_manifest(run_dir, raw, config_path, device, shard)
+                _write_manifest(run_dir, config, config_path, device, shard)
 
         runner = StageRunner(
             run_dir, build_stages(config), config, raw=raw, shard=shard, on_stage=on_stage,
             logger=log,
         )  # fmt: skip
-        _write_manifest(run_dir, raw, config_path, device, shard)
+        _write_manifest(run_dir, config, config_path, device, shard)
         summaries = runner.run(force=force, only=only)
-        _write_manifest(run_dir, raw, config_path, device, shard)
+        _write_manifest(run_dir, config, config_path, device, shard)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

@@ -117,6 +117,9 @@ class Stage:
         description: one line for the progress display.
         enabled: ``enabled(config) -> bool`` (the config the stages see); a disabled stage is
             skipped and marked so.
+        settings: JSON-able settings that are not a key of the raw config (one VLM of a
+            ``vlms:`` list, resolved); part of the fingerprint when given. Stages made for one item
+            of a list use it, so editing one item redoes only that item's stages.
     """
 
     name: str
@@ -126,6 +129,7 @@ class Stage:
     per_case: bool = False
     description: str = ""
     enabled: Callable[[Any], bool] | None = None
+    settings: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -269,6 +273,7 @@ class StageRunner:
         inputs = {
             "config": select_config(self.raw, stage.config_keys),
             "upstream": {d: self._fingerprints.get(d) for d in stage.depends},
+            **({"settings": stage.settings} if stage.settings is not None else {}),
         }
         return fingerprint(inputs), inputs
 

@@ -35,22 +35,42 @@ from GliomaCompareLib.report.prompts import read_prompts
 from GliomaCompareLib.report.published import Citation, Published, load_published
 from GliomaCompareLib.report.render import render_markdown
 from GliomaCompareLib.report.rundata import TINY_LABEL, RunData, is_tiny, load_run
+from GliomaCompareLib.report.summaries import run_vlm_methods
 from GliomaCompareLib.report.table import Table
 from GliomaCompareLib.report.tables import build_tables, headline
-from GliomaCompareLib.runlayout import METHOD_LABELS, METRICS_DIR, REPORT_FILE
+from GliomaCompareLib.runlayout import METRICS_DIR, REPORT_FILE, method_label, vlm_name_of
 
-__all__ = ["GALLERY_RANKINGS", "SUMMARY_MARKDOWN", "build_report", "write_markdown_tables"]
+__all__ = [
+    "GALLERY_RANKINGS",
+    "SUMMARY_MARKDOWN",
+    "build_report",
+    "gallery_rankings",
+    "write_markdown_tables",
+]
 
 log = logging.getLogger(__name__)
 
 #: The combined Markdown file (every table) beside the per-table ``metrics/<key>.md``.
 SUMMARY_MARKDOWN = "summary.md"
-#: Gallery rankings: (title, method, task, region) over ``metrics/segmentation.csv``.
+#: Gallery rankings: (title, method, task, region) over ``metrics/segmentation.csv`` (a run with
+#: several VLMs ranks by each of its VLM methods instead: :func:`gallery_rankings`).
 GALLERY_RANKINGS = (
     ("by CNN whole-tumour Dice (3D)", "cnn", "seg", "WT"),
     ("by VLM (base) box Dice (3D)", "vlm_base", "box", None),
     ("by VLM (fine-tuned) box Dice (3D)", "vlm_finetuned", "box", None),
 )
+
+
+def gallery_rankings(run: RunData) -> tuple[tuple[str, str, str, str | None], ...]:
+    """The gallery rankings of ``run``: :data:`GALLERY_RANKINGS`, or for a run that compares
+    several VLMs the CNN's and one by box Dice per VLM method of the run."""
+    vlms = run_vlm_methods(run)
+    if all(not vlm_name_of(m) for m in vlms):
+        return GALLERY_RANKINGS
+    return (
+        GALLERY_RANKINGS[0],
+        *((f"by {method_label(m)} box Dice (3D)", m, "box", None) for m in vlms),
+    )
 
 
 def _load_published(problems: list[str]) -> Published:
@@ -128,7 +148,7 @@ def write_markdown_tables(
 def _caption(gallery: CaseGallery, pick_lines: list[str], run: RunData) -> tuple[str, ...]:
     lines = [f"{gallery.case_id} — true grade {gallery.grade or 'unknown'}", *pick_lines]
     for method, p in gallery.predictions.items():
-        label = METHOD_LABELS.get(method, method)
+        label = method_label(method)
         grade = p.grade if p.grade in ("HGG", "LGG") else f"no valid grade ({p.grade})"
         prob = "" if p.p_hgg is None else f", P(HGG) {p.p_hgg:.2f}"
         tiny = f" [{TINY_LABEL}]" if is_tiny(p.model) or is_tiny(gallery.models.get(method)) else ""
@@ -137,7 +157,7 @@ def _caption(gallery: CaseGallery, pick_lines: list[str], run: RunData) -> tuple
     if dice:
         lines.append("3D Dice: " + "; ".join(dice))
     for method, tasks in gallery.answers.items():
-        label = METHOD_LABELS.get(method, method)
+        label = method_label(method)
         statuses = ", ".join(f"{t} {a.status}" for t, a in tasks.items())
         lines.append(f"{label} answers: {statuses}")
     lines.append(f"axial slice {gallery.slice_index}")
@@ -152,7 +172,7 @@ def _case_dice(run: RunData, case_id: str) -> list[str]:
         method, task, region = r.get("method"), r.get("task"), r.get("region")
         if method == "cnn" and region != "WT":
             continue
-        what = f"{METHOD_LABELS.get(method, method)} {region if method == 'cnn' else task}"
+        what = f"{method_label(method)} {region if method == 'cnn' else task}"
         out.append(f"{what} {float(r['dice']):.3f}")
     return out
 
@@ -196,7 +216,7 @@ def _gallery_sections(run: RunData, options: ReportOptions, problems: list[str])
     panels = _Panels(run, options, problems)
     seg_rows = run.rows("segmentation")
     sections = []
-    for title, method, task, region in GALLERY_RANKINGS:
+    for title, method, task, region in gallery_rankings(run):
         worst, best = select_gallery_cases(
             seg_rows, method=method, task=task, region=region, count=options.gallery_count
         )

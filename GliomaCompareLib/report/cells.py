@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from GliomaCompareLib.report.published import PublishedFigure
-from GliomaCompareLib.runlayout import METHOD_LABELS, METHODS
+from GliomaCompareLib.runlayout import METHODS, is_vlm_method, method_label, vlm_name_of
 
 __all__ = [
     "DASH",
@@ -102,7 +102,7 @@ def label(method: str | None) -> str:
     """A method's name as printed (``"3D CNN"``, ``"VLM (base)"``, ``"Majority class"``)."""
     if method is None:
         return DASH
-    return _SHORT_LABELS.get(method) or METHOD_LABELS.get(method, method)
+    return _SHORT_LABELS.get(method) or method_label(method)
 
 
 def source_cell(fig: PublishedFigure) -> str:
@@ -124,4 +124,6 @@ def models_of(rows: Iterable[Mapping[str, Any]], method: str) -> str:
 def method_order(methods: Iterable[str]) -> list[str]:
     """``methods`` in report order (the run's methods, the majority class, then the rest)."""
     order = {m: i for i, m in enumerate((*METHODS, "majority"))}
-    return sorted(methods, key=lambda m: (order.get(m, len(order)), m))
+    # the named VLMs of a several-VLM run: by name, each base before its fine-tuned model
+    named = lambda m: vlm_name_of(m) if is_vlm_method(m) else ""  # noqa: E731
+    return sorted(methods, key=lambda m: (order.get(m, len(order)), named(m), m))

@@ -36,8 +36,14 @@ from GliomaCompareLib.report.summaries import (
     centre_summaries,
     first_run_rows,
     normalised_centres,
+    run_vlm_methods,
+    vlm_rank,
 )
-from GliomaCompareLib.runlayout import METHOD_LABELS, METHODS
+from GliomaCompareLib.runlayout import (
+    METHODS,
+    is_vlm_method,
+    method_label,
+)
 
 __all__ = [
     "METHOD_COLOURS",
@@ -111,7 +117,7 @@ def _png(fig, dpi: int) -> bytes:
 
 
 def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return method_label(method)
 
 
 def method_colour(method: str) -> str:
@@ -362,7 +368,7 @@ def _order(method: str, task: str, region: str | None) -> tuple:
     """CNN regions first, then the VLM grouped by task (base beside fine-tuned), as the tables."""
     tasks = {"seg": 0, "point": 1, "box": 2, "polygon": 3}
     regions = {"WT": 0, "TC": 1, "ET": 2}
-    m = METHODS.index(method) if method in METHODS else 9
+    m = (METHODS.index(method), "", 0) if method in METHODS else (9, *vlm_rank(method)[1:])
     return (
         method != "cnn",
         tasks.get(task, 9),
@@ -405,7 +411,7 @@ def dice_figure(run: RunData, published: Published, options: ReportOptions) -> R
     for fig_ in published.figures_for("localisation"):
         marks.append(
             (
-                lambda g, t=fig_.task: g[0] in VLM_METHODS and g[1] == t,
+                lambda g, t=fig_.task: is_vlm_method(str(g[0])) and g[1] == t,
                 fig_.number,
                 f"published {fig_.task} {fig_.text}",
             )
@@ -622,7 +628,7 @@ def centre_figure(run: RunData, options: ReportOptions) -> ReportFigure:
     by_method: dict[str, list] = defaultdict(list)
     for item in items:
         by_method[item[0].get("method") or "?"].append(item)
-    methods = [m for m in (*VLM_METHODS, *sorted(by_method)) if m in by_method]
+    methods = [m for m in (*run_vlm_methods(run), *sorted(by_method)) if m in by_method]
     methods = list(dict.fromkeys(methods))
     if not methods:
         return ReportFigure(

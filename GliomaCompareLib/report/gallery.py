@@ -104,7 +104,7 @@ class CaseGallery:
         gt: bool ``(H, W)``, the whole tumour on the slice.
         cnn: bool ``(H, W)``, the CNN's whole tumour on the slice, or None (CNN not run).
         pixel_spacing: ``(mm per column, mm per row)``.
-        answers: method (``vlm_base`` / ``vlm_finetuned``) -> task (``point`` / ``box`` /
+        answers: method (``vlm_base`` / ``vlm_finetuned`` / ``vlm_base-<name>``...) -> task (``point`` / ``box`` /
             ``polygon``) -> :class:`GalleryAnswer`.
         predictions: method (``cnn`` / ``vlm_base`` / ``vlm_finetuned``) ->
             :class:`GradePrediction`.

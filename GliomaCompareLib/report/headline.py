@@ -7,6 +7,9 @@ when ``p >= alpha``. Everything comes from the run's own tables: ``comparisons.c
 and bootstrap CIs of accuracy and balanced-accuracy differences, per decision rule),
 ``classification.csv`` (each method's accuracy) and ``localisation.csv`` (like-for-like Dice:
 CNN minus VLM on the slices the VLM saw, Wilcoxon signed-rank p).
+
+A run that compares several VLMs gets one sentence per VLM method (in the run's order; no VLM is
+picked out as "the best") and a note that the p-values are not adjusted for the number of VLMs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from GliomaCompareLib.report.cells import fmt, label, num
 from GliomaCompareLib.report.rundata import RunData
 from GliomaCompareLib.report.summaries import CNN_METHODS
+from GliomaCompareLib.runlayout import is_vlm_method, vlm_name_of
 
 __all__ = ["RULES", "Difference", "Headline", "build_headline"]
 
@@ -189,4 +193,20 @@ def build_headline(run: RunData, alpha: float = 0.05) -> Headline:
     """
     grading, grading_diffs = _grading(run, alpha)
     localisation, localisation_diffs = _localisation(run, alpha)
+    grading += _multiplicity_note([*grading_diffs, *localisation_diffs], alpha)
     return Headline(tuple(grading), tuple(localisation), (*grading_diffs, *localisation_diffs))
+
+
+def _multiplicity_note(diffs: Sequence[Difference], alpha: float) -> list[str]:
+    """With several VLMs compared to the CNN, one sentence saying so: each is compared on its
+    own, none chosen as the best, and the p-values are not adjusted for the number of VLMs."""
+    names = list(
+        dict.fromkeys(vlm_name_of(d.vlm) if is_vlm_method(d.vlm) else d.vlm for d in diffs)
+    )
+    if len(names) < 2:
+        return []
+    return [
+        f"{len(names)} VLMs are each compared with the CNN above, one sentence per VLM (none is "
+        f"picked out as the best); the p-values are not adjusted for these {len(names)} "
+        f"comparisons (Bonferroni: compare each with {alpha / len(names):.3g} instead of {alpha:g})."
+    ]

@@ -20,6 +20,13 @@ from GliomaCompareLib.metrics import centre_collapse
 from GliomaCompareLib.report.cells import label, models_of, num
 from GliomaCompareLib.report.options import ReportOptions
 from GliomaCompareLib.report.rundata import RunData
+from GliomaCompareLib.runlayout import (
+    is_finetuned_method,
+    is_vlm_method,
+    vlm_method,
+    vlm_methods_in,
+    vlm_name_of,
+)
 from GliomaCompareLib.vlm.parsing import PARSE_STATUSES
 
 __all__ = [
@@ -34,13 +41,17 @@ __all__ = [
     "centre_summaries",
     "first_run_rows",
     "normalised_centres",
+    "run_vlm_methods",
     "summarise_localisation",
     "summarise_segmentation",
+    "vlm_rank",
 ]
 
 #: Answer-format statuses in display order (the parser's own list); any other status found in a
 #: run is shown after them.
 ANSWER_STATUSES = PARSE_STATUSES
+#: The VLM methods of a run with one ``vlm:`` section; a ``vlms:`` run has its own list
+#: (:func:`run_vlm_methods`).
 VLM_METHODS = ("vlm_base", "vlm_finetuned")
 #: the CNN and its untrained baseline (same network, random initialisation), shown together
 CNN_METHODS = ("cnn", "cnn_untrained")
@@ -223,8 +234,8 @@ def centre_summaries(run: RunData, options: ReportOptions) -> list[CentreSummary
                 collapse_reason=collapse.reason,
             )
         )
-    order = {(m, t): i for i, (m, t) in enumerate((m, t) for m in VLM_METHODS for t in VLM_TASKS)}
-    return sorted(out, key=lambda s: (order.get((s.method, s.task), 99), s.method, s.task))
+    tasks = {t: i for i, t in enumerate(VLM_TASKS)}
+    return sorted(out, key=lambda s: (vlm_rank(s.method), tasks.get(s.task, 9), s.task))
 
 
 def centre_sentence(s: CentreSummary, options: ReportOptions) -> str:
@@ -243,3 +254,45 @@ def centre_sentence(s: CentreSummary, options: ReportOptions) -> str:
     if s.collapse == "collapsed":
         return text + f"; but the predictions have collapsed ({s.collapse_reason})."
     return text + "."
+
+
+# ------------------------------------------------------------------------------ the run's VLMs
+def vlm_rank(method: str) -> tuple:
+    """Sort key of VLM methods: ``vlm_base``, ``vlm_finetuned``, then named VLMs by name, each
+    base before its fine-tuned model; anything else last."""
+    if method in VLM_METHODS:
+        return (0, VLM_METHODS.index(method), "")
+    if is_vlm_method(method):
+        return (1, vlm_name_of(method), int(is_finetuned_method(method)))
+    return (2, str(method), 0)
+
+
+def _listed_vlm_methods(config: Mapping[str, Any]) -> list[str]:
+    """The method ids of a manifest config's ``vlms:`` list, in its order (a fine-tuned one
+    when the item, or else the top-level ``finetune:``, turns fine-tuning on)."""
+    items = config.get("vlms")
+    if not isinstance(items, list):
+        return []
+    shared = config.get("finetune") if isinstance(config.get("finetune"), Mapping) else {}
+    out = []
+    for item in items:
+        if not isinstance(item, Mapping) or not item.get("name"):
+            continue
+        tune = item.get("finetune", shared.get("enabled", False))
+        if isinstance(tune, Mapping):
+            tune = tune.get("enabled", shared.get("enabled", False))
+        name = str(item["name"])
+        out += [vlm_method(name)] + ([vlm_method(name, finetuned=True)] if tune else [])
+    return out
+
+
+def run_vlm_methods(run: RunData) -> tuple[str, ...]:
+    """The VLM methods a run compares, in the order its config lists them: a ``vlms:`` run's
+    (from the manifest's config, and any found in its tables), else ``vlm_base`` and
+    ``vlm_finetuned`` (and any other VLM method its tables hold). Tables and figures list one row
+    per method of this list, "not run" where it has none."""
+    seen = vlm_methods_in(run.model_labels())
+    listed = _listed_vlm_methods(run.config)
+    if listed or any(vlm_name_of(m) for m in seen):
+        return tuple(vlm_methods_in([*listed, *sorted(seen, key=vlm_rank)]))
+    return tuple(vlm_methods_in([*VLM_METHODS, *seen]))

@@ -63,8 +63,10 @@ from GliomaCompareLib.report.summaries import (
     centre_summaries,
     first_run_rows,
     normalised_centres,
+    run_vlm_methods,
     summarise_localisation,
     summarise_segmentation,
+    vlm_rank,
 )
 from GliomaCompareLib.report.table import (
     Column,
@@ -76,7 +78,14 @@ from GliomaCompareLib.report.table import (
     missing_table,
     unavailable_table,
 )
-from GliomaCompareLib.runlayout import METHODS
+from GliomaCompareLib.runlayout import (
+    METHODS,
+    is_finetuned_method,
+    is_vlm_method,
+    vlm_method,
+    vlm_methods_in,
+    vlm_name_of,
+)
 
 __all__ = [
     "ANSWER_STATUS",
@@ -220,7 +229,7 @@ def _decision_cell(row: Mapping[str, Any]) -> str:
     decision, threshold = row.get("decision"), num(row.get("threshold"))
     if decision is None:
         return DASH
-    if decision == "fixed" and row.get("method") in VLM_METHODS:
+    if decision == "fixed" and is_vlm_method(str(row.get("method"))):
         ties = num(row.get("n_ties"))
         return "fixed: majority vote" + (f" ({int(ties)} tied)" if ties else "")
     score = _SCORES.get(row.get("threshold_on") or "p_hgg", row.get("threshold_on"))
@@ -308,7 +317,7 @@ def classification_table(run: RunData, published: Published, options: ReportOpti
     for row in rows_in:
         by_method[row.get("method") or "?"].append(row)
     # this run's methods, each followed by the study's figures for it
-    lines, used = _classification_method_lines(by_method, published)
+    lines, used = _classification_method_lines(by_method, published, _run_methods(run))
     # the majority-class baseline: this run's, then the derived BraTS 2020 figure
     lines += _majority_lines(by_method.get("majority", []), rows_in)
     figures = published.figures_for("classification", "majority")
@@ -366,19 +375,34 @@ def _beats_majority(row: Mapping[str, Any], alpha: float) -> bool:
     return p is not None and p < alpha and b > c
 
 
-def _classification_order(by_method: Mapping[str, Any]) -> list[str]:
+def _run_methods(run: RunData) -> tuple[str, ...]:
+    """The methods a run compares: the CNN and each of its VLM methods (:data:`METHODS` for a
+    run with one ``vlm:`` section; see :func:`~.summaries.run_vlm_methods`)."""
+    return ("cnn", *run_vlm_methods(run))
+
+
+def _method_rank(method: str | None) -> tuple:
+    """Sort key of methods: :data:`METHODS` in order, then named VLMs (by name, base first)."""
+    if method in METHODS:
+        return (METHODS.index(method), "", 0)
+    return (len(METHODS), *vlm_rank(str(method))[1:])
+
+
+def _classification_order(
+    by_method: Mapping[str, Any], expected: Sequence[str] = METHODS
+) -> list[str]:
     """The run's methods first (even those without rows), then any other method but majority."""
-    return [*METHODS, *[m for m in by_method if m not in (*METHODS, "majority")]]
+    return [*expected, *[m for m in by_method if m not in (*expected, "majority")]]
 
 
 def _classification_method_lines(
-    by_method: Mapping[str, list[dict]], published: Published
+    by_method: Mapping[str, list[dict]], published: Published, expected: Sequence[str] = METHODS
 ) -> tuple[list[Line], list[PublishedFigure]]:
     lines: list[Line] = []
     used: list[PublishedFigure] = []
-    for method in _classification_order(by_method):
+    for method in _classification_order(by_method, expected):
         lines += [Line(row=row) for row in by_method.get(method, [])]
-        if method in METHODS and not by_method.get(method):
+        if method in expected and not by_method.get(method):
             lines.append(_not_run(method))
         figures = published.figures_for("classification", method)
         used += figures
@@ -560,12 +584,11 @@ SEGMENTATION = TableSpec(
 
 
 def _group_order(method: str | None, task: str | None, region: str | None) -> tuple:
-    m = {k: i for i, k in enumerate(METHODS)}
     t = {"seg": 0, "point": 1, "box": 2, "polygon": 3}
     r = {k: i for i, k in enumerate(CNN_REGIONS)}
     if method in CNN_METHODS:
         return (0, t.get(task, 9), CNN_METHODS.index(method), r.get(region, 9), region or "")
-    return (1, t.get(task, 9), m.get(method, 9), r.get(region, 9), region or "")
+    return (1, t.get(task, 9), _method_rank(method), r.get(region, 9), region or "")
 
 
 def _task_figures(
@@ -577,7 +600,12 @@ def _task_figures(
 
 
 def _dice_lines(
-    summary: Sequence[Mapping[str, Any]], published: Published, *, table: str, include_cnn: bool
+    summary: Sequence[Mapping[str, Any]],
+    published: Published,
+    *,
+    table: str,
+    include_cnn: bool,
+    vlms: Sequence[str] = VLM_METHODS,
 ) -> tuple[list[Line], list[PublishedFigure]]:
     """Our rows in study order, "not run" lines for missing groups, published lines beside."""
     have = {(r.get("method"), r.get("task")) for r in summary}
@@ -594,7 +622,7 @@ def _dice_lines(
         lines += _published_lines(figures, published)
     for task in VLM_TASKS:
         figures = []
-        for method in VLM_METHODS:
+        for method in vlms:
             lines += [Line(row=r) for r in ordered if r["method"] == method and r["task"] == task]
             if (method, task) not in have:
                 lines.append(_not_run(method, task))
@@ -606,7 +634,7 @@ def _dice_lines(
         Line(row=r)
         for r in ordered
         if not (r["method"] in CNN_METHODS and include_cnn)
-        and not (r["method"] in VLM_METHODS and r["task"] in VLM_TASKS)
+        and not (r["method"] in vlms and r["task"] in VLM_TASKS)
     ]
     return lines, used
 
@@ -617,7 +645,8 @@ def segmentation_table(run: RunData, published: Published, options: ReportOption
     if missing is not None:
         return missing
     summary, where = _segmentation_summary(run)
-    lines, used = _dice_lines(summary, published, table="segmentation", include_cnn=True)
+    lines, used = _dice_lines(summary, published, table="segmentation", include_cnn=True,
+                              vlms=run_vlm_methods(run))  # fmt: skip
     # the study's VLM Dice (variant and scoring level not recorded) also beside our 3D VLM rows
     used += _insert_localisation_figures(lines, published)
     notes = [
@@ -857,7 +886,8 @@ def sensitivity_table(run: RunData, published: Published, options: ReportOptions
     if missing is not None:
         return missing
     rows_in = list(run.rows("slice_sensitivity"))
-    produced, tiny = _produced_by(run, ["vlm_base"] if rows_in else [])
+    # the stage asks the first VLM's base model
+    produced, tiny = _produced_by(run, run_vlm_methods(run)[:1] if rows_in else [])
     notes = [
         "A label-free rule can pick slices without tumour: they are left out of the per-slice "
         "Dice and counted; the grade is voted over every asked slice."
@@ -919,7 +949,8 @@ def localisation_table(run: RunData, published: Published, options: ReportOption
         return missing
     rows_in = first_run_rows(run.rows("slices"))
     summary = summarise_localisation(rows_in)
-    lines, used = _dice_lines(summary, published, table="localisation", include_cnn=False)
+    lines, used = _dice_lines(summary, published, table="localisation", include_cnn=False,
+                              vlms=run_vlm_methods(run))  # fmt: skip
     notes = [
         "Summaries (counts, means, medians) computed by the report from metrics/slices.csv, "
         "first run of each query only. A point is scored by whether it falls inside the tumour "
@@ -1029,8 +1060,7 @@ def _status_groups(rows_in: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
         counts[group][row.get("status") or "?"] = num(row.get("count")) or 0.0
         models.setdefault(group, row.get("model") or DASH)
     task_order = {"grade": 0, **{t: i + 1 for i, t in enumerate(VLM_TASKS)}}
-    order = {m: i for i, m in enumerate(METHODS)}
-    groups = sorted(counts, key=lambda g: (order.get(g[0], 9), task_order.get(g[1], 9), str(g)))
+    groups = sorted(counts, key=lambda g: (_method_rank(g[0]), task_order.get(g[1], 9), str(g)))
     return [
         {
             "method": method,
@@ -1058,7 +1088,7 @@ def answer_status_table(run: RunData, published: Published, options: ReportOptio
     lines = [Line(row=g) for g in groups]
     lines += [
         _not_run_answers(method)
-        for method in VLM_METHODS
+        for method in run_vlm_methods(run)
         if not any(g["method"] == method for g in groups)
     ]
     notes = [*_usable_rate_notes(groups), *_abstract_findings(published, "answer_status")]
@@ -1076,12 +1106,18 @@ def _usable_rate_notes(groups: Sequence[Mapping[str, Any]]) -> list[str]:
         (g["method"], g["task"]): g["usable"] / g["total"] if g["total"] else None for g in groups
     }
     notes = []
-    for task in ("grade", *VLM_TASKS):
-        base, tuned = rate.get(("vlm_base", task)), rate.get(("vlm_finetuned", task))
-        if base is not None and tuned is not None:
+    bases = [m for m in vlm_methods_in(g["method"] for g in groups) if not is_finetuned_method(m)]
+    for method in bases:  # each VLM's base against its own fine-tuned model
+        name = vlm_name_of(method)
+        whose = f" of VLM {name}" if name else ""
+        for task in ("grade", *VLM_TASKS):
+            base = rate.get((method, task))
+            tuned = rate.get((vlm_method(name, finetuned=True), task))
+            if base is None or tuned is None:
+                continue
             change = "raised" if tuned > base else "lowered" if tuned < base else "did not change"
             notes.append(
-                f"{task}: fine-tuning {change} the usable-answer rate "
+                f"{task}: fine-tuning {change} the usable-answer rate{whose} "
                 f"({100 * base:.1f}% base, {100 * tuned:.1f}% fine-tuned)."
             )
     return notes
@@ -1198,7 +1234,7 @@ def _grading_sentences(run: RunData, published: Published, alpha: float = 0.05) 
         parts = [
             f"{label(r.get('method'))} {fmt(r.get('accuracy'))} "
             f"(specificity {fmt(r.get('specificity'))})"
-            for m in METHODS
+            for m in _run_methods(run)
             for r in rows
             if r.get("method") == m and r.get("decision") == decision
         ]
@@ -1278,7 +1314,7 @@ def _dice_sentences(run: RunData, published: Published) -> list[str]:
             seg, key=lambda r: _group_order(r.get("method"), r.get("task"), r.get("region"))
         )
         if (r.get("method") in CNN_METHODS and r.get("region") == "WT")
-        or (r.get("method") in VLM_METHODS and r.get("task") in ("box", "polygon"))
+        or (is_vlm_method(str(r.get("method"))) and r.get("task") in ("box", "polygon"))
     ]
     if not dice:
         return []

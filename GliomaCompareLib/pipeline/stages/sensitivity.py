@@ -1,7 +1,8 @@
 """``slice-sensitivity`` (per case, shardable): the base VLM asked again on the test patients'
 slices under other slice rules (``sensitivity.slice_rules``, e.g. ``cnn`` and ``brain``), each into
 ``<rule>/``, so the report can show how much the study's own choice (oracle slices known to show
-tumour, with a prompt that says so) shapes the VLM's figures."""
+tumour, with a prompt that says so) shapes the VLM's figures. With several VLMs (``vlms:``) it asks
+the first one listed (:func:`sensitivity_stage`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from dataclasses import replace
 
 from GliomaCompareLib.data import SliceRule
 from GliomaCompareLib.pipeline.cohort import usable_test_ids
-from GliomaCompareLib.pipeline.config import RunConfig
+from GliomaCompareLib.pipeline.config import RunConfig, VlmEntry
 from GliomaCompareLib.pipeline.runner import Stage, StageContext
 from GliomaCompareLib.pipeline.stages.vlm_infer import run_vlm_queries
 from GliomaCompareLib.vlm import VLMConfig
 
-__all__ = ["SLICE_SENSITIVITY", "sensitivity_config"]
+__all__ = ["SLICE_SENSITIVITY", "sensitivity_config", "sensitivity_stage"]
 
 
 def sensitivity_config(config: RunConfig, mode: str) -> VLMConfig:
@@ -66,3 +67,16 @@ SLICE_SENSITIVITY = Stage(
     description="the base VLM under other slice rules",
     enabled=sensitivity_enabled,
 )
+
+
+def sensitivity_stage(first: VlmEntry) -> Stage:
+    """:data:`SLICE_SENSITIVITY`, or for a ``vlms:`` config the same stage on its first VLM."""
+    if not first.name:
+        return SLICE_SENSITIVITY
+    return replace(
+        SLICE_SENSITIVITY,
+        depends=("cnn-predict", first.stage("vlm-base")),
+        config_keys=("sensitivity",),
+        description=f"VLM {first.name} (base) under other slice rules",
+        settings={"vlm": first.raw.get("vlm")},
+    )

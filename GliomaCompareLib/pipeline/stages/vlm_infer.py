@@ -9,6 +9,10 @@
   repeated identical queries on a seeded, grade-stratified sample of the test patients
   (``sample.json``), at the sampling temperature and at the decoding the comparison evaluated.
 
+With several VLMs (``vlms:`` in the run config), each VLM has its own ``vlm-base-<name>`` and
+``vlm-finetuned-<name>`` stages (:func:`vlm_stages`), hence its own answer cache; ``consistency``
+repeats the methods ``consistency.methods`` names, whichever VLM they belong to.
+
 The ``cnn`` slice rule asks about the slices where the CNN's own label maps (``cnn-predict``)
 show the most tumour; those label maps also give label-free slices to unlabelled patients.
 """
@@ -18,18 +22,32 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 
 from tqdm.auto import tqdm
 
 from GliomaCompareLib.data.sampling import stratified_sample
 from GliomaCompareLib.fileio import atomic_write_json
 from GliomaCompareLib.pipeline.cohort import load_cohort, load_splits, usable_test_ids
-from GliomaCompareLib.pipeline.config import RunConfig
+from GliomaCompareLib.pipeline.config import RunConfig, VlmEntry, VlmSection
 from GliomaCompareLib.pipeline.runner import Stage, StageContext
-from GliomaCompareLib.pipeline.stages.vlm_finetune import adapter_dir, finetune_enabled
+from GliomaCompareLib.pipeline.stages.vlm_finetune import (
+    adapter_dir,
+    finetune_enabled,
+    finetune_stage,
+    vlm_entry,
+)
+from GliomaCompareLib.runlayout import is_finetuned_method
 from GliomaCompareLib.vlm import DecodingConfig, VLMBackend, VLMConfig, make_backend, run_vlm
 
-__all__ = ["CONSISTENCY", "VLM_BASE", "VLM_FINETUNED", "run_vlm_queries"]
+__all__ = [
+    "CONSISTENCY",
+    "VLM_BASE",
+    "VLM_FINETUNED",
+    "consistency_stage",
+    "run_vlm_queries",
+    "vlm_stages",
+]
 
 
 class _VlmProgress:
@@ -51,8 +69,7 @@ class _VlmProgress:
         self.bar.close()
 
 
-def _backend(config: RunConfig, adapter: str | None = None) -> VLMBackend:
-    vlm = config.vlm
+def _backend(vlm: VlmSection, adapter: str | None = None) -> VLMBackend:
     options = {
         key: value
         for key, value in (
@@ -91,8 +108,11 @@ def run_vlm_queries(
     adapter: str | None,
     case_ids,
     folder: str = "out",
+    vlm: VlmSection | None = None,
 ) -> dict:
-    backend = _backend(ctx.config, adapter)
+    """Ask ``config``'s queries of ``case_ids`` into ``ctx.shard_dir(folder)`` (answer cache in
+    ``ctx.dir/cache``) with the backend of ``vlm`` (default: the run's first VLM)."""
+    backend = _backend(vlm or ctx.config.vlm, adapter)
     config = replace(_with_predictions(ctx, config), cache_dir=str(ctx.dir / "cache"))
     bar = _VlmProgress(name)
     try:
@@ -129,7 +149,12 @@ def usable_val_ids(ctx: StageContext) -> list[str]:
 
 
 def _with_val_grades(
-    ctx: StageContext, name: str, config: VLMConfig, adapter: str | None, summary: dict
+    ctx: StageContext,
+    name: str,
+    config: VLMConfig,
+    adapter: str | None,
+    summary: dict,
+    vlm: VlmSection | None = None,
 ) -> dict:
     """Ask the grade task on this stage's share of the validation patients (``out_val/``) and
     add what it cost to the stage summary (``summary["val"]``)."""
@@ -141,7 +166,7 @@ def _with_val_grades(
         return summary
     start = time.perf_counter()
     val = run_vlm_queries(ctx, f"{name} (val)", replace(config, tasks=("grade",)), adapter, cases,
-                   folder="out_val")  # fmt: skip
+                          folder="out_val", vlm=vlm)  # fmt: skip
     summary["val"] = {
         "cases": len(cases),
         "queries": val["queries"],
@@ -153,20 +178,22 @@ def _with_val_grades(
 
 
 # ------------------------------------------------------------------------------ vlm-base
-def run_vlm_base(ctx: StageContext) -> dict:
+def run_vlm_base(ctx: StageContext, name: str = "") -> dict:
+    entry = vlm_entry(ctx.config, name)
     cases = ctx.cases(usable_test_ids(ctx.run_dir))
-    config = ctx.config.vlm.inference
-    summary = run_vlm_queries(ctx, "vlm-base", config, None, cases)
-    return _with_val_grades(ctx, "vlm-base", config, None, summary)
+    config, adapter, stage = entry.vlm.inference, entry.vlm.adapter, entry.stage("vlm-base")
+    summary = run_vlm_queries(ctx, stage, config, adapter, cases, vlm=entry.vlm)
+    return _with_val_grades(ctx, stage, config, adapter, summary, entry.vlm)
 
 
 # ------------------------------------------------------------------------------ vlm-finetuned
-def run_vlm_finetuned(ctx: StageContext) -> dict:
-    config = replace(ctx.config.vlm.inference, tasks=ctx.config.finetune.tasks)
+def run_vlm_finetuned(ctx: StageContext, name: str = "") -> dict:
+    entry = vlm_entry(ctx.config, name)
+    config = replace(entry.vlm.inference, tasks=entry.finetune.tasks)
     cases = ctx.cases(usable_test_ids(ctx.run_dir))
-    adapter = str(adapter_dir(ctx))
-    summary = run_vlm_queries(ctx, "vlm-finetuned", config, adapter, cases)
-    return _with_val_grades(ctx, "vlm-finetuned", config, adapter, summary)
+    adapter, stage = str(adapter_dir(ctx, entry)), entry.stage("vlm-finetuned")
+    summary = run_vlm_queries(ctx, stage, config, adapter, cases, vlm=entry.vlm)
+    return _with_val_grades(ctx, stage, config, adapter, summary, entry.vlm)
 
 
 # ------------------------------------------------------------------------------ consistency
@@ -174,9 +201,9 @@ def consistency_enabled(config: RunConfig) -> bool:
     return config.consistency.enabled
 
 
-def _repeat_config(config: RunConfig) -> VLMConfig:
+def _repeat_config(config: RunConfig, entry: VlmEntry) -> VLMConfig:
     """The VLM config of the repeats: the consistency tasks, runs and temperature."""
-    base, cons = config.vlm.inference, config.consistency
+    base, cons = entry.vlm.inference, config.consistency
     decoding = DecodingConfig.from_temperature(
         cons.temperature,
         top_p=base.decoding.top_p,
@@ -209,13 +236,13 @@ def consistency_sample(ctx: StageContext) -> list[str]:
     return chosen
 
 
-def _decodings(config: RunConfig) -> dict[str, VLMConfig]:
+def _decodings(config: RunConfig, entry: VlmEntry) -> dict[str, VLMConfig]:
     """The repeats' configs: at the sampling temperature, and at the decoding the comparison
     evaluated (when it differs), under ``<method>/`` and ``<method>/evaluated/``."""
-    repeat = _repeat_config(config)
+    repeat = _repeat_config(config, entry)
     out = {"": repeat}
-    if config.vlm.inference.decoding != repeat.decoding:
-        out["evaluated"] = replace(repeat, decoding=config.vlm.inference.decoding)
+    if entry.vlm.inference.decoding != repeat.decoding:
+        out["evaluated"] = replace(repeat, decoding=entry.vlm.inference.decoding)
     return out
 
 
@@ -224,17 +251,18 @@ def run_consistency(ctx: StageContext) -> dict:
     cases = ctx.cases(consistency_sample(ctx))
     out = {}
     for method in config.consistency.methods:
-        if method == "vlm_finetuned" and not config.finetune.enabled:
+        entry, tuned = config.vlm_entry(method), is_finetuned_method(method)
+        if tuned and not entry.finetune.enabled:
             continue
-        adapter = str(adapter_dir(ctx)) if method == "vlm_finetuned" else None
-        for where, repeat in _decodings(config).items():
-            if method == "vlm_finetuned":
-                tasks = tuple(t for t in repeat.tasks if t in config.finetune.tasks)
+        adapter = str(adapter_dir(ctx, entry)) if tuned else entry.vlm.adapter
+        for where, repeat in _decodings(config, entry).items():
+            if tuned:
+                tasks = tuple(t for t in repeat.tasks if t in entry.finetune.tasks)
                 repeat = replace(repeat, tasks=tasks)
             sub = replace(ctx, dir=ctx.dir / method / where if where else ctx.dir / method)
             name = f"consistency {method}" + (f" ({where} decoding)" if where else "")
             out[method + (f"_{where}" if where else "")] = run_vlm_queries(
-                sub, name, repeat, adapter, cases
+                sub, name, repeat, adapter, cases, vlm=entry.vlm
             )
     return out
 
@@ -265,3 +293,48 @@ CONSISTENCY = Stage(
     description="repeated identical queries",
     enabled=consistency_enabled,
 )
+
+
+# ------------------------------------------------------------------------------ several VLMs
+def vlm_stages(entry: VlmEntry) -> list[Stage]:
+    """One VLM's stages: base queries, fine-tuning, fine-tuned queries. The unnamed VLM of a
+    ``vlm:`` config keeps :data:`VLM_BASE`, ``vlm-finetune`` and :data:`VLM_FINETUNED`; a
+    ``vlms:`` entry gets ``vlm-base-<name>`` ..., each fingerprinted by that VLM's resolved
+    settings (its entry over the shared ``vlm:`` / ``finetune:``), so editing one VLM's entry
+    leaves the others' stages done."""
+    if not entry.name:
+        return [VLM_BASE, finetune_stage(entry), VLM_FINETUNED]
+    vlm, ft = entry.raw.get("vlm"), entry.raw.get("finetune")
+    tuning = finetune_stage(entry)
+    base = replace(
+        VLM_BASE,
+        name=entry.stage("vlm-base"),
+        run=partial(run_vlm_base, name=entry.name),
+        config_keys=(),
+        description=f"VLM {entry.name} on the test slices",
+        settings={"vlm": vlm},
+    )
+    tuned = replace(
+        VLM_FINETUNED,
+        name=entry.stage("vlm-finetuned"),
+        run=partial(run_vlm_finetuned, name=entry.name),
+        depends=(tuning.name,),
+        config_keys=(),
+        description=f"fine-tuned VLM {entry.name} on the test slices",
+        enabled=tuning.enabled,
+        settings={"vlm": vlm, "finetune": ft},
+    )
+    return [base, tuning, tuned]
+
+
+def consistency_stage(entries: tuple[VlmEntry, ...]) -> Stage:
+    """The ``consistency`` stage: :data:`CONSISTENCY` for a ``vlm:`` config, else one that
+    waits for every VLM's base and fine-tuning stages and is fingerprinted by their settings."""
+    if not entries or not entries[0].name:
+        return CONSISTENCY
+    return replace(
+        CONSISTENCY,
+        depends=tuple(e.stage(k) for e in entries for k in ("vlm-base", "vlm-finetune")),
+        config_keys=("consistency",),
+        settings={e.name: dict(e.raw) for e in entries},
+    )
