@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from GliomaCompareLib.argtypes import (
@@ -308,7 +309,13 @@ def test_slices_do_not_mix_with_a_rule(extra, message, tmp_path, capsys):
 def test_given_rule_without_slices_is_refused():
     with pytest.raises(ValueError, match="name them with --slices CASE:K"):
         VLMConfig(slice_rule=SliceRule(mode="given"))
-    assert VLMConfig(slices={"P": [2]}).slices == (("P", (2,)),)  # a mapping is taken too
+    # a mapping is taken too (numpy indices included); anything but whole numbers >= 0 is not
+    assert VLMConfig(slices={"P": [np.int64(2)]}).slices == (("P", (2,)),)
+    for bad in (["2"], [1.5], [-1], [True]):
+        with pytest.raises(ValueError, match="of P is not a whole number >= 0"):
+            VLMConfig(slices={"P": bad})
+    with pytest.raises(ValueError, match="no slice index for P"):
+        VLMConfig(slices={"P": []})
 
 
 def _unlabelled(factory, dest: Path) -> Path:

@@ -2,11 +2,11 @@
 
 :func:`run_vlm` is the Python API (the ``gliomacompare vlm`` command and the comparison run call
 it). For each case of the cohort (every usable case, or the ``config.split`` part of a splits
-file, or the cases of ``config.slices``) it renders the slices chosen by the data layer's
-:class:`~GliomaCompareLib.data.SliceRule`, or the slices the user chose (``config.slices``: the
-rule ``given``) (FLAIR, radiological view), asks the backend every task on every slice ``runs`` times, parses
-each answer with :func:`~GliomaCompareLib.vlm.parsing.parse_answer`, maps the geometry back to
-voxel and RAS coordinates, scores it against the whole tumour (WT) on that slice, and per
+file) it renders the slices chosen by the data layer's :class:`~GliomaCompareLib.data.SliceRule`
+(or, with ``config.slices``, exactly the slices a user chose of exactly those cases: the rule
+``given``) (FLAIR, radiological view), asks the backend every task on every slice ``runs`` times,
+parses each answer with :func:`~GliomaCompareLib.vlm.parsing.parse_answer`, maps the geometry
+back to voxel and RAS coordinates, scores it against the whole tumour (WT) on that slice, and per
 patient votes the grade and stacks the slice masks into a 3D mask scored against WT in 3D with
 the evaluation core, so the VLM's Dice is comparable with the CNN's.
 
@@ -35,6 +35,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -134,7 +135,11 @@ def _normalise_slices(slices) -> tuple[tuple[str, tuple[int, ...]], ...]:
         indices = tuple(indices)
         if not indices:
             raise ValueError(f"--slices: no slice index for {case_id}")
-        bad = [k for k in indices if isinstance(k, bool) or int(k) != k or int(k) < 0]
+        bad = [
+            k
+            for k in indices
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0
+        ]
         if bad:
             raise ValueError(
                 f"--slices: slice index {bad[0]!r} of {case_id} is not a whole number >= 0"
@@ -371,7 +376,9 @@ class VLMConfig:
         if not self.slices:
             return to_cli_args(self)
         # --slices stands for the rule 'given' too; its items are separate arguments
-        by_rule = replace(self, slices=(), slice_rule=replace(self.slice_rule, mode="tumour_area"))
+        by_rule = replace(
+            self, slices=(), slice_rule=replace(self.slice_rule, mode=SliceRule().mode)
+        )
         items = [f"{case_id}:{','.join(map(str, ks))}" for case_id, ks in self.slices]
         return [*to_cli_args(by_rule), "--slices", *items]
 
