@@ -8,7 +8,11 @@ import pytest
 from GliomaCompareLib.data import Case, SliceGeometry, SliceRule, WindowSpec, case_slices
 from GliomaCompareLib.data.conventions import load_convention
 from GliomaCompareLib.data.slices import (
+    LABEL_FREE_MODES,
+    SLICE_MODES,
+    check_slice_indices,
     label_free_rule,
+    parse_slice_list,
     render_slice,
     select_slices,
     window_volume,
@@ -223,3 +227,77 @@ def test_rules_say_whether_they_use_the_reference():
     assert label_free_rule(SliceRule(mode="brain"), True) == SliceRule(mode="brain")
     with pytest.raises(ValueError, match="use tumour_area, largest, brain, cnn"):
         SliceRule(mode="random")
+
+
+# --------------------------------------------------------------- slices chosen by the user
+def test_given_slices_are_asked_as_they_are_on_an_unlabelled_case():
+    labelled, unlabelled = _case_pair()
+    rule = SliceRule(mode="given")
+    slices = case_slices(unlabelled, rule, indices=[8, 0, 8])  # out of order, repeated
+    assert [s.index for s in slices] == [0, 8]
+    assert all(s.meta["rule"]["mode"] == "given" and "fallback" not in s.meta for s in slices)
+    assert all(s.region_mask is None for s in slices)
+    np.testing.assert_array_equal(
+        slices[1].geometry.extract(unlabelled.flair), unlabelled.flair[:, :, 8].T[::-1, ::-1]
+    )
+    # on a labelled case the reference still scores the user's slice; it does not choose it
+    scored = case_slices(labelled, rule, indices=[1])
+    assert [s.index for s in scored] == [1] and scored[0].area_mm2 == 0.0
+    assert scored[0].meta["rule"]["mode"] == "given"
+
+
+def test_given_slices_outside_the_case_or_without_the_rule_are_refused():
+    labelled, unlabelled = _case_pair()
+    with pytest.raises(
+        ValueError, match=r"Y: slice 9 is not an axial slice of the case \(0\.\.8\)"
+    ):
+        case_slices(unlabelled, SliceRule(mode="given"), indices=[3, 9])
+    with pytest.raises(ValueError, match="Y: slice rule 'given' needs the slices the user chose"):
+        case_slices(unlabelled, SliceRule(mode="given"))
+    with pytest.raises(ValueError, match="X: slice indices are the user's slices"):
+        case_slices(labelled, SliceRule(), indices=[3])
+    with pytest.raises(ValueError, match="selects nothing itself"):
+        select_slices(BRATS, None, None, SliceRule(mode="given"))
+    with pytest.raises(ValueError, match="max_slices does not apply"):
+        SliceRule(mode="given", max_slices=1)
+
+
+def test_given_rule_is_label_free_and_says_the_user_chose():
+    rule = SliceRule(mode="given")
+    assert not rule.oracle and "given" in LABEL_FREE_MODES and "given" not in SLICE_MODES
+    assert rule.describe() == "label-free: slices chosen by the user (no reference labels used)"
+    assert label_free_rule(rule, False) is rule
+    # the axis of the check follows the affine, as the slices do: here voxel axis i is S-I
+    i_is_axial = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])
+    assert check_slice_indices("P", [12, 0, 19], i_is_axial, SHAPE) == (0, 12, 19)
+    with pytest.raises(
+        ValueError, match=r"P: slice 20 is not an axial slice of the case \(0\.\.19\)"
+    ):
+        check_slice_indices("P", [20], i_is_axial, SHAPE)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("BraTS20_Training_001:40", ("BraTS20_Training_001", (40,))),
+        ("a:b:3, 1,", ("a:b", (3, 1))),
+        (" P :007", ("P", (7,))),
+    ],
+)
+def test_slice_lists_are_read(text, expected):
+    assert parse_slice_list(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("BraTS20_Training_001", "expected CASE:K"),
+        (":3", "expected CASE:K"),
+        ("P:", "no slice index after P:"),
+        ("P:-1", "'-1' of P is not a whole number >= 0"),
+        ("P:2.5", "'2.5' of P is not a whole number >= 0"),
+    ],
+)
+def test_bad_slice_lists_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_slice_list(text)

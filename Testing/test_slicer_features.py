@@ -81,7 +81,7 @@ def test_slice_index_on_screen_follows_the_red_view(scene):  # noqa: F811
     """The view's plane -> the volume's axial index, for an oblique anisotropic volume whose
     k axis runs inferior (flipped); sagittal views and planes outside the volume are refused."""
     from GliomaCompareSlicerLib import mrml
-    from GliomaCompareSlicerLib.vlmslices import screen_selection, slice_index_on_screen
+    from GliomaCompareSlicerLib.vlmslices import slice_index_on_screen
 
     theta = np.deg2rad(15)
     affine = np.array(
@@ -99,9 +99,6 @@ def test_slice_index_on_screen_follows_the_red_view(scene):  # noqa: F811
         ras = affine @ np.array([5.0, 7.0, k, 1.0])
         mrml.jump_slices(scene, ras[:3], centered=True)
         assert slice_index_on_screen(red, volume) == k
-        marked = screen_selection(shape, affine, k, 2)
-        assert np.flatnonzero(marked.any(axis=(0, 1))).tolist() == [k]
-        assert set(np.unique(marked).tolist()) == {0, 2}
     mrml.jump_slices(scene, (affine @ [5.0, 7.0, 30.0, 1.0])[:3], centered=True)
     with pytest.raises(ValueError, match="outside oblique"):
         slice_index_on_screen(red, volume)
@@ -113,7 +110,8 @@ def test_slice_index_on_screen_follows_the_red_view(scene):  # noqa: F811
 @needs_slicer
 def test_vlm_slice_choices_become_command_options(scene, tiny_data, tmp_path):  # noqa: F811
     """brain -> --slice-rule brain; cnn -> the CNN segmentation in the scene written where
-    --cnn-pred reads it; screen -> a label map marking only the Red view's slice, one slice."""
+    --cnn-pred reads it; screen -> the Red view's slice as the user's slice (--slices CASE:K), with
+    no slice rule, label map or slice count (the user's own slices-per-case setting is dropped)."""
     from GliomaCompareSlicerLib import mrml
     from GliomaCompareSlicerLib.logic import CompareLogic
 
@@ -123,7 +121,7 @@ def test_vlm_slice_choices_become_command_options(scene, tiny_data, tmp_path):  
     logic = CompareLogic(scene, runner=runner, work_root=tmp_path / "work")
     logic.open_data(tiny_data)
     case = logic.load_case(CASE1).case
-    params = process.VlmRunParams(tasks=("point",), device="cpu")
+    params = process.VlmRunParams(tasks=("point",), device="cpu", slices_per_case=3)
     with pytest.raises(ValueError, match="run the CNN first"):
         logic.vlm_slices("cnn")
     with pytest.raises(ValueError, match="use one of"):
@@ -152,11 +150,27 @@ def test_vlm_slice_choices_become_command_options(scene, tiny_data, tmp_path):  
     ras = case.affine @ np.array([3.0, 4.0, 7.0, 1.0])
     mrml.jump_slices(scene, ras[:3], centered=True)
     choice = logic.vlm_slices("screen")
-    assert choice.describe == "the slice on screen (k=7)"
+    assert choice.describe == "the slice on screen (k=7)" and choice.slices == (7,)
     argv, _ = argv_of(choice)
-    assert argv[argv.index("--slices-per-case") + 1] == "1"
-    marked, _ = read_image(Path(argv[argv.index("--cnn-pred") + 1]) / f"{CASE1}.nii.gz")
-    assert np.flatnonzero(marked.any(axis=(0, 1))).tolist() == [7]
+    assert argv[argv.index("--slices") :][:2] == ["--slices", f"{CASE1}:7"]
+    assert not {"--slice-rule", "--cnn-pred", "--slices-per-case"} & set(argv)
+
+
+def test_user_slices_go_to_the_command_alone():
+    """The user's slices become --slices CASE:K[,K...], never together with a slice rule."""
+    from GliomaCompareSlicerLib.vlmslices import SliceChoice
+
+    params = process.VlmRunParams(slices=(("P", (3, 5)), ("Q", (0,))))
+    argv = process.vlm_command("/d", "/o", params, python="py")
+    assert argv[argv.index("--slices") :] == ["--slices", "P:3,5", "Q:0", "--out", "/o"]
+    with pytest.raises(ValueError, match="no slice rule or slices per case"):
+        process.VlmRunParams(slices=(("P", (3,)),), slice_rule="brain")
+    with pytest.raises(ValueError, match="no slice rule or slices per case"):
+        process.VlmRunParams(slices=(("P", (3,)),), slices_per_case=1)
+    with pytest.raises(ValueError, match="needs a slice index"):
+        process.VlmRunParams(slices=(("P", ()),))
+    with pytest.raises(ValueError, match="no slice rule with them"):
+        SliceChoice("cnn", None, 1, "", slices=(4,))
 
 
 _ANSWERS = {
@@ -221,16 +235,23 @@ class _ChatServer:
 
 @needs_slicer
 @pytest.mark.slow
-def test_vlm_answers_land_on_the_slice_on_screen(scene, tiny_data, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("patient", ["BraTS case", "unlabelled patient"])
+def test_vlm_answers_land_on_the_slice_on_screen(scene, tiny_data, tmp_path, patient):  # noqa: F811
     """A real `gliomacompare vlm` process (openai backend, a real server on 127.0.0.1) asked
-    about the Red view's slice: every answer is about that slice, its point and box lie on it
-    with slice, parse status and raw answer in their descriptions, and the grade comes back."""
+    about the Red view's slice, of a BraTS case or of an unlabelled patient made of the scene's
+    volumes: every answer is about that slice and says the user chose it (slice rule 'given'),
+    its point and box lie on it with slice, parse status and raw answer in their descriptions,
+    and the grade comes back."""
     from GliomaCompareSlicerLib import mrml
     from GliomaCompareSlicerLib.logic import CompareLogic
 
     logic = CompareLogic(scene, work_root=tmp_path / "work")
     logic.open_data(tiny_data)
-    case = logic.load_case(CASE1).case
+    loaded = logic.load_case(CASE1)
+    if patient == "unlabelled patient":
+        loaded = logic.use_scene_volumes(loaded.volumes, case_id="Patient")
+        assert loaded.case.label is None
+    case = loaded.case
     add_slice_node(scene)
     k = 4
     mrml.jump_slices(scene, (case.affine @ np.array([9.0, 11.0, k, 1.0]))[:3], centered=True)
@@ -238,12 +259,18 @@ def test_vlm_answers_land_on_the_slice_on_screen(scene, tiny_data, tmp_path):  #
         params = process.VlmRunParams(
             backend="openai", base_url=server.url, tasks=("grade", "point", "box"), device="cpu"
         )
-        job = logic.start_vlm(CASE1, params, logic.vlm_slices("screen"))
+        job = logic.start_vlm(loaded.case_id, params, logic.vlm_slices("screen"))
         assert job.wait(timeout=600) == 0, "\n".join(job.log[-20:])
     answers = [
         json.loads(line) for line in (job.out_dir / "answers.jsonl").read_text().splitlines()
     ]
     assert len(answers) == 3 and {a["slice_index"] for a in answers} == {k}
+    # provenance: the user chose the slice; no rule (and no CNN) chose it
+    assert {a["slice_rule"] for a in answers} == {"given"}
+    config = json.loads((job.out_dir / "vlm.json").read_text())["config"]
+    assert config["slice_rule"]["mode"] == "given"
+    assert config["slices"] == {loaded.case_id: [k]} and config["cnn_predictions"] is None
+    assert config["slice_rule_description"].startswith("label-free: slices chosen by the user")
     results = logic.load_job_results(job)
     assert results.predictions["vlm"]["grade"] == "HGG"
     assert f"the slice on screen (k={k})" in " ".join(results.notes)

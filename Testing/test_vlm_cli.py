@@ -9,8 +9,12 @@ new field is a new option with no other change.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from GliomaCompareLib.argtypes import (
@@ -19,12 +23,13 @@ from GliomaCompareLib.argtypes import (
     given,
     to_cli_args,
 )
-from GliomaCompareLib.cli import build_parser
+from GliomaCompareLib.cli import build_parser, main
 from GliomaCompareLib.data.slices import SliceRule, WindowSpec
+from GliomaCompareLib.pipeline.config import finetune_config_from_dict, vlm_config_from_dict
 from GliomaCompareLib.vlm import finetune_commands
 from GliomaCompareLib.vlm.backends import BackendSettings
 from GliomaCompareLib.vlm.finetune import FinetuneConfig
-from GliomaCompareLib.vlm.inference import VLMConfig
+from GliomaCompareLib.vlm.inference import VLMConfig, run_vlm
 from GliomaCompareLib.vlm.types import DecodingConfig
 
 FINETUNE = ["finetune-vlm", "--data", "d", "--task", "box", "--base", "tiny", "--out", "o"]
@@ -253,3 +258,142 @@ def test_options_that_store_into_the_same_place_are_refused():
     parser.add_argument("--split-name", dest="split")
     with pytest.raises(ValueError, match="split"):
         add_dataclass_arguments(parser, VLMConfig)
+
+
+# --------------------------------------------------------------- slices chosen by the user
+def test_slices_option_reads_cases_and_indices_and_converts_back():
+    args = build_parser().parse_args([*VLM, "--slices", "P1:9,3,3", "BraTS20_Training_002:0"])
+    config = dataclass_from_args(VLMConfig, args)
+    assert config.slices == (("P1", (3, 9)), ("BraTS20_Training_002", (0,)))
+    assert config.rule == SliceRule(mode="given") and config.rule.describe().startswith(
+        "label-free: slices chosen by the user"
+    )
+    assert config.to_dict()["slices"] == {"P1": [3, 9], "BraTS20_Training_002": [0]}
+    argv = config.to_cli_args()
+    assert argv == ["--slices", "P1:3,9", "BraTS20_Training_002:0"]
+    assert dataclass_from_args(VLMConfig, build_parser().parse_args([*VLM, *argv])) == config
+    # a run by rule: no 'slices' in vlm.json, as before
+    assert "slices" not in VLMConfig().to_dict() and VLMConfig().rule == SliceRule()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["--slices", "P1"], "expected CASE:K"),
+        (["--slices", "P1:4,x"], "slice index 'x' of P1 is not a whole number"),
+        (["--slices", "P1:"], "no slice index after P1:"),
+    ],
+)
+def test_bad_slices_are_usage_errors(bad, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*VLM, *bad])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--slice-rule", "cnn"], "leave out --slice-rule cnn"),
+        (["--slices-per-case", "1"], "leave out --slices-per-case"),
+        (["--slices", "P1:1", "P1:2"], "P1 is listed twice"),
+    ],
+)
+def test_slices_do_not_mix_with_a_rule(extra, message, tmp_path, capsys):
+    argv = [*VLM[:-1], str(tmp_path / "out"), "--slices", "P1:3", *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_given_rule_without_slices_is_refused():
+    with pytest.raises(ValueError, match="name them with --slices CASE:K"):
+        VLMConfig(slice_rule=SliceRule(mode="given"))
+    # a mapping is taken too (numpy indices included); anything but whole numbers >= 0 is not
+    assert VLMConfig(slices={"P": [np.int64(2)]}).slices == (("P", (2,)),)
+    for bad in (["2"], [1.5], [-1], [True]):
+        with pytest.raises(ValueError, match="of P is not a whole number >= 0"):
+            VLMConfig(slices={"P": bad})
+    with pytest.raises(ValueError, match="no slice index for P"):
+        VLMConfig(slices={"P": []})
+
+
+def _unlabelled(factory, dest: Path) -> Path:
+    """A 3-case synthetic cohort without its label maps (a clinician's own patients)."""
+    data = factory(cases=3, shape=(32, 32, 20))
+    shutil.copytree(data, dest)
+    for label in dest.glob("*/*_seg.nii*"):
+        label.unlink()
+    return dest
+
+
+TINY = ["--backend", "tiny", "--max-new-tokens", "8", "--bootstrap", "0", "-q"]
+
+
+def test_given_slices_of_an_unlabelled_case_are_asked_and_say_so(
+    synth_cohort_factory, tmp_path, capsys, caplog
+):
+    data = _unlabelled(synth_cohort_factory, tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["vlm", "--data", str(data), "--tasks", "grade,point", *TINY, "--out", str(out)]
+    argv += ["--slices", "BraTS20_Training_002:11,4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "slices chosen by the user (slice rule 'given'): BraTS20_Training_002 4,11" in printed
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    asked = sorted({(a["case_id"], a["slice_index"]) for a in answers})
+    assert asked == [("BraTS20_Training_002", 4), ("BraTS20_Training_002", 11)]
+    assert len(answers) == 2 * 2 and {a["slice_rule"] for a in answers} == {"given"}
+    for a in answers:  # a point answer is placed on the slice it was asked about
+        if a["voxel"] is not None:
+            assert {round(v[2], 6) for v in a["voxel"]} == {a["slice_index"]}
+    manifest = json.loads((out / "vlm.json").read_text())
+    assert manifest["cases"] == ["BraTS20_Training_002"] and manifest["case_errors"] == {}
+    assert manifest["config"]["slice_rule"]["mode"] == "given"
+    assert manifest["config"]["slices"] == {"BraTS20_Training_002": [4, 11]}
+    # the cases not listed are not asked, and the log says so
+    assert "--slices lists 1 of the 3 cases" in caplog.text
+    assert "BraTS20_Training_001, BraTS20_Training_003" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("slices", "message"),
+    [
+        ("BraTS20_Training_001:3,20", "BraTS20_Training_001: slice 20 is not an axial slice of "
+         "the case (0..19)"),
+        ("BraTS20_Training_009:3", "--slices: BraTS20_Training_009 not in the data folder"),
+    ],
+)  # fmt: skip
+def test_a_slice_or_case_the_data_lacks_ends_the_command(
+    synth_cohort_factory, tmp_path, capsys, slices, message
+):
+    data = _unlabelled(synth_cohort_factory, tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["vlm", "--data", str(data), "--tasks", "grade", *TINY, "--out", str(out)]
+    assert main([*argv, "--slices", slices]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing was asked
+
+
+def test_slices_name_the_cases_so_splits_are_refused(synth_cohort_factory, tmp_path):
+    data = _unlabelled(synth_cohort_factory, tmp_path / "data")
+    config = VLMConfig(tasks=("grade",), slices={"BraTS20_Training_001": [2]})
+    with pytest.raises(ValueError, match="leave out --splits"):
+        run_vlm(data, None, config, tmp_path / "out", case_ids=["BraTS20_Training_001"])
+
+
+# ------------------------------------------------- a run over a cohort has no user's slices
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"vlm": {"slice_rule": {"mode": "given"}}},
+        {"vlm": {"slices": {"BraTS20_Training_001": [40]}}},
+        {"finetune": {"slice_rule": {"mode": "given"}}},
+    ],
+)
+def test_run_config_refuses_the_users_slices(section):
+    with pytest.raises(ValueError, match=r"slices chosen by the user .* not for a run over a"):
+        if "vlm" in section:
+            vlm_config_from_dict(section["vlm"])
+        else:
+            finetune_config_from_dict(section["finetune"], VLMConfig())

@@ -38,7 +38,6 @@ from GliomaCompareSlicerLib.process import (
 from GliomaCompareSlicerLib.vlmslices import (
     SLICE_CHOICES,
     SliceChoice,
-    screen_selection,
     slice_index_on_screen,
     write_selection,
 )
@@ -539,14 +538,12 @@ class CompareLogic:
             return SliceChoice("", None, 0, what)
         if choice == "brain":
             return SliceChoice("brain", None, 0, SLICE_CHOICES["brain"])
-        wt_value = int(self.convention.regions["WT"][0])
         if choice == "screen":
             node = slice_node or _red_slice_node(self.scene)
             if node is None:
                 raise ValueError("no Red slice view in the scene to take the slice from")
             k = slice_index_on_screen(node, self.reference_volume())
-            label = screen_selection(case.shape, case.affine, k, wt_value)
-            return SliceChoice("cnn", label, 1, f"the slice on screen (k={k})")
+            return SliceChoice(describe=f"the slice on screen (k={k})", slices=(k,))
         segs = [
             n
             for n in mrml.case_nodes(self.scene, loaded.case_id, "cnn")
@@ -577,7 +574,8 @@ class CompareLogic:
             params,
             slice_rule=slices.slice_rule,
             cnn_pred=cnn_pred,
-            slices_per_case=slices.max_slices or params.slices_per_case,
+            slices_per_case=0 if slices.slices else slices.max_slices or params.slices_per_case,
+            slices=((case_id, slices.slices),) if slices.slices else (),
         )
 
     def start_command(self, name: str, args: Sequence[str], cwd: str | Path | None = None) -> Job:

@@ -435,6 +435,8 @@ class VlmRunParams:
             (``CUDA_VISIBLE_DEVICES=""``), since the VLM command has no device option.
         slice_rule: ``--slice-rule`` (``brain``, ``cnn``, ...; "" = the command's default).
         cnn_pred: ``--cnn-pred``, the folder of label maps the ``cnn`` rule reads ("" = none).
+        slices: ``--slices``: the slices the user chose, ``((case_id, (k, ...)), ...)``, asked
+            as they are and recorded as the slice rule ``given`` (empty = a rule chooses).
     """
 
     backend: str = "tiny"
@@ -450,6 +452,7 @@ class VlmRunParams:
     device: str = "auto"
     slice_rule: str = ""
     cnn_pred: str = ""
+    slices: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self):
         if self.backend not in VLM_BACKENDS:
@@ -467,6 +470,13 @@ class VlmRunParams:
             raise ValueError("VLM backend openai needs the server's base URL")
         if self.slice_rule == "cnn" and not self.cnn_pred:
             raise ValueError("VLM slice rule cnn needs the CNN's label maps (cnn_pred)")
+        if self.slices and (self.slice_rule or self.slices_per_case):
+            raise ValueError(
+                "VLM: the slices the user chose are asked as they are; no slice rule or slices "
+                "per case with them"
+            )
+        if any(not indices for _, indices in self.slices):
+            raise ValueError("VLM: every case of the user's slices needs a slice index")
 
 
 def cnn_predict_command(data_dir, out_dir, params: CnnRunParams, python=None) -> list[str]:
@@ -516,6 +526,8 @@ def vlm_command(data_dir, out_dir, params: VlmRunParams, python=None) -> list[st
         args += ["--slice-rule", params.slice_rule]
     if params.cnn_pred:
         args += ["--cnn-pred", str(params.cnn_pred)]
+    if params.slices:
+        args += ["--slices", *(f"{c}:{','.join(map(str, ks))}" for c, ks in params.slices)]
     args += ["--out", str(out_dir)]
     return paths.cli_command(*args, python=python)
 

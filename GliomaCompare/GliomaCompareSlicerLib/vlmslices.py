@@ -2,9 +2,9 @@
 study's oracle selection), the slice on screen, the CNN's tumour slices or brain slices.
 
 No Qt. The VLM command picks slices by rule (``--slice-rule``); the CNN's rule reads a label map
-per case from ``--cnn-pred``. The module hands it either the CNN segmentation in the scene
-(``cnn``) or, for the slice on screen, a label map marking only that slice (``screen``), so the
-command asks about exactly the slices the user chose and no library change is needed.
+per case from ``--cnn-pred``, which the module writes from the CNN segmentation in the scene
+(``cnn``). The slice on screen (``screen``) is handed over as it is (``--slices CASE:K``), so
+every answer records that the user chose it (the slice rule ``given``), not a rule.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from GliomaCompareLib.data.slices import SliceGeometry  # noqa: E402
 __all__ = [
     "SLICE_CHOICES",
     "SliceChoice",
-    "screen_selection",
     "slice_index_on_screen",
     "write_selection",
 ]
@@ -46,16 +45,23 @@ class SliceChoice:
     """What to add to the VLM command for a slice choice.
 
     Attributes:
-        slice_rule: ``--slice-rule`` ("" = the command's default).
-        label_map: the label map ``--cnn-pred`` reads for the case (``cnn`` / ``screen``), or None.
+        slice_rule: ``--slice-rule`` ("" = the command's default, or the user's ``slices``).
+        label_map: the label map ``--cnn-pred`` reads for the case (``cnn``), or None.
         max_slices: ``--slices-per-case`` forced by the choice (0 = the user's setting).
-        describe: one line for the log and the results ("slice on screen k=40", ...).
+        describe: one line for the log and the results ("the slice on screen (k=40)", ...).
+        slices: the case's axial slice indices the user chose (``screen``): ``--slices
+            CASE:K[,K...]``, asked as they are (no slice rule, no slice count).
     """
 
     slice_rule: str = ""
     label_map: np.ndarray | None = None
     max_slices: int = 0
     describe: str = ""
+    slices: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.slices and (self.slice_rule or self.label_map is not None or self.max_slices):
+            raise ValueError("the user's slices are asked as they are: no slice rule with them")
 
 
 def _numpy(m) -> np.ndarray:
@@ -98,17 +104,6 @@ def slice_index_on_screen(slice_node, volume_node) -> int:
             f"{volume_node.GetName()} (0..{dims[axis] - 1})"
         )
     return index
-
-
-def screen_selection(shape, affine, index: int, value: int) -> np.ndarray:
-    """A label map of ``shape`` marking the whole axial slice ``index`` with ``value`` (a label of
-    the whole tumour), zero elsewhere: the CNN slice rule then selects exactly that slice."""
-    axis = SliceGeometry.axial(np.asarray(affine, float), tuple(shape), index).slice_axis
-    out = np.zeros(tuple(shape), np.uint8)
-    where: list = [slice(None)] * 3
-    where[axis] = index
-    out[tuple(where)] = value
-    return out
 
 
 def write_selection(folder: str | Path, case_id: str, label_map, affine) -> Path:

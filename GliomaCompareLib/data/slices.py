@@ -19,11 +19,16 @@ Selection rule (:class:`SliceRule`; every field lives in the run config):
 - ``mode="cnn"``: label-free and automatic; the slices where the CNN's own predicted label map
   shows the most tumour (``region`` of the prediction): with ``max_slices``, that many slices
   of largest predicted area; without, every slice of at least ``min_area_mm2``.
+- ``mode="given"``: label-free; the slices a user chose for one patient (the slice on screen in
+  3D Slicer, ``gliomacompare vlm --slices CASE:K``). The rule selects nothing itself: the indices
+  come with the case (:func:`case_slices`'s ``indices``), are checked against the volume
+  (:func:`check_slice_indices`), and are asked as they are. It is not one of :data:`SLICE_MODES`
+  (the automatic rules a run over a cohort may use): a cohort has no user's slices.
 
 ``tumour_area`` and ``largest`` read the reference labels: they are *oracle slice selection*
 (the study's protocol asks the VLM about slices known to show tumour), and the report says so.
-``brain`` and ``cnn`` need no reference labels; a case without labels asked with an oracle rule
-is asked on label-free slices instead (:func:`label_free_rule`).
+``brain``, ``cnn`` and ``given`` need no reference labels; a case without labels asked with an
+oracle rule is asked on label-free slices instead (:func:`label_free_rule`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "GIVEN_MODE",
     "LABEL_FREE_MODES",
     "ORACLE_MODES",
     "SLICE_MODES",
@@ -42,24 +48,29 @@ __all__ = [
     "SliceRule",
     "WindowSpec",
     "case_slices",
+    "check_slice_indices",
     "label_free_rule",
+    "parse_slice_list",
     "render_slice",
     "select_slices",
     "window_volume",
 ]
 
 
-#: Every slice rule mode; those that read the reference labels; those that need none.
+#: The automatic slice rules (``--slice-rule``, a run config): each chooses the slices itself.
 SLICE_MODES = ("tumour_area", "largest", "brain", "cnn")
+#: The slices a user chose for a patient (``--slices``): no rule of its own, and no cohort rule.
+GIVEN_MODE = "given"
+#: The modes that read the reference labels; those that need none.
 ORACLE_MODES = ("tumour_area", "largest")
-LABEL_FREE_MODES = ("brain", "cnn")
+LABEL_FREE_MODES = ("brain", "cnn", GIVEN_MODE)
 
 
 @dataclass(frozen=True)
 class SliceRule:
     """Which axial slices the VLM is asked about (see module docstring)."""
 
-    mode: Literal["tumour_area", "largest", "brain", "cnn"] = "tumour_area"
+    mode: Literal["tumour_area", "largest", "brain", "cnn", "given"] = "tumour_area"
     min_area_mm2: float = 100.0
     max_slices: int | None = None
     region: str = "WT"
@@ -67,8 +78,16 @@ class SliceRule:
     stride: int = 1
 
     def __post_init__(self):
-        if self.mode not in SLICE_MODES:
-            raise ValueError(f"Slice rule mode {self.mode!r}: use {', '.join(SLICE_MODES)}")
+        if self.mode not in (*SLICE_MODES, GIVEN_MODE):
+            raise ValueError(
+                f"Slice rule mode {self.mode!r}: use {', '.join(SLICE_MODES)} (or {GIVEN_MODE}: "
+                "slices chosen by the user)"
+            )
+        if self.mode == GIVEN_MODE and self.max_slices is not None:
+            raise ValueError(
+                "Slice rule mode 'given' asks about the user's slices as they are; max_slices "
+                "does not apply"
+            )
         if self.mode == "largest" and not self.max_slices:
             raise ValueError("Slice rule mode 'largest' needs max_slices >= 1")
         if self.max_slices is not None and self.max_slices < 1:
@@ -83,6 +102,8 @@ class SliceRule:
 
     def describe(self) -> str:
         """How the report and the methods section name this rule."""
+        if self.mode == GIVEN_MODE:
+            return "label-free: slices chosen by the user (no reference labels used)"
         k = f"at most {self.max_slices} " if self.max_slices else ""
         if self.mode == "brain":
             return f"label-free: {k}brain slices (no reference labels used)"
@@ -116,6 +137,50 @@ def label_free_rule(rule: SliceRule, have_prediction: bool) -> SliceRule:
         min_brain_fraction=rule.min_brain_fraction,
         stride=rule.stride,
     )
+
+
+def parse_slice_list(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"CASE:K[,K...]"`` -> ``(CASE, (K, ...))``: a user's slices of one case (axial voxel
+    indices, counted from 0), as ``gliomacompare vlm --slices`` takes them. The case id is
+    everything before the last ``:``.
+
+    Raises:
+        ValueError: naming the text, when there is no case id, no index, or an index that is not
+            a whole number >= 0.
+    """
+    case_id, sep, indices = str(text).rpartition(":")
+    case_id = case_id.strip()
+    if not sep or not case_id:
+        raise ValueError(f"{text!r}: expected CASE:K[,K...] (a case id, ':', slice indices)")
+    items = [item.strip() for item in indices.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"{text!r}: no slice index after {case_id}:")
+    bad = [item for item in items if not (item.isascii() and item.isdigit())]
+    if bad:
+        raise ValueError(
+            f"{text!r}: slice index {bad[0]!r} of {case_id} is not a whole number >= 0"
+        )
+    return case_id, tuple(int(item) for item in items)
+
+
+def check_slice_indices(case_id: str, indices, affine, shape) -> tuple[int, ...]:
+    """A user's slice ``indices`` of case ``case_id`` checked against its volume (``affine``,
+    ``shape``): ascending, each once.
+
+    Raises:
+        ValueError: naming the case and the index, when there is none or one is not an axial
+            slice of the volume.
+    """
+    axis = _slice_axis(affine)
+    count = int(tuple(shape)[axis])
+    if not len(indices):
+        raise ValueError(f"{case_id}: no slice chosen (slice rule 'given' needs slice indices)")
+    for index in indices:
+        if not 0 <= int(index) < count:
+            raise ValueError(
+                f"{case_id}: slice {index} is not an axial slice of the case (0..{count - 1})"
+            )
+    return tuple(sorted({int(i) for i in indices}))
 
 
 @dataclass(frozen=True)
@@ -341,8 +406,14 @@ def select_slices(
         rule: the selection rule.
 
     Raises:
-        ValueError: when the rule needs a mask that was not given.
+        ValueError: when the rule needs a mask that was not given, or is ``given`` (the user's
+            slices come with the case: :func:`case_slices`'s ``indices``).
     """
+    if rule.mode == GIVEN_MODE:
+        raise ValueError(
+            "Slice rule 'given' selects nothing itself: pass the user's slices to case_slices "
+            "(indices=...)"
+        )
     axis = _slice_axis(affine)
     norms = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
     pixel_area = float(np.prod([norms[a] for a in range(3) if a != axis]))
@@ -407,6 +478,7 @@ def case_slices(
     window: WindowSpec = WindowSpec(),
     modality: str = "flair",
     prediction: np.ndarray | None = None,
+    indices=None,
 ) -> list[SliceImage]:
     """Render the slices of ``case`` (a :class:`~GliomaCompareLib.data.case.Case`) that
     ``rule`` selects, as the VLM will see them.
@@ -419,19 +491,30 @@ def case_slices(
         window: FLAIR windowing.
         modality: the modality shown.
         prediction: the CNN's label map of the case (same grid), needed by ``mode="cnn"``.
+        indices: the slices the user chose (``mode="given"``, and only then).
 
     Raises:
         ValueError: naming the case when ``mode="cnn"`` has no prediction, or the prediction's
-            shape differs from the volume's.
+            shape differs from the volume's; when ``mode="given"`` has no indices or one outside
+            the volume (naming it), or ``indices`` come with another rule.
     """
     volume = case.modality(modality)
     brain = volume != 0
     region = None
     if case.label is not None:
         region = np.isin(case.label, case.convention.regions[rule.region])
+    if rule.mode == GIVEN_MODE and indices is None:
+        raise ValueError(f"{case.case_id}: slice rule 'given' needs the slices the user chose")
+    if rule.mode != GIVEN_MODE and indices is not None:
+        raise ValueError(
+            f"{case.case_id}: slice indices are the user's slices (rule 'given'); rule "
+            f"{rule.mode!r} chooses its own"
+        )
     used = rule if region is not None else label_free_rule(rule, prediction is not None)
     selection = region
-    if used.mode == "cnn":
+    if used.mode == GIVEN_MODE:
+        chosen = check_slice_indices(case.case_id, indices, case.affine, volume.shape)
+    elif used.mode == "cnn":
         if prediction is None:
             raise ValueError(
                 f"{case.case_id}: slice rule 'cnn' needs the CNN's predicted label map of the "
@@ -443,13 +526,14 @@ def case_slices(
                 f"from the volume's {tuple(volume.shape)}"
             )
         selection = np.isin(prediction, case.convention.regions[used.region])
-    indices = select_slices(case.affine, selection, brain, used)
+    if used.mode != GIVEN_MODE:
+        chosen = tuple(select_slices(case.affine, selection, brain, used))
     fallback = {}
     if used is not rule:
         fallback = {"fallback": f"no reference labels: {rule.mode} replaced by {used.mode}"}
     lo, hi = window_volume(volume, window)
     out = []
-    for index in indices:
+    for index in chosen:
         geometry = SliceGeometry.axial(case.affine, volume.shape, index)
         plane = geometry.extract(volume)
         if window.scope == "slice":

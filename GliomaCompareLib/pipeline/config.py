@@ -30,7 +30,7 @@ import yaml
 from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, load_cnn_config
 from GliomaCompareLib.cnn.networks import build_network
 from GliomaCompareLib.data.provenance import TRAINED_ON
-from GliomaCompareLib.data.slices import SLICE_MODES, SliceRule, WindowSpec
+from GliomaCompareLib.data.slices import GIVEN_MODE, SLICE_MODES, SliceRule, WindowSpec
 from GliomaCompareLib.data.synthetic import SynthConfig
 from GliomaCompareLib.report import ReportOptions
 from GliomaCompareLib.resources import resource_path
@@ -515,6 +515,18 @@ def _refuse_unknown(where: str, raw: Mapping[str, Any], known: Sequence[str]) ->
         raise ValueError(f"run config: {where}: unknown keys {unknown} (known: {', '.join(known)})")
 
 
+def _refuse_user_slices(where: str, values: Mapping[str, Any]) -> None:
+    """A run over a cohort has no user's slices: refuse ``slices`` and the rule ``given``."""
+    rule = values.get("slice_rule")
+    mode = rule.get("mode") if isinstance(rule, Mapping) else getattr(rule, "mode", None)
+    if "slices" in values or mode == GIVEN_MODE:
+        raise ValueError(
+            f"run config: {where}: slices chosen by the user (slice rule 'given', 'slices') are "
+            "for one patient (gliomacompare vlm --slices CASE:K, the Slicer module), not for a "
+            f"run over a cohort: use slice_rule mode {', '.join(SLICE_MODES)}"
+        )
+
+
 def _dataclass_from(kind, raw: Mapping[str, Any], where: str):
     names = [f.name for f in fields(kind)]
     _refuse_unknown(where, raw, names)
@@ -544,6 +556,7 @@ def vlm_config_from_dict(raw: Mapping[str, Any], where: str = "vlm") -> VLMConfi
     values = {k: v for k, v in raw.items() if k not in VLM_BACKEND_KEYS}
     known = [f.name for f in fields(VLMConfig)]
     _refuse_unknown(where, values, known)
+    _refuse_user_slices(where, values)
     if "decoding" in values:
         decoding = dict(values["decoding"] or {})
         _refuse_unknown(f"{where}.decoding", decoding, [f.name for f in fields(DecodingConfig)])
@@ -581,6 +594,7 @@ def finetune_config_from_dict(
     values.setdefault("prompts_dir", vlm_config.prompts_dir)
     known = [f.name for f in fields(FinetuneConfig)]
     _refuse_unknown(where, values, known)
+    _refuse_user_slices(where, values)
     try:
         return FinetuneConfig.from_dict(values)
     except (TypeError, ValueError) as exc:

@@ -36,7 +36,10 @@ def register(sub) -> None:
             "OUT/vlm.json; answers are cached in OUT/cache, so re-running resumes. Exits 0 when "
             "finished (failed queries are counted, not fatal), 1 when nothing could be asked. Cases "
             "without reference labels are asked on label-free slices (brain slices, or the CNN's "
-            "tumour slices with --cnn-pred)."
+            "tumour slices with --cnn-pred). --slices CASE:K asks about exactly the slices a user "
+            "chose (the slice on screen), recorded as the slice rule 'given'; a listed case that "
+            "is not in the data, or a slice it does not have, ends the command (status 2) before "
+            "anything is asked."
         ),
     )
     p.add_argument(
@@ -129,6 +132,9 @@ class _progress_bar:
 
 def _summary(result) -> str:
     lines = [f"model: {result.model_label} ({result.identity.get('model_id')})"]
+    if result.config.slices:
+        chosen = "; ".join(f"{c} {','.join(map(str, ks))}" for c, ks in result.config.slices)
+        lines.append(f"slices chosen by the user (slice rule 'given'): {chosen}")
     lines.append(
         f"{len({r.case_id for r in result.records})} cases, {len(result.records)} queries "
         f"in {result.seconds:.1f} s"

@@ -3,9 +3,10 @@
 :func:`run_vlm` is the Python API (the ``gliomacompare vlm`` command and the comparison run call
 it). For each case of the cohort (every usable case, or the ``config.split`` part of a splits
 file) it renders the slices chosen by the data layer's :class:`~GliomaCompareLib.data.SliceRule`
-(FLAIR, radiological view), asks the backend every task on every slice ``runs`` times, parses
-each answer with :func:`~GliomaCompareLib.vlm.parsing.parse_answer`, maps the geometry back to
-voxel and RAS coordinates, scores it against the whole tumour (WT) on that slice, and per
+(or, with ``config.slices``, exactly the slices a user chose of exactly those cases: the rule
+``given``) (FLAIR, radiological view), asks the backend every task on every slice ``runs`` times,
+parses each answer with :func:`~GliomaCompareLib.vlm.parsing.parse_answer`, maps the geometry
+back to voxel and RAS coordinates, scores it against the whole tumour (WT) on that slice, and per
 patient votes the grade and stacks the slice masks into a 3D mask scored against WT in 3D with
 the evaluation core, so the VLM's Dice is comparable with the CNN's.
 
@@ -28,14 +29,16 @@ Outputs in ``out_dir``:
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import logging
 import math
+import numbers
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,16 @@ from GliomaCompareLib import geometry as g
 from GliomaCompareLib.argtypes import positive_int, to_cli_args
 from GliomaCompareLib.data.case import load_case
 from GliomaCompareLib.data.discovery import Cohort, discover_cases
-from GliomaCompareLib.data.io import find_label_map, read_image, write_nifti
-from GliomaCompareLib.data.slices import SLICE_MODES, SliceRule, WindowSpec, case_slices
+from GliomaCompareLib.data.io import find_label_map, read_header, read_image, write_nifti
+from GliomaCompareLib.data.slices import (
+    GIVEN_MODE,
+    SLICE_MODES,
+    SliceRule,
+    WindowSpec,
+    case_slices,
+    check_slice_indices,
+    parse_slice_list,
+)
 from GliomaCompareLib.data.splits import Splits
 from GliomaCompareLib.fileio import atomic_write_text, jsonable
 from GliomaCompareLib.geometry import COORDINATE_SYSTEMS
@@ -98,6 +109,45 @@ CONSISTENCY_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def _slice_list_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    """``--slices`` item ``CASE:K[,K...]`` (:func:`~GliomaCompareLib.data.slices.parse_slice_list`),
+    a bad one a usage error that says why."""
+    try:
+        return parse_slice_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _normalise_slices(slices) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``{case: [k, ...]}`` or ``[(case, [k, ...]), ...]`` -> ``((case, (k, ...)), ...)``, cases
+    in the order given, each case's indices ascending and once.
+
+    Raises:
+        ValueError: a case listed twice, a case without indices, or an index that is not a whole
+            number >= 0 (naming the case).
+    """
+    items = slices.items() if isinstance(slices, Mapping) else slices or ()
+    out: dict[str, tuple[int, ...]] = {}
+    for case_id, indices in items:
+        case_id = str(case_id)
+        if case_id in out:
+            raise ValueError(f"--slices: {case_id} is listed twice (give all its slices at once)")
+        indices = tuple(indices)
+        if not indices:
+            raise ValueError(f"--slices: no slice index for {case_id}")
+        bad = [
+            k
+            for k in indices
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0
+        ]
+        if bad:
+            raise ValueError(
+                f"--slices: slice index {bad[0]!r} of {case_id} is not a whole number >= 0"
+            )
+        out[case_id] = tuple(sorted({int(k) for k in indices}))
+    return tuple(out.items())
+
+
 @dataclass(frozen=True)
 class VLMConfig:
     """Everything that shapes a VLM run besides the backend (all of it goes in ``vlm.json``).
@@ -110,6 +160,9 @@ class VLMConfig:
         slice_rule: which slices are asked about (data layer).
         window: FLAIR windowing.
         slices_per_case: overrides ``slice_rule.max_slices`` when set (``--slices-per-case``).
+        slices: the slices the user chose, ``((case_id, (k, ...)), ...)`` (``--slices``; a
+            mapping is accepted): when set, exactly these axial slices of exactly these cases are
+            asked, under the rule ``given`` (label-free), instead of ``slice_rule``'s.
         split: which part of the splits file is run (default ``test``).
         coordinate_system: ``pixel``, ``normalized`` or ``per_mille``.
         max_vertices: polygon K (None: the prompts' default).
@@ -182,6 +235,17 @@ class VLMConfig:
             "type": positive_int,
         },
     )
+    slices: tuple[tuple[str, tuple[int, ...]], ...] = field(
+        default=(),
+        metadata={
+            "help": "CASE:K[,K...] [CASE:K[,K...] ...]: ask about exactly these axial slices "
+            "(voxel index k, from 0) of exactly these cases, e.g. the slice a clinician looks "
+            "at; recorded as the slice rule 'given' (slices chosen by the user, label-free); "
+            "replaces --slice-rule and --slices-per-case; other cases are not asked",
+            "type": _slice_list_arg,
+            "nargs": "+",
+        },
+    )
     split: str = field(
         default="test", metadata={"help": "which part of --splits", "flags": ("--subset",)}
     )
@@ -249,6 +313,8 @@ class VLMConfig:
         bad = [t for t in self.tasks if t not in TASK_NAMES]
         if bad or not self.tasks:
             raise ValueError(f"Tasks {list(self.tasks)}: use some of {', '.join(TASK_NAMES)}")
+        object.__setattr__(self, "slices", _normalise_slices(self.slices))
+        self._check_given_slices()
         if self.runs < 1:
             raise ValueError(f"runs must be >= 1, got {self.runs}")
         if self.batch_size < 1:
@@ -268,17 +334,53 @@ class VLMConfig:
         if not (self.point_radius_mm > 0 and math.isfinite(self.point_radius_mm)):
             raise ValueError(f"point_radius_mm must be > 0, got {self.point_radius_mm}")
 
+    def _check_given_slices(self) -> None:
+        """The user's slices replace the automatic rule: no other rule, no slice count."""
+        mode = self.slice_rule.mode
+        if not self.slices:
+            if mode == GIVEN_MODE:
+                raise ValueError(
+                    "slice rule 'given' asks about slices chosen by the user: name them with "
+                    "--slices CASE:K[,K...]"
+                )
+            return
+        if mode not in (GIVEN_MODE, SliceRule().mode):
+            raise ValueError(
+                f"--slices (slices chosen by the user) replaces the slice rule: leave out "
+                f"--slice-rule {mode}"
+            )
+        if self.slices_per_case is not None or self.slice_rule.max_slices is not None:
+            raise ValueError(
+                "--slices (slices chosen by the user) are asked as they are: leave out "
+                "--slices-per-case"
+            )
+
     @property
     def rule(self) -> SliceRule:
-        """The slice rule with ``slices_per_case`` applied."""
+        """The slice rule: ``given`` with the user's ``slices``, else ``slice_rule`` with
+        ``slices_per_case`` applied."""
+        if self.slices:
+            return replace(self.slice_rule, mode=GIVEN_MODE)
         if self.slices_per_case is None:
             return self.slice_rule
         return replace(self.slice_rule, max_slices=self.slices_per_case)
 
+    @property
+    def given_slices(self) -> dict[str, tuple[int, ...]]:
+        """The user's slices by case id (empty without ``slices``)."""
+        return dict(self.slices)
+
     def to_cli_args(self) -> list[str]:
         """The command-line options that rebuild these settings (those that differ from the
         defaults; see :func:`~GliomaCompareLib.argtypes.to_cli_args`)."""
-        return to_cli_args(self)
+        if not self.slices:
+            return to_cli_args(self)
+        # --slices stands for the rule 'given' too; its items are separate arguments
+        by_rule = replace(
+            self, slices=(), slice_rule=replace(self.slice_rule, mode=SliceRule().mode)
+        )
+        items = [f"{case_id}:{','.join(map(str, ks))}" for case_id, ks in self.slices]
+        return [*to_cli_args(by_rule), "--slices", *items]
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -286,6 +388,11 @@ class VLMConfig:
         data["decoding"] = self.decoding.to_dict()
         data["slice_rule"] = self.rule.to_dict()
         data["window"] = self.window.to_dict()
+        if self.slices:
+            data["slices"] = {case_id: list(ks) for case_id, ks in self.slices}
+            data["slice_rule_description"] = self.rule.describe()
+        else:
+            del data["slices"]  # vlm.json of a run by rule stays as it was
         return data
 
 
@@ -320,6 +427,8 @@ class SliceRecord:
         error: why no answer came. cached: answer taken from the cache.
         latency_s: answer time. key: cache key. prompt: the prompt asked.
         pixel_spacing: ``(mm per column, mm per row)`` of the slice.
+        slice_rule: the mode of the rule that chose the slice (the one used: an unlabelled case
+            asked with an oracle rule says ``brain`` or ``cnn``; the user's slices ``given``).
     """
 
     case_id: str
@@ -347,6 +456,7 @@ class SliceRecord:
     prompt: Prompt
     pixel_spacing: tuple[float, float]
     finish_reason: str | None = None
+    slice_rule: str = ""
 
     @property
     def usable(self) -> bool:
@@ -382,6 +492,7 @@ class SliceRecord:
             "width": self.prompt.width,
             "height": self.prompt.height,
             "pixel_spacing_mm": list(self.pixel_spacing),
+            "slice_rule": self.slice_rule,
             "coordinate_system": self.prompt.coordinate_system,
             "template_hash": self.prompt.template_hash,
             "prompt_hash": self.prompt.prompt_hash,
@@ -573,6 +684,8 @@ class _Inference:
     # ---------------------------------------------------------------- selection
     def select_cases(self) -> list:
         usable = {r.case_id: r for r in self.cohort.cases}
+        if self.config.slices:
+            return self.given_cases(usable)
         if self.case_ids is not None:
             wanted = list(self.case_ids)
         elif self.splits is not None:
@@ -588,6 +701,50 @@ class _Inference:
                 self.case_errors[case_id] = f"{case_id}: not usable: " + "; ".join(record.problems)
             else:
                 chosen.append(record)
+        return chosen
+
+    def given_cases(self, records: dict) -> list:
+        """The cases of the user's slices (``config.slices``), each slice checked against its
+        FLAIR volume's header before anything is asked; the other cases are not asked.
+
+        Raises:
+            ValueError: with splits or case ids too, for a listed case that is not in the data
+                folder, or a slice index outside a listed case (naming case and index).
+        """
+        if self.splits is not None or self.case_ids is not None:
+            raise ValueError(
+                "--slices names the cases to ask itself: leave out --splits (and case ids)"
+            )
+        given = self.config.given_slices
+        missing = [case_id for case_id in given if case_id not in records]
+        if missing:
+            found = ", ".join(sorted(records)[:10]) or "none"
+            raise ValueError(
+                f"--slices: {', '.join(missing)} not in the data folder "
+                f"{self.cohort.data_dir or self.cohort.root} (cases there: {found})"
+            )
+        chosen = []
+        for case_id, indices in given.items():
+            record = records[case_id]
+            if not record.usable:
+                self.case_errors[case_id] = f"{case_id}: not usable: " + "; ".join(record.problems)
+                continue
+            flair = record.modality_paths.get("flair")
+            if flair is not None:  # a case without FLAIR is named when it is loaded
+                header = read_header(flair)
+                check_slice_indices(case_id, indices, header.affine, header.shape)
+            chosen.append(record)
+        others = [case_id for case_id in records if case_id not in given]
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            log.warning(
+                "--slices lists %d of the %d cases in the data folder; the other %d are not "
+                "asked (%s)",
+                len(given),
+                len(records),
+                len(others),
+                shown,
+            )
         return chosen
 
     def check_adapter(self) -> None:
@@ -643,7 +800,13 @@ class _Inference:
         try:
             case = load_case(record, self.cohort.convention)
             prediction = self.prediction(case, rule)
-            slices = case_slices(case, rule, self.config.window, prediction=prediction)
+            slices = case_slices(
+                case,
+                rule,
+                self.config.window,
+                prediction=prediction,
+                indices=self.config.given_slices.get(case.case_id) if self.config.slices else None,
+            )
             note = slices[0].meta.get("fallback", "") if slices else ""
             if not slices and case.label is not None and rule.oracle:
                 # no slice reaches the rule's area: ask about the largest tumour slice instead
@@ -777,6 +940,7 @@ class _Inference:
             prompt=item.prompt,
             pixel_spacing=spacing,
             finish_reason=answer.finish_reason,
+            slice_rule=item.slice.meta["rule"]["mode"],
         )
 
     @staticmethod
@@ -1168,7 +1332,9 @@ def run_vlm(
         :class:`VLMResult`.
 
     Raises:
-        ValueError: an adapter that does not fit the tasks, or a bad configuration.
+        ValueError: an adapter that does not fit the tasks, or a bad configuration; with
+            ``config.slices``, a listed case not in the cohort or a slice index outside its
+            volume (naming both), or ``splits`` / ``case_ids`` as well (nothing is asked).
         FileNotFoundError: a data folder or splits file that does not exist.
     """
     start = time.perf_counter()
@@ -1179,10 +1345,10 @@ def run_vlm(
     cohort = data if isinstance(data, Cohort) else discover_cases(data, validate=True, full=False)
     splits, split_info = _load_splits(splits, config.split)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     run = _Inference(cohort, backend, config, out, splits, case_ids, progress)
     run.check_adapter()
     chosen = run.select_cases()
+    out.mkdir(parents=True, exist_ok=True)
     for message in run.case_errors.values():
         log.warning(message)
     # every question, batched across slices and cases, answers cached as they come
