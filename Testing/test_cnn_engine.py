@@ -223,6 +223,9 @@ def test_auto_prefers_openvino_then_onnxruntime_and_cuda_keeps_pytorch(monkeypat
     assert choose_engine("torch").name == "torch"
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert choose_engine("auto").name == "onnxruntime"
+    monkeypatch.setitem(sys.modules, "onnx", None)  # both engines export through ONNX
+    choice = choose_engine("auto")
+    assert choice.name == "torch" and "onnx" in choice.reason
     with pytest.raises(ValueError, match=r"cnn\.engine 'tensorrt'"):
         choose_engine("tensorrt")
 

@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 #: The folder, beside ``model.json``, that holds a model's exports.
 CACHE_DIR = "engine"
 
-#: The Python module each engine needs.
-_MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+#: The Python modules each engine needs (both export through ONNX, which torch's exporter
+#: writes with the ``onnx`` package).
+_MODULES = {"openvino": ("openvino", "onnx"), "onnxruntime": ("onnxruntime", "onnx")}
 
 #: Compiled window shapes kept per OpenVINO network (a crop gives one per crop size).
 _MAX_SHAPES = 4
@@ -98,12 +99,14 @@ def available_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _import_error(module: str) -> str | None:
-    """None when ``module`` imports, else why not (one line)."""
-    try:
-        importlib.import_module(module)
-    except Exception as exc:  # ImportError, or a broken install raising something else
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+def _import_error(modules: tuple[str, ...]) -> str | None:
+    """None when every module imports, else why the first that does not (one line)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or a broken install raising something else
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return f"{type(exc).__name__}: {text}".rstrip(": ")
     return None
 
 
