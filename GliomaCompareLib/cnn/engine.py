@@ -260,7 +260,15 @@ def _damage(main: Path, engine: str) -> str | None:
 def _cached_export(network, engine: str, in_channels: int, cache_dir: Path) -> Path:
     """The export of ``network`` for ``engine`` in ``cache_dir``, made there when missing or
     damaged (a damaged one is named in a warning)."""
+    from filelock import FileLock
+
     main = export_path(cache_dir, engine, weights_digest(network), in_channels)
+    # one process exports, others (shards sharing a model folder) wait and reuse it
+    with FileLock(str(main.with_suffix(".lock"))):
+        return _reuse_or_export(network, engine, in_channels, main)
+
+
+def _reuse_or_export(network, engine: str, in_channels: int, main: Path) -> Path:
     if main.is_file() or _manifest(main).is_file():
         problem = _damage(main, engine)
         if problem is None:
