@@ -122,7 +122,7 @@ REFUSALS = [
     (
         {"cnn": {"segg": {}}},
         "run config: cnn: unknown keys ['segg'] (known: enabled, seg, cls, weights, "
-        "weights_trained_on)",
+        "weights_trained_on, engine, threads)",
     ),
     ({"cnn": {"enabled": False, "seg": {"epochz": 1}}}, "cnn.seg: unknown keys ['epochz']"),
     (

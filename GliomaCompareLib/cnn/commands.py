@@ -22,7 +22,12 @@ from GliomaCompareLib.argtypes import (
     given,
     split_fractions,
 )
-from GliomaCompareLib.cnn.config import TrainSettings, load_cnn_config
+from GliomaCompareLib.cnn.config import (
+    EngineConfig,
+    TrainSettings,
+    load_cnn_config,
+    load_engine_config,
+)
 from GliomaCompareLib.cnn.inference import load_classifier, load_segmenter, predict_cases
 from GliomaCompareLib.cnn.scoring import score_predictions
 from GliomaCompareLib.cnn.train import train_classifier, train_segmenter
@@ -152,6 +157,8 @@ def _add_predict(sub) -> None:
         "have them are scored: seg_scores.csv, grade_report.json)",
     )
     add_quiet_option(p, "no progress bar")
+    # --engine, --threads (EngineConfig), generated from its metadata
+    add_dataclass_arguments(p, EngineConfig)
     add_alias(p, "--split", "--splits")
     add_alias(p, "--redo", "--overwrite")
     p.set_defaults(func=_predict)
@@ -222,8 +229,14 @@ def train_settings_given(args) -> dict:
 def _read_config(source: str | None):
     """(CNNConfig, {task: weights}) from a YAML with ``cnn:`` (a run config or preset name,
     ``extends`` resolved) or a bare ``seg:`` / ``cls:`` file."""
+    return _read_config_engine(source)[:2]
+
+
+def _read_config_engine(source: str | None):
+    """(CNNConfig, {task: weights}, EngineConfig) as :func:`_read_config` reads them; the engine
+    from a run config's ``cnn.engine`` / ``cnn.threads`` (defaults for a bare file)."""
     if source is None:
-        return load_cnn_config(None), {}
+        return load_cnn_config(None), {}, EngineConfig()
     path = Path(source)
     raw = None
     if path.is_file():
@@ -236,8 +249,9 @@ def _read_config(source: str | None):
     if raw is None or (isinstance(raw, dict) and ("cnn" in raw or "extends" in raw)):
         raw, _ = load_run_config(source)  # a preset name, or a run config with extends
         weights = (raw.get("cnn") or {}).get("weights") or {}
-        return load_cnn_config(raw), {k: v for k, v in weights.items() if v}
-    return load_cnn_config(path), {}
+        engine = load_engine_config(raw.get("cnn"))
+        return load_cnn_config(raw), {k: v for k, v in weights.items() if v}, engine
+    return load_cnn_config(path), {}, EngineConfig()
 
 
 def _predict(args) -> int:
@@ -255,7 +269,11 @@ def _predict(args) -> int:
         skip_existing=not args.overwrite,
         progress=not args.quiet,
     )
-    models = ", ".join(m.model_id for m in (segmenter, classifier) if m is not None)
+    models = ", ".join(
+        f"{m.model_id} ({getattr(m, 'engine', 'torch')})"
+        for m in (segmenter, classifier)
+        if m is not None
+    )
     print(f"predicted {len(run.predictions)} cases with {models} into {run.out_dir}")
     if run.grades_csv:
         print(f"grades: {run.grades_csv}")
@@ -274,7 +292,11 @@ def _load_models(args):
         FileNotFoundError: when ``--model`` is missing or holds no model.
     """
     model = Path(args.model)
-    config = _read_config(args.config)[0] if args.config else None
+    config, _, engine = _read_config_engine(args.config)
+    config = config if args.config else None
+    # the engine: the config's cnn.engine / cnn.threads, overridden by --engine / --threads
+    engine = replace(engine, **{f.name: getattr(args, f.name) for f in fields(EngineConfig)
+                                if given(args, f.name)})  # fmt: skip
     # with --config, a model folder must hold that architecture; its inference settings
     # (ROI, windows per batch, overlap, threshold) then come from the config
     seg_config = config.seg if config else None
@@ -282,11 +304,15 @@ def _load_models(args):
 
     def segmenter(folder: Path):
         return load_segmenter(
-            folder, config=seg_config, convention=args.convention, device=args.device
+            folder,
+            config=seg_config,
+            convention=args.convention,
+            device=args.device,
+            engine=engine,
         )
 
     def classifier(folder: Path):
-        return load_classifier(folder, config=cls_config, device=args.device)
+        return load_classifier(folder, config=cls_config, device=args.device, engine=engine)
 
     if model.is_file():
         return segmenter(model), None

@@ -32,15 +32,18 @@ from GliomaCompareLib.argtypes import non_negative_int, positive_int
 __all__ = [
     "BUNDLE_CHANNELS",
     "BUNDLE_REGIONS",
+    "ENGINES",
     "RUN_KEYS",
     "CNNConfig",
     "ClsConfig",
+    "EngineConfig",
     "NetworkSpec",
     "SegConfig",
     "TrainSettings",
     "config_hash",
     "config_to_dict",
     "load_cnn_config",
+    "load_engine_config",
 ]
 
 #: Input channel order of MONAI's ``brats_mri_segmentation`` bundle (its
@@ -204,6 +207,9 @@ class SegConfig:
             patients, 0.87 vs 0.88).
             ``False``: the whole volume, as MONAI's bundle runs it (the same labels as MONAI's
             plain sliding window); use it for weights trained on whole volumes (the bundle's).
+            On the CPU an inference engine (:class:`EngineConfig`, ``cnn.engine``) gives the
+            whole volume its speed without changing its labels; the crop changes them whatever
+            runs the network.
         patch_size: training patch (voxels).
         samples_per_case: patches drawn per case per epoch.
         pos_fraction: share of patches centred on tumour (the rest on brain).
@@ -320,6 +326,59 @@ def _check_sizes(name: str, sizes) -> None:
         raise ValueError(f"{name} {list(sizes)}: expected three sizes >= 8")
 
 
+#: The values of ``cnn.engine`` / ``predict-cnn --engine`` (see :mod:`GliomaCompareLib.cnn.engine`).
+ENGINES: tuple[str, ...] = ("auto", "openvino", "onnxruntime", "torch")
+
+#: The argument group of the ``predict-cnn`` options made from :class:`EngineConfig`.
+ENGINE_OPTIONS_GROUP = "inference engine (overrides the config's cnn.engine / cnn.threads)"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What runs the networks at inference (the run config's ``cnn.engine`` and
+    ``cnn.threads``; ``predict-cnn --engine / --threads``).
+
+    Attributes:
+        engine: ``auto`` (OpenVINO on the CPU where it is installed, else ONNX Runtime where
+            it is, else PyTorch; always PyTorch on CUDA), ``openvino``, ``onnxruntime`` or
+            ``torch``. Every engine runs the same network over the same sliding windows, in
+            float32, so the labels are the same up to float rounding; an engine that is not
+            installed falls back to PyTorch (slower), saying so in the log.
+        threads: CPU threads of the engine (None: every CPU this process may use).
+    """
+
+    engine: str = field(
+        default="auto",
+        metadata={"group": ENGINE_OPTIONS_GROUP, "help": "what runs the networks on the CPU",
+                  "choices": ENGINES},
+    )  # fmt: skip
+    threads: int | None = field(
+        default=None,
+        metadata={"group": ENGINE_OPTIONS_GROUP, "type": positive_int,
+                  "help": "CPU threads of the engine (default: the CPUs this process may use)"},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"cnn.engine {self.engine!r}: use one of {', '.join(ENGINES)}")
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise ValueError(f"cnn.threads must be a whole number >= 1 (got {self.threads!r})")
+
+
+def load_engine_config(cnn: Mapping[str, Any] | None) -> EngineConfig:
+    """The :class:`EngineConfig` of a run config's ``cnn:`` section (keys ``engine``,
+    ``threads``; missing keys keep their defaults).
+
+    Raises:
+        ValueError: naming the key, for a bad value.
+    """
+    cnn = cnn or {}
+    threads = cnn.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise ValueError(f"cnn.threads must be a whole number >= 1 (got {threads!r})")
+    return EngineConfig(engine=str(cnn.get("engine", "auto")), threads=threads)
+
+
 @dataclass(frozen=True)
 class CNNConfig:
     """Both networks of the CNN arm (the run config's ``cnn:`` section)."""
@@ -329,7 +388,7 @@ class CNNConfig:
 
 
 #: Keys of a run config's ``cnn:`` section that belong to the run, not to the networks.
-RUN_KEYS = ("enabled", "weights")
+RUN_KEYS = ("enabled", "weights", "engine", "threads")
 
 _TUPLE_FIELDS = {
     "channels": str,

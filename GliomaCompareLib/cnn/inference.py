@@ -14,6 +14,11 @@ Segmentation of a case:
 3. sigmoid, threshold, regions -> BraTS labels through the convention
    (:func:`~GliomaCompareLib.data.regions.labels_from_regions`), un-crop into a volume of the
    input's shape (background outside the crop).
+
+What runs the network in step 2 is the engine (:mod:`GliomaCompareLib.cnn.engine`): on the CPU
+OpenVINO or ONNX Runtime where installed (``engine="auto"``, the loaders' default), else
+PyTorch; the windows, their blending and the labels stay MONAI's. With ``crop: true`` the
+windows are those of the brain crop, which changes the labels (see ``SegConfig.crop``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,20 @@ from GliomaCompareLib.cnn.checkpoint import (
     file_sha256,
     load_model_info,
 )
-from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, config_to_dict, load_cnn_config
+from GliomaCompareLib.cnn.config import (
+    ClsConfig,
+    EngineConfig,
+    SegConfig,
+    config_to_dict,
+    load_cnn_config,
+)
+from GliomaCompareLib.cnn.engine import (
+    CACHE_DIR,
+    EngineChoice,
+    EngineError,
+    choose_engine,
+    compile_network,
+)
 from GliomaCompareLib.cnn.networks import (
     build_network,
     channels_last,
@@ -103,7 +121,15 @@ def autocast(device, amp: bool):
     return contextlib.nullcontext()
 
 
-def segment_logits(network, image, config: SegConfig, device, amp: bool = True, divisor: int = 8):
+def segment_logits(
+    network,
+    image,
+    config: SegConfig,
+    device,
+    amp: bool = True,
+    divisor: int = 8,
+    predictor=None,
+):
     """Sliding-window logits of a prepared (cropped, normalised) image.
 
     Args:
@@ -113,6 +139,8 @@ def segment_logits(network, image, config: SegConfig, device, amp: bool = True, 
         device: torch device.
         amp: mixed precision on CUDA.
         divisor: the network's size divisor (ROI sizes are multiples of it).
+        predictor: what runs each window instead of ``network`` (a compiled engine, see
+            :func:`~GliomaCompareLib.cnn.engine.compile_network`); same windows, same blending.
 
     Returns:
         float32 CPU tensor ``(R, x, y, z)`` of logits, R = ``len(config.regions)``.
@@ -131,7 +159,7 @@ def segment_logits(network, image, config: SegConfig, device, amp: bool = True, 
             tensor,
             roi_size=roi,
             sw_batch_size=windows,
-            predictor=network,
+            predictor=predictor if predictor is not None else network,
             overlap=config.overlap,
             mode=config.blend_mode,
         )
@@ -150,6 +178,7 @@ class SegmentationOutput:
         crop: where the brain crop sits.
         model_id: the model that produced it.
         seconds: wall time of the prediction.
+        engine: what ran the network (``torch``, ``openvino``, ``onnxruntime``).
     """
 
     case_id: str
@@ -158,6 +187,7 @@ class SegmentationOutput:
     crop: BrainCrop
     model_id: str
     seconds: float
+    engine: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -189,6 +219,37 @@ class ClassifierLike(Protocol):
     def predict(self, case) -> GradeOutput: ...
 
 
+def _engine_settings(engine: str | EngineConfig) -> EngineConfig:
+    return engine if isinstance(engine, EngineConfig) else EngineConfig(engine=engine)
+
+
+def _compile(network, settings: EngineConfig, device, in_channels: int, cache, what: str):
+    """(compiled predictor or None, EngineChoice): the engine that will run ``network``.
+
+    The choice and its reason go to the log; an engine that cannot be used (not installed, or
+    an export that fails) leaves PyTorch, with a warning saying why."""
+    choice = choose_engine(settings.engine, device.type)
+    predictor = None
+    if choice.name != "torch":
+        try:
+            predictor = compile_network(
+                network,
+                choice.name,
+                in_channels=in_channels,
+                cache_dir=cache,
+                threads=settings.threads,
+            )
+        except EngineError as exc:
+            choice = EngineChoice("torch", settings.engine, f"{exc} -> PyTorch (slower)")
+    level = (
+        logging.WARNING if choice.name == "torch" and settings.engine != "torch" else logging.INFO
+    )
+    if device.type != "cpu":
+        level = logging.INFO
+    log.log(level, "CNN %s runs on %s (%s)", what, choice.name, choice.reason)
+    return predictor, choice
+
+
 class Segmenter:
     """A segmentation network with its preprocessing and postprocessing.
 
@@ -201,6 +262,13 @@ class Segmenter:
         amp: mixed precision on CUDA.
         memory_format_channels_last: run in the ``channels_last_3d`` layout (faster; the same
             values up to float rounding).
+        engine: what runs the network: ``"torch"`` (this module as it is), ``"auto"``,
+            ``"openvino"``, ``"onnxruntime"``, or an :class:`EngineConfig` (engine and threads).
+        engine_cache: the folder of the network's exports (``<model>/engine``); None: a
+            temporary one (the export then lasts as long as the process).
+
+    Attributes:
+        engine: the engine that runs the network; ``engine_choice`` says why.
     """
 
     def __init__(
@@ -213,11 +281,25 @@ class Segmenter:
         device="auto",
         amp: bool = True,
         memory_format_channels_last: bool = True,
+        engine: str | EngineConfig = "torch",
+        engine_cache: str | Path | None = None,
     ):
-        self.device = (
+        import torch
+
+        self.device = torch.device(
             device if not isinstance(device, (str, type(None))) else resolve_device(device)
         )
-        self.network = channels_last(network, self.device, memory_format_channels_last).eval()
+        self.predictor, self.engine_choice = _compile(
+            network.eval(),
+            _engine_settings(engine),
+            self.device,
+            len(config.channels),
+            engine_cache,
+            "segmentation",
+        )
+        self.engine = self.engine_choice.name
+        layout = memory_format_channels_last and self.predictor is None
+        self.network = channels_last(network, self.device, layout).eval()
         self.config = config
         self.model_id = model_id
         self.convention = load_convention(convention)
@@ -244,7 +326,13 @@ class Segmenter:
         else:
             image, crop = prepare_whole(case, self.config.channels)
         logits = segment_logits(
-            self.network, image, self.config, self.device, self.amp, self.divisor
+            self.network,
+            image,
+            self.config,
+            self.device,
+            self.amp,
+            self.divisor,
+            predictor=self.predictor,
         )
         probs = torch.sigmoid(logits).numpy()
         masks = {r: probs[i] > self.config.threshold for i, r in enumerate(self.config.regions)}
@@ -254,8 +342,9 @@ class Segmenter:
         if probabilities:
             ordered = np.stack([probs[self.config.regions.index(r)] for r in REGIONS])
             prob_out = uncrop(ordered.astype(np.float32), crop)
+        seconds = time.perf_counter() - start
         return SegmentationOutput(
-            case.case_id, full, prob_out, crop, self.model_id, time.perf_counter() - start
+            case.case_id, full, prob_out, crop, self.model_id, seconds, self.engine
         )
 
 
@@ -268,15 +357,35 @@ class Classifier:
         threshold: P(HGG) at or above which a case is called HGG (chosen on validation data).
         model_id: name written beside every output.
         device: ``"auto"``, ``"cuda"``, ``"cpu"`` or a torch device.
+        engine, engine_cache: as for :class:`Segmenter`.
     """
 
     def __init__(
-        self, network, config: ClsConfig, *, threshold: float, model_id: str, device="auto"
+        self,
+        network,
+        config: ClsConfig,
+        *,
+        threshold: float,
+        model_id: str,
+        device="auto",
+        engine: str | EngineConfig = "torch",
+        engine_cache: str | Path | None = None,
     ):
-        self.device = (
+        import torch
+
+        self.device = torch.device(
             device if not isinstance(device, (str, type(None))) else resolve_device(device)
         )
-        self.network = channels_last(network, self.device).eval()
+        self.predictor, self.engine_choice = _compile(
+            network.eval(),
+            _engine_settings(engine),
+            self.device,
+            len(config.channels),
+            engine_cache,
+            "classification",
+        )
+        self.engine = self.engine_choice.name
+        self.network = channels_last(network, self.device, self.predictor is None).eval()
         self.config = config
         self.threshold = float(threshold)
         self.model_id = model_id
@@ -287,9 +396,13 @@ class Classifier:
 
         image, _ = prepare_image(case, self.config.channels, self.config.crop_margin)
         image = resize_image(image, self.config.input_size)
-        tensor = channels_last(torch.as_tensor(image)[None], self.device)
+        tensor = torch.as_tensor(image)[None]
         with torch.inference_mode():
-            logit = self.network(tensor).float().reshape(-1)[0]
+            if self.predictor is not None:
+                logit = self.predictor(tensor).float().reshape(-1)[0]
+            else:
+                tensor = channels_last(tensor, self.device)
+                logit = self.network(tensor).float().reshape(-1)[0]
         return float(torch.sigmoid(logit))
 
     def predict(self, case) -> GradeOutput:
@@ -324,6 +437,7 @@ def load_segmenter(
     config: SegConfig | None = None,
     convention: str | Convention = "brats2020",
     device="auto",
+    engine: str | EngineConfig = "auto",
 ) -> Segmenter:
     """A :class:`Segmenter` from a trained model folder, or from a bare weights file.
 
@@ -335,6 +449,8 @@ def load_segmenter(
             match; None accepts the folder's own); for a weights file, the architecture.
         convention: label convention of the data; a folder made for another is refused.
         device: where to run.
+        engine: what runs the network (see :class:`Segmenter`); its export is cached in
+            ``<folder>/engine/`` (beside ``model.json``), or ``engine/`` beside a weights file.
 
     Raises:
         IncompatibleModelError: a folder of another task / architecture / convention.
@@ -358,19 +474,40 @@ def load_segmenter(
             own = config  # same network; inference settings (ROI, windows, threshold) may differ
         check_compatible(info, task="seg", convention=conv.name, where=str(source))
         network = _network_from_folder(source, info, own)
-        return Segmenter(network, own, model_id=info.model_id, convention=conv, device=device)
+        return Segmenter(
+            network,
+            own,
+            model_id=info.model_id,
+            convention=conv,
+            device=device,
+            engine=engine,
+            engine_cache=source / CACHE_DIR,
+        )
     config = config or SegConfig()
     network = build_network(config.network, len(config.channels), len(config.regions), "seg")
     arch = network_summary(config.network, len(config.channels), len(config.regions))
     load_weights(network, source, describe=describe_architecture(arch))
     model_id = f"seg-{config.network.name}-{file_sha256(source)[:10]}"
-    return Segmenter(network, config, model_id=model_id, convention=conv, device=device)
+    return Segmenter(
+        network,
+        config,
+        model_id=model_id,
+        convention=conv,
+        device=device,
+        engine=engine,
+        engine_cache=source.parent / CACHE_DIR,
+    )
 
 
 def load_classifier(
-    source: str | Path, *, config: ClsConfig | None = None, device="auto"
+    source: str | Path,
+    *,
+    config: ClsConfig | None = None,
+    device="auto",
+    engine: str | EngineConfig = "auto",
 ) -> Classifier:
-    """A :class:`Classifier` from a trained model folder (its threshold included).
+    """A :class:`Classifier` from a trained model folder (its threshold included); ``engine``
+    as for :func:`load_segmenter` (exports cached in ``<folder>/engine/``).
 
     Raises:
         IncompatibleModelError: a folder of another task or architecture.
@@ -388,7 +525,15 @@ def load_classifier(
     if info.threshold is None:
         raise ValueError(f"{source}: classification model without a decision threshold")
     network = _network_from_folder(source, info, own)
-    return Classifier(network, own, threshold=info.threshold, model_id=info.model_id, device=device)
+    return Classifier(
+        network,
+        own,
+        threshold=info.threshold,
+        model_id=info.model_id,
+        device=device,
+        engine=engine,
+        engine_cache=source / CACHE_DIR,
+    )
 
 
 @dataclass(frozen=True)
@@ -632,6 +777,11 @@ def _write_summary(
     }
     if segmenter is not None and hasattr(segmenter, "config"):
         summary["seg_config"] = config_to_dict(segmenter.config)
+    # what ran each network (and why that engine): part of what produced the numbers
+    for key, model in (("seg_engine", segmenter), ("cls_engine", classifier)):
+        choice = getattr(model, "engine_choice", None)
+        if isinstance(choice, EngineChoice):
+            summary[key] = asdict(choice)
     atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=2) + "\n")
 
 

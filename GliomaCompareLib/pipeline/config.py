@@ -27,7 +27,13 @@ from typing import Any
 
 import yaml
 
-from GliomaCompareLib.cnn.config import ClsConfig, SegConfig, load_cnn_config
+from GliomaCompareLib.cnn.config import (
+    ClsConfig,
+    EngineConfig,
+    SegConfig,
+    load_cnn_config,
+    load_engine_config,
+)
 from GliomaCompareLib.cnn.networks import build_network
 from GliomaCompareLib.data.provenance import TRAINED_ON
 from GliomaCompareLib.data.slices import GIVEN_MODE, SLICE_MODES, SliceRule, WindowSpec
@@ -237,7 +243,7 @@ CONSISTENCY_METHODS = ("vlm_base", "vlm_finetuned")
 
 _DATA_KEYS = ("root", "synthetic", "convention", "jobs")
 _SPLIT_KEYS = ("file", "fractions", "seed")
-_CNN_KEYS = ("enabled", "seg", "cls", "weights", "weights_trained_on")
+_CNN_KEYS = ("enabled", "seg", "cls", "weights", "weights_trained_on", "engine", "threads")
 _CONSISTENCY_KEYS = ("enabled", "runs", "temperature", "tasks", "max_cases", "methods")
 _SENSITIVITY_KEYS = ("enabled", "slice_rules", "tasks", "prompt_variant")
 _METRICS_KEYS = ("n_bootstrap", "vlm_grade_score")
@@ -287,6 +293,8 @@ class CnnSection:
             :data:`~GliomaCompareLib.data.provenance.TRAINED_ON`, e.g. ``brats2018`` for the
             MONAI bundle); ``unknown`` when weights are given without it, ``none`` without
             weights. Test patients the weights saw are labelled in every table.
+        engine: what runs the networks at inference (``cnn.engine``: auto, openvino,
+            onnxruntime, torch; ``cnn.threads``).
     """
 
     enabled: bool = True
@@ -294,6 +302,7 @@ class CnnSection:
     cls: ClsConfig = field(default_factory=ClsConfig)
     weights: Mapping[str, Any] = field(default_factory=dict, hash=False)
     weights_trained_on: str = "none"
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def network(self, task: str) -> SegConfig | ClsConfig:
         """The config of ``task`` (``seg`` or ``cls``)."""
@@ -662,6 +671,7 @@ def _cnn_section(config: Mapping[str, Any]) -> CnnSection:
         cls=networks.cls,
         weights=weights,
         weights_trained_on=trained_on,
+        engine=load_engine_config(cnn),
     )
     if section.enabled:
         # building the networks once catches bad architecture arguments before any training

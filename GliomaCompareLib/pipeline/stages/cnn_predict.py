@@ -37,21 +37,30 @@ def run_cnn_predict(ctx: StageContext) -> dict:
     wanted = set(ctx.cases(usable_test_ids(ctx.run_dir, cohort)))
     records = [c for c in cohort.cases if c.case_id in wanted]
     device = ctx.config.device
+    engine = ctx.config.cnn.engine  # what runs the networks (cnn.engine / cnn.threads)
     seg_dir = ctx.stage_dir("cnn-train-seg")
-    segmenter = load_segmenter(seg_dir / MODEL_DIR, convention=cohort.convention, device=device)
-    classifier = load_classifier(ctx.stage_dir("cnn-train-cls") / MODEL_DIR, device=device)
+    segmenter = load_segmenter(
+        seg_dir / MODEL_DIR, convention=cohort.convention, device=device, engine=engine
+    )
+    classifier = load_classifier(
+        ctx.stage_dir("cnn-train-cls") / MODEL_DIR, device=device, engine=engine
+    )
     result = _predict(ctx, cohort, records, "pred", "", segmenter=segmenter, classifier=classifier)
     summary = {
         "cases": len(result.predictions),
         "failures": dict(result.failures),
         "seg_model_id": segmenter.model_id,
         "cls_model_id": classifier.model_id,
+        "seg_engine": segmenter.engine,
+        "cls_engine": classifier.engine,
     }
     untrained = seg_dir / UNTRAINED_DIR
     if model_id(untrained) is not None:
         # the same network before training, on the same patients: the baseline the trained
         # segmentation has to beat
-        baseline = load_segmenter(untrained, convention=cohort.convention, device=device)
+        baseline = load_segmenter(
+            untrained, convention=cohort.convention, device=device, engine=engine
+        )
         _predict(
             ctx, cohort, records, "pred_untrained", " (untrained baseline)", segmenter=baseline
         )
