@@ -207,9 +207,10 @@ class SegConfig:
             patients, 0.87 vs 0.88).
             ``False``: the whole volume, as MONAI's bundle runs it (the same labels as MONAI's
             plain sliding window); use it for weights trained on whole volumes (the bundle's).
-            On the CPU an inference engine (:class:`EngineConfig`, ``cnn.engine``) gives the
-            whole volume its speed without changing its labels; the crop changes them whatever
-            runs the network.
+            On the CPU an inference engine (:class:`EngineConfig`, ``cnn.engine``) speeds the
+            whole volume up without changing its labels (about 1.5x on a 2-core AVX2 CPU, see
+            ``benchmarks/bench_cnn_infer.py``: less than the crop); the crop changes them
+            whatever runs the network.
         patch_size: training patch (voxels).
         samples_per_case: patches drawn per case per epoch.
         pos_fraction: share of patches centred on tumour (the rest on brain).
