@@ -49,3 +49,17 @@ def test_manifest_records_versions_device_and_config():
     assert manifest["seeds"] == {"seed": 3, "split": 4}
     assert manifest["device"]["device"] == "cpu"
     assert "commit" in manifest["git"]
+
+
+def test_device_info_records_a_numbered_cuda_device_as_asked(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda:1' was requested"):
+        device_info("cuda:1")  # it was recorded as "cpu" without a word
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU {i}")
+    info = device_info("cuda:1")
+    assert info["device"] == "cuda:1" and info["gpus"] == ["GPU 0", "GPU 1"]
+    assert device_info("auto")["device"] == "cuda" and device_info("cpu")["device"] == "cpu"

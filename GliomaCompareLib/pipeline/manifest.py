@@ -44,16 +44,18 @@ def device_info(requested: str = "auto") -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
-    if requested == "cuda" and not cuda:
-        raise ValueError("device 'cuda' was requested but CUDA is not available here")
-    use = "cuda" if requested == "cuda" or (requested == "auto" and cuda) else "cpu"
+    wants_cuda = requested == "cuda" or requested.startswith("cuda:")
+    if wants_cuda and not cuda:
+        raise ValueError(f"device {requested!r} was requested but CUDA is not available here")
+    # "cuda:N" is recorded as asked (it was recorded as "cpu")
+    use = requested if wants_cuda else ("cuda" if requested == "auto" and cuda else "cpu")
     info: dict[str, Any] = {
         "requested": requested,
         "device": use,
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
     }
-    if use == "cuda":
+    if use.startswith("cuda"):
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cuda"] = torch.version.cuda
     return info
