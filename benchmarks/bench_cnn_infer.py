@@ -185,13 +185,27 @@ def _make_case(folder: Path, seed: int) -> tuple[Path, np.ndarray]:
     return path, case.label
 
 
+def _three_train_one_val(cohort, seed: int):
+    """The training cohorts' split: the first three cases (sorted) train, the fourth validates."""
+    from GliomaCompareLib.data.splits import Splits
+
+    ids = sorted(c.case_id for c in cohort.usable)
+    return Splits(
+        train=tuple(ids[:3]),
+        val=tuple(ids[3:]),
+        test=(),
+        grades={c.case_id: c.grade for c in cohort.usable},
+        seed=seed,
+        fractions=(0.75, 0.25, 0.0),
+    )
+
+
 def _train_model(epochs: int, seed: int) -> Path:
     """The bundle's SegResNet trained briefly on full-resolution synthetic cases (cached)."""
     from GliomaCompareLib.cnn.checkpoint import load_model_info, load_training_state
     from GliomaCompareLib.cnn.config import SegConfig, TrainSettings
     from GliomaCompareLib.cnn.train import train_segmenter
     from GliomaCompareLib.data.discovery import discover_cases
-    from GliomaCompareLib.data.splits import Splits
     from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
 
     folder = _cache_dir() / f"segresnet16-e{epochs}-s{seed}"
@@ -210,15 +224,7 @@ def _train_model(epochs: int, seed: int) -> Path:
         SynthConfig(cases=4, seed=seed + 1, shape=(240, 240, 155), hgg_fraction=0.75),
     )
     cohort = discover_cases(data)
-    ids = sorted(c.case_id for c in cohort.usable)
-    splits = Splits(
-        train=tuple(ids[:3]),
-        val=tuple(ids[3:]),
-        test=(),
-        grades={c.case_id: c.grade for c in cohort.usable},
-        seed=seed,
-        fractions=(0.75, 0.25, 0.0),
-    )
+    splits = _three_train_one_val(cohort, seed)
     config = SegConfig(
         patch_size=(96, 96, 96),
         roi_size=(128, 128, 128),
@@ -393,7 +399,6 @@ def _train_small(epochs: int, seed: int) -> Path:
     from GliomaCompareLib.cnn.config import SegConfig, TrainSettings
     from GliomaCompareLib.cnn.train import train_segmenter
     from GliomaCompareLib.data.discovery import discover_cases
-    from GliomaCompareLib.data.splits import Splits
     from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
 
     folder = _cache_dir() / f"segresnet16-small-e{epochs}-s{seed}"
@@ -406,15 +411,7 @@ def _train_small(epochs: int, seed: int) -> Path:
         SynthConfig(cases=4, seed=seed + 1, shape=(96, 96, 64), hgg_fraction=0.75),
     )
     cohort = discover_cases(data)
-    ids = sorted(c.case_id for c in cohort.usable)
-    splits = Splits(
-        train=tuple(ids[:3]),
-        val=tuple(ids[3:]),
-        test=(),
-        grades={c.case_id: c.grade for c in cohort.usable},
-        seed=seed,
-        fractions=(0.75, 0.25, 0.0),
-    )
+    splits = _three_train_one_val(cohort, seed)
     config = SegConfig(
         patch_size=(64, 64, 64),
         roi_size=(64, 64, 64),

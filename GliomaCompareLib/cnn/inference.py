@@ -250,6 +250,20 @@ def _compile(network, settings: EngineConfig, device, in_channels: int, cache, w
     return predictor, choice
 
 
+def _device_and_predictor(network, device, engine, channels: int, engine_cache, what: str):
+    """(torch device, engine predictor or None for PyTorch, EngineChoice) of a network, as the
+    segmenter and the classifier both set themselves up."""
+    import torch
+
+    device = torch.device(
+        device if not isinstance(device, (str, type(None))) else resolve_device(device)
+    )
+    predictor, choice = _compile(
+        network.eval(), _engine_settings(engine), device, channels, engine_cache, what
+    )
+    return device, predictor, choice
+
+
 class Segmenter:
     """A segmentation network with its preprocessing and postprocessing.
 
@@ -284,18 +298,8 @@ class Segmenter:
         engine: str | EngineConfig = "torch",
         engine_cache: str | Path | None = None,
     ):
-        import torch
-
-        self.device = torch.device(
-            device if not isinstance(device, (str, type(None))) else resolve_device(device)
-        )
-        self.predictor, self.engine_choice = _compile(
-            network.eval(),
-            _engine_settings(engine),
-            self.device,
-            len(config.channels),
-            engine_cache,
-            "segmentation",
+        self.device, self.predictor, self.engine_choice = _device_and_predictor(
+            network, device, engine, len(config.channels), engine_cache, "segmentation"
         )
         self.engine = self.engine_choice.name
         layout = memory_format_channels_last and self.predictor is None
@@ -371,18 +375,8 @@ class Classifier:
         engine: str | EngineConfig = "torch",
         engine_cache: str | Path | None = None,
     ):
-        import torch
-
-        self.device = torch.device(
-            device if not isinstance(device, (str, type(None))) else resolve_device(device)
-        )
-        self.predictor, self.engine_choice = _compile(
-            network.eval(),
-            _engine_settings(engine),
-            self.device,
-            len(config.channels),
-            engine_cache,
-            "classification",
+        self.device, self.predictor, self.engine_choice = _device_and_predictor(
+            network, device, engine, len(config.channels), engine_cache, "classification"
         )
         self.engine = self.engine_choice.name
         self.network = channels_last(network, self.device, self.predictor is None).eval()
