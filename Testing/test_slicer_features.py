@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from local_server import LocalServer
 from slicer_env import (  # noqa: F401  (scene, tiny_data, tiny_run are fixtures)
     add_slice_node,
     needs_slicer,
@@ -180,7 +180,7 @@ _ANSWERS = {
 }
 
 
-class _ChatServer:
+class _ChatServer(LocalServer):
     """A real OpenAI-compatible server on 127.0.0.1 answering each task with a fixed JSON
     answer (the task read from the request's response-format name or prompt)."""
 
@@ -217,20 +217,7 @@ class _ChatServer:
                 choice = {"index": 0, "message": message, "finish_reason": "stop"}
                 self._send({"id": "x", "object": "chat.completion", "choices": [choice]})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 @needs_slicer

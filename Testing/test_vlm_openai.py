@@ -10,10 +10,11 @@ import math
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
+from local_server import LocalServer
 
 from GliomaCompareLib.vlm.openai_backend import OpenAIBackend, RemoteURLRefused, is_loopback_url
 from GliomaCompareLib.vlm.parsing import parse_answer
@@ -23,7 +24,7 @@ from GliomaCompareLib.vlm.types import DecodingConfig, Query
 DECODING = DecodingConfig(max_new_tokens=64)
 
 
-class FakeVLMServer:
+class FakeVLMServer(LocalServer):
     """A real HTTP server in a thread. ``respond(payload, n)`` -> ``(status, body, delay_s,
     headers)``: ``body`` a dict (sent as JSON) or a string; ``n`` counts chat requests."""
 
@@ -75,21 +76,7 @@ class FakeVLMServer:
                     time.sleep(delay)
                 self._send(status, body, headers)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 def reply(content=None, refusal=None, logprobs=None) -> dict:
@@ -375,8 +362,10 @@ def test_remote_servers_need_an_explicit_opt_in():
 
 
 # ---------------------------------------------------------------- hardening (issue 17)
-class RawServer:
+class RawServer(LocalServer):
     """A recording HTTP server on 127.0.0.1 whose ``handle(handler)`` writes any reply."""
+
+    url_path = ""  # the tests add the path themselves
 
     def __init__(self, handle):
         self.requests: list[dict] = []
@@ -400,21 +389,7 @@ class RawServer:
 
             do_GET = do_POST = do_CONNECT = _any
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
 
 def send(handler, status, body: bytes, headers=None):

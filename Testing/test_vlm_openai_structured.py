@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
+from local_server import LocalServer
 
 from GliomaCompareLib.argtypes import add_dataclass_arguments, dataclass_from_args
 from GliomaCompareLib.pipeline.config import parse_run_config
@@ -91,7 +92,7 @@ def image_of(path: str, payload: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
 
 
-class OneShapeServer:
+class OneShapeServer(LocalServer):
     """A real HTTP server in a thread taking only the structured-output shape ``accepts`` (and
     plain requests, as every server does). It answers each task from the prompt text, chatty
     when unconstrained; ``fail_first`` sends HTTP 500 to the first accepted request."""
@@ -129,9 +130,7 @@ class OneShapeServer:
                     status, body = server.respond(self.path, payload)
                 self._send(status, body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.serve(Handler)
 
     def respond(self, path: str, payload: dict) -> tuple[int, dict]:
         if path not in ("/v1/chat/completions", "/api/chat"):
@@ -159,18 +158,6 @@ class OneShapeServer:
 
     def shapes(self) -> list[str]:
         return [request_shape(r["path"], r["payload"]) for r in self.requests]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
