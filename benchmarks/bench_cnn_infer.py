@@ -185,12 +185,19 @@ def _make_case(folder: Path, seed: int) -> tuple[Path, np.ndarray]:
     return path, case.label
 
 
-def _three_train_one_val(cohort, seed: int):
-    """The training cohorts' split: the first three cases (sorted) train, the fourth validates."""
+def _training_cohort(folder: Path, seed: int, shape: tuple[int, int, int]):
+    """(cohort, splits) a bench network trains on: four synthetic cases of ``shape`` under
+    ``folder/data``; the first three (sorted) train, the fourth validates."""
+    from GliomaCompareLib.data.discovery import discover_cases
     from GliomaCompareLib.data.splits import Splits
+    from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
 
+    data = write_cohort(
+        folder / "data", SynthConfig(cases=4, seed=seed + 1, shape=shape, hgg_fraction=0.75)
+    )
+    cohort = discover_cases(data)
     ids = sorted(c.case_id for c in cohort.usable)
-    return Splits(
+    splits = Splits(
         train=tuple(ids[:3]),
         val=tuple(ids[3:]),
         test=(),
@@ -198,6 +205,7 @@ def _three_train_one_val(cohort, seed: int):
         seed=seed,
         fractions=(0.75, 0.25, 0.0),
     )
+    return cohort, splits
 
 
 def _train_model(epochs: int, seed: int) -> Path:
@@ -205,8 +213,6 @@ def _train_model(epochs: int, seed: int) -> Path:
     from GliomaCompareLib.cnn.checkpoint import load_model_info, load_training_state
     from GliomaCompareLib.cnn.config import SegConfig, TrainSettings
     from GliomaCompareLib.cnn.train import train_segmenter
-    from GliomaCompareLib.data.discovery import discover_cases
-    from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
 
     folder = _cache_dir() / f"segresnet16-e{epochs}-s{seed}"
     model = folder / "model"
@@ -219,12 +225,7 @@ def _train_model(epochs: int, seed: int) -> Path:
             return last
     except (FileNotFoundError, ValueError):
         pass
-    data = write_cohort(
-        folder / "data",
-        SynthConfig(cases=4, seed=seed + 1, shape=(240, 240, 155), hgg_fraction=0.75),
-    )
-    cohort = discover_cases(data)
-    splits = _three_train_one_val(cohort, seed)
+    cohort, splits = _training_cohort(folder, seed, (240, 240, 155))
     config = SegConfig(
         patch_size=(96, 96, 96),
         roi_size=(128, 128, 128),
@@ -398,20 +399,13 @@ def _train_small(epochs: int, seed: int) -> Path:
     from GliomaCompareLib.cnn.checkpoint import load_model_info
     from GliomaCompareLib.cnn.config import SegConfig, TrainSettings
     from GliomaCompareLib.cnn.train import train_segmenter
-    from GliomaCompareLib.data.discovery import discover_cases
-    from GliomaCompareLib.data.synthetic import SynthConfig, write_cohort
 
     folder = _cache_dir() / f"segresnet16-small-e{epochs}-s{seed}"
     model = folder / "model"
     with contextlib.suppress(FileNotFoundError, ValueError):
         if load_model_info(model).metrics.get("epochs_planned") == epochs:
             return model
-    data = write_cohort(
-        folder / "data",
-        SynthConfig(cases=4, seed=seed + 1, shape=(96, 96, 64), hgg_fraction=0.75),
-    )
-    cohort = discover_cases(data)
-    splits = _three_train_one_val(cohort, seed)
+    cohort, splits = _training_cohort(folder, seed, (96, 96, 64))
     config = SegConfig(
         patch_size=(64, 64, 64),
         roi_size=(64, 64, 64),
